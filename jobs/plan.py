@@ -1,0 +1,225 @@
+"""Expand a validated spec into work units and group them into elements; read and write the plan.
+
+Pure expansion (`build_plan`) is separate from the files (`write_plan`, `read_plan`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.decoding import DecodingPoint
+from jobs.errors import SpecError
+from jobs.model_sources import ModelRef, resolve
+from jobs.prompts import Prompt, load_prompt_set
+from jobs.spec import ExperimentSpec
+from jobs.units import canonical, unit_ids
+from jobs.yamlio import line_of
+
+PLAN_FORMAT = 1
+ELEMENT_FILL = 0.8       # plan elements to 80% of the walltime, leaving room for model load and noise
+
+
+@dataclass(frozen=True)
+class Element:
+    index: int
+    model: str
+    n_units: int
+    est_seconds: float
+
+
+@dataclass
+class Plan:
+    experiment: str
+    spec_hash: str
+    spec: dict
+    spec_file: str
+    models: dict[str, dict]            # alias → ModelSpec fields + resolved path and fingerprint
+    task: dict
+    points: list[DecodingPoint]
+    prompts: list[Prompt]
+    units: pa.Table                    # one row per unit, see UNIT_SCHEMA
+    elements: list[Element]
+    created: float = field(default_factory=time.time)
+
+    @property
+    def n_units(self) -> int:
+        return self.units.num_rows
+
+
+UNIT_SCHEMA = pa.schema([
+    ("unit_id", pa.string()), ("unit_key", pa.string()), ("element", pa.int32()), ("model", pa.string()),
+    ("prompt_index", pa.int32()), ("point", pa.int32()), ("seed", pa.int64()), ("est_tokens", pa.int32()),
+])
+
+
+def resolve_models(spec: ExperimentSpec) -> dict[str, ModelRef]:
+    spec_dir = getattr(spec, "_spec_dir", None)
+    out = {}
+    for i, m in enumerate(spec.models):
+        try:
+            out[m.alias] = resolve(m.source, spec_dir=spec_dir, allow_pickle=m.allow_pickle,
+                                   trust_remote_code=m.trust_remote_code, revision=m.revision)
+        except SpecError as e:
+            lines = getattr(spec, "_lines", {})
+            raise SpecError(e.message, file=getattr(spec, "_spec_file", None),
+                            line=line_of(lines, ("models", i, "source")) or line_of(lines, ("models", i)),
+                            field=f"models[{i}].source") from None
+    return out
+
+
+def load_prompts(spec: ExperimentSpec) -> list[Prompt]:
+    spec_file = getattr(spec, "_spec_file", "<spec>")
+    spec_dir = getattr(spec, "_spec_dir", Path.cwd())
+    lines = getattr(spec, "_lines", {})
+    return [p for i, ps in enumerate(spec.prompts) for p in load_prompt_set(ps, i, spec_file, spec_dir, lines)]
+
+
+def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Prompt]) -> Plan:
+    """Pure: the units and elements of a spec, given its resolved models and loaded prompts."""
+    spec_file = getattr(spec, "_spec_file", "<spec>")
+    try:
+        points = spec.decoding.points() if spec.task.uses_decoding else [None]
+    except ValueError as e:
+        raise SpecError(str(e), file=spec_file, line=line_of(getattr(spec, "_lines", {}), ("decoding",)),
+                        field="decoding") from None
+    seeds = spec.decoding.seeds
+    per_model = sum(len(seeds) if (p is not None and p.do_sample) else 1 for p in points) * len(prompts)
+    total = per_model * len(spec.models)
+    if total > spec.execution.max_units:
+        raise SpecError(f"the spec expands to {total:,} units, above execution.max_units="
+                        f"{spec.execution.max_units:,}; raise the cap if you mean it",
+                        file=spec_file, field="execution.max_units")
+
+    task_json = canonical(spec.task.canonical_params())
+    prompt_json = [canonical({"text": p.text, "system_prompt": p.system_prompt,
+                              "chat_template": p.chat_template}) for p in prompts]
+    prompt_tokens = [len(p.text) // 4 + 1 for p in prompts]
+    point_json = [p.canonical() if p is not None else "null" for p in points]
+
+    cols: dict[str, list] = {name: [] for name in UNIT_SCHEMA.names}
+    elements: list[Element] = []
+    ex = spec.execution
+    groups = max(1, ex.ranks_per_element // max(m.tensor_parallel for m in spec.models))
+    budget = ex.walltime_seconds * ELEMENT_FILL * groups * ex.tokens_per_second   # tokens per element
+    for m in spec.models:
+        ref = refs[m.alias]
+        model_json = canonical({"source": m.source, "fingerprint": ref.fingerprint, "dtype": m.dtype,
+                                "revision": m.revision})
+        start, tokens, n = len(elements), 0.0, 0
+        for pi, point in enumerate(points):
+            point_seeds = seeds if (point is not None and point.do_sample) else [None]
+            gen = (point.max_new_tokens * max(point.num_beams, point.num_return_sequences)
+                   if point is not None else 1)
+            for seed in point_seeds:
+                for qi in range(len(prompts)):
+                    uid, key = unit_ids(model_json, task_json, prompt_json[qi], point_json[pi], seed)
+                    cost = prompt_tokens[qi] // 8 + gen
+                    if n and (tokens + cost > budget or (ex.max_units_per_element and n >= ex.max_units_per_element)):
+                        elements.append(Element(len(elements), m.alias, n, tokens / ex.tokens_per_second))
+                        tokens, n = 0.0, 0
+                    cols["unit_id"].append(uid)
+                    cols["unit_key"].append(key)
+                    cols["element"].append(len(elements))
+                    cols["model"].append(m.alias)
+                    cols["prompt_index"].append(qi)
+                    cols["point"].append(pi)
+                    cols["seed"].append(seed)
+                    cols["est_tokens"].append(prompt_tokens[qi] + gen)
+                    tokens += cost
+                    n += 1
+        if n or len(elements) == start:
+            elements.append(Element(len(elements), m.alias, n, tokens / ex.tokens_per_second))
+    units = pa.table(cols, schema=UNIT_SCHEMA)
+    models = {m.alias: {**m.model_dump(mode="json"), "path": refs[m.alias].path,
+                        "fingerprint": refs[m.alias].fingerprint, "kind": refs[m.alias].kind}
+              for m in spec.models}
+    return Plan(experiment=spec.name, spec_hash=spec.spec_hash(), spec=spec.canonical(), spec_file=spec_file,
+                models=models, task=spec.task.canonical_params(), points=[p for p in points if p is not None],
+                prompts=prompts, units=units, elements=elements)
+
+
+def plan_spec(spec: ExperimentSpec) -> Plan:
+    return build_plan(spec, resolve_models(spec), load_prompts(spec))
+
+
+# ---- files -------------------------------------------------------------------------------------------
+
+PROMPT_SCHEMA = pa.schema([
+    ("prompt_index", pa.int32()), ("prompt_set", pa.string()), ("prompt_id", pa.string()),
+    ("prompt_text", pa.string()), ("label", pa.string()), ("meta", pa.string()),
+    ("system_prompt", pa.string()), ("chat_template", pa.bool_()),
+])
+
+
+def write_plan(plan: Plan, exp_dir: Path) -> None:
+    """plan.parquet and prompts.parquet first, plan.json last: plan.json's presence means a whole plan."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    _atomic_parquet(plan.units, exp_dir / "plan.parquet")
+    prompts = pa.table({
+        "prompt_index": list(range(len(plan.prompts))),
+        "prompt_set": [p.set for p in plan.prompts], "prompt_id": [p.id for p in plan.prompts],
+        "prompt_text": [p.text for p in plan.prompts], "label": [p.label for p in plan.prompts],
+        "meta": [p.meta for p in plan.prompts], "system_prompt": [p.system_prompt for p in plan.prompts],
+        "chat_template": [p.chat_template for p in plan.prompts],
+    }, schema=PROMPT_SCHEMA)
+    _atomic_parquet(prompts, exp_dir / "prompts.parquet")
+    meta = {
+        "format": PLAN_FORMAT, "experiment": plan.experiment, "spec_hash": plan.spec_hash,
+        "spec_file": plan.spec_file, "created": plan.created, "spec": plan.spec, "models": plan.models,
+        "task": plan.task, "points": [p.model_dump() for p in plan.points],
+        "elements": [asdict(e) for e in plan.elements], "n_units": plan.n_units,
+    }
+    tmp = exp_dir / f".plan.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    os.replace(tmp, exp_dir / "plan.json")
+
+
+def _atomic_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+@dataclass
+class PlanFiles:
+    """A written plan, as a worker or the results stage sees it."""
+
+    exp_dir: Path
+    meta: dict
+
+    @property
+    def experiment(self) -> str:
+        return self.meta["experiment"]
+
+    @property
+    def elements(self) -> list[Element]:
+        return [Element(**e) for e in self.meta["elements"]]
+
+    @property
+    def points(self) -> list[DecodingPoint]:
+        return [DecodingPoint(**p) for p in self.meta["points"]]
+
+    def units(self, element: int | None = None, columns: list[str] | None = None) -> pa.Table:
+        filters = [("element", "=", element)] if element is not None else None
+        return pq.read_table(self.exp_dir / "plan.parquet", columns=columns, filters=filters)
+
+    def prompts(self) -> pa.Table:
+        return pq.read_table(self.exp_dir / "prompts.parquet")
+
+
+def read_plan(exp_dir: str | Path) -> PlanFiles:
+    exp_dir = Path(exp_dir)
+    meta_file = exp_dir / "plan.json"
+    if not meta_file.is_file():
+        raise SpecError(f"no plan here (missing {meta_file}); run `lmsweep plan SPEC` first", file=str(exp_dir))
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != PLAN_FORMAT:
+        raise SpecError(f"plan format {meta.get('format')} is not {PLAN_FORMAT}; re-plan with this lmsweep",
+                        file=str(meta_file))
+    return PlanFiles(exp_dir, meta)

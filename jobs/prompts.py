@@ -1,0 +1,142 @@
+"""Prompt sets from inline lists or files (YAML, JSONL, CSV, Parquet) into Prompt records."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from jobs.errors import SpecError
+from jobs.spec import PromptItem, PromptSetSpec
+from jobs.yamlio import line_of, load_yaml
+
+MAX_PROMPT_CHARS = 1_000_000
+KNOWN = ("id", "text", "label")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    set: str
+    id: str
+    text: str
+    label: str | None
+    meta: str          # JSON object of extra columns, "{}" when none
+    system_prompt: str | None
+    chat_template: bool
+
+
+def load_prompt_set(ps: PromptSetSpec, index: int, spec_file: str, spec_dir: Path,
+                    lines: dict) -> list[Prompt]:
+    """Read one prompt set; errors point at the spec line (inline) or the file row (files)."""
+    if ps.items is not None:
+        rows = [(line_of(lines, ("prompts", index, "items", i)),
+                 {"id": f"p{i}", "text": it} if isinstance(it, str) else it.model_dump())
+                for i, it in enumerate(ps.items)]
+        return _to_prompts(ps, rows, spec_file, lambda i: f"prompts[{index}].items[{i}]")
+    path = Path(ps.file)
+    if not path.is_absolute():
+        path = spec_dir / path
+    if not path.is_file():
+        raise SpecError(f"prompt file not found: {path}", file=spec_file,
+                        line=line_of(lines, ("prompts", index, "file")), field=f"prompts[{index}].file")
+    rows = _read_rows(path)
+    return _to_prompts(ps, rows, str(path), lambda i: f"row {i + 1}")
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    suffix = path.suffix.lower()
+    shown = str(path)
+    if suffix in (".yaml", ".yml"):
+        data, lines = load_yaml(path)
+        if isinstance(data, dict) and "items" in data:
+            data = data["items"]
+        if not isinstance(data, list):
+            raise SpecError("expected a list of prompts (or a mapping with `items:`)", file=shown)
+        out = []
+        for i, item in enumerate(data):
+            row = {"id": f"p{i}", "text": item} if isinstance(item, str) else item
+            if not isinstance(row, dict):
+                raise SpecError(f"item {i}: expected a string or a mapping with id/text",
+                                file=shown, line=line_of(lines, ("items", i)) or line_of(lines, (i,)))
+            out.append((line_of(lines, ("items", i)) or line_of(lines, (i,)), row))
+        return out
+    if suffix in (".jsonl", ".ndjson"):
+        out = []
+        with path.open(encoding="utf-8", errors="strict") as f:
+            try:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise SpecError(f"invalid JSON: {e.msg}", file=shown, line=n) from None
+                    if not isinstance(row, dict):
+                        raise SpecError("each line must be a JSON object with id and text", file=shown, line=n)
+                    out.append((n, row))
+            except UnicodeDecodeError:
+                raise SpecError("not UTF-8 text", file=shown) from None
+        return out
+    if suffix == ".csv":
+        try:
+            with path.open(encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f)
+                if not reader.fieldnames:
+                    raise SpecError("empty CSV (no header row)", file=shown)
+                return [(n + 2, dict(row)) for n, row in enumerate(reader)]  # line 1 is the header
+        except UnicodeDecodeError:
+            raise SpecError("not UTF-8 text", file=shown) from None
+        except csv.Error as e:
+            raise SpecError(f"malformed CSV: {e}", file=shown) from None
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for corrupt files
+            raise SpecError(f"unreadable Parquet: {str(e).splitlines()[0]}", file=shown) from None
+        return [(None, row) for row in table.to_pylist()]
+    raise SpecError(f"unsupported prompt file type {suffix!r}; expected .yaml, .jsonl, .csv or .parquet",
+                    file=shown)
+
+
+def _to_prompts(ps: PromptSetSpec, rows: list[tuple[int | None, dict]], file: str,
+                field_for) -> list[Prompt]:
+    if not rows:
+        raise SpecError(f"prompt set {ps.name!r} is empty", file=file)
+    prompts: list[Prompt] = []
+    seen: dict[str, str] = {}
+    for i, (line, row) in enumerate(rows):
+        field = field_for(i)
+        if "text" not in row:
+            raise SpecError("missing `text`", file=file, line=line, field=field)
+        row = dict(row)
+        if row.get("id") is None:
+            row["id"] = f"p{i}"
+        if isinstance(row["id"], int) and not isinstance(row["id"], bool):
+            row["id"] = str(row["id"])
+        known = {k: row[k] for k in KNOWN if row.get(k) is not None}
+        try:
+            item = PromptItem.model_validate(known | {"meta": {k: v for k, v in row.items() if k not in KNOWN}})
+        except ValidationError as e:
+            first = e.errors()[0]
+            name = ".".join(str(x) for x in first["loc"])
+            raise SpecError(f"{name}: {first['msg']}, got {first.get('input')!r}"[:300],
+                            file=file, line=line, field=field) from None
+        if not item.text.strip():
+            raise SpecError("empty prompt text", file=file, line=line, field=f"{field}.text")
+        if "\x00" in item.text:
+            raise SpecError("prompt text contains a NUL character", file=file, line=line, field=f"{field}.text")
+        if len(item.text) > MAX_PROMPT_CHARS:
+            raise SpecError(f"prompt is {len(item.text)} characters; the limit is {MAX_PROMPT_CHARS}",
+                            file=file, line=line, field=f"{field}.text")
+        if item.id in seen:
+            raise SpecError(f"duplicate prompt id {item.id!r} (first at {seen[item.id]})",
+                            file=file, line=line, field=f"{field}.id")
+        seen[item.id] = field
+        prompts.append(Prompt(set=ps.name, id=item.id, text=item.text, label=item.label,
+                              meta=json.dumps(item.meta, sort_keys=True, default=str),
+                              system_prompt=ps.system_prompt, chat_template=ps.chat_template))
+    return prompts

@@ -1,0 +1,193 @@
+"""The experiment spec: a typed model of the YAML a scientist writes, and its loader."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from jobs.decoding import DecodingGrid
+from jobs.errors import SpecError
+from jobs.tasks import TASK_NAMES, TaskSpec
+from jobs.yamlio import dotted, line_of, load_yaml
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_MAX_UNITS = 2_000_000
+
+
+def _safe_name(value: str, what: str) -> str:
+    if not SAFE_NAME.match(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} must be 1-64 characters of letters, digits, '.', '_', '-', "
+                         "starting with a letter or digit")
+    return value
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    """One model. `source` is a local directory, `package:<name>`, or a Hub id found in the local cache."""
+
+    alias: str | None = None
+    source: str = Field(min_length=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    revision: str | None = None
+    tensor_parallel: int = Field(1, ge=1, le=64)
+    attn_implementation: Literal["eager", "sdpa"] | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False   # load *.bin checkpoints (pickle) only when asked for explicitly
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: Any) -> Any:
+        return {"source": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _default_alias(self) -> ModelSpec:
+        if self.alias is None:
+            base = self.source.removeprefix("package:").rstrip("/").split("/")[-1]
+            self.alias = re.sub(r"[^A-Za-z0-9._-]", "-", base)[:64] or "model"
+        _safe_name(self.alias, "model alias")
+        return self
+
+
+class PromptItem(Strict):
+    id: str = Field(min_length=1, max_length=200)
+    text: str
+    label: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromptSetSpec(Strict):
+    """A prompt set: inline `items`, or a `file` (YAML, JSONL, CSV, Parquet) relative to the spec."""
+
+    name: str = "prompts"
+    items: list[PromptItem | str] | None = None
+    file: str | None = None
+    system_prompt: str | None = None
+    chat_template: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _safe_name(v, "prompt set name")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSetSpec:
+        if (self.items is None) == (self.file is None):
+            raise ValueError("give exactly one of `items` (inline prompts) or `file`")
+        if self.items is not None and not self.items:
+            raise ValueError("items: empty prompt set")
+        return self
+
+
+class ExecutionSpec(Strict):
+    backend: Literal["hf", "deepspeed"] = "hf"
+    system: str = "local"
+    batch_size: int = Field(8, ge=1, le=4096)
+    ranks_per_element: int = Field(1, ge=1, le=100_000)
+    threads_per_rank: int | None = Field(None, ge=1, le=1024)
+    concurrency: int = Field(1, ge=1, le=64)          # local backend: elements run at once
+    walltime: str = Field("01:00:00", pattern=r"^\d{1,3}:[0-5]\d:[0-5]\d$")
+    tokens_per_second: float = Field(50.0, gt=0)      # per-rank throughput guess for cost estimates
+    max_units_per_element: int | None = Field(None, ge=1)
+    max_units: int = Field(DEFAULT_MAX_UNITS, ge=1)
+
+    @property
+    def walltime_seconds(self) -> int:
+        h, m, s = (int(x) for x in self.walltime.split(":"))
+        return h * 3600 + m * 60 + s
+
+
+class ExperimentSpec(Strict):
+    name: str
+    description: str = ""
+    output_dir: str = "runs"
+    models: list[ModelSpec] = Field(min_length=1)
+    prompts: list[PromptSetSpec] = Field(min_length=1)
+    task: TaskSpec
+    decoding: DecodingGrid = Field(default_factory=DecodingGrid)
+    execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _safe_name(v, "experiment name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shortcuts(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError("the spec must be a mapping with keys name, models, prompts, task, ...")
+        data = dict(data)
+        if isinstance(data.get("task"), str):
+            if data["task"] not in TASK_NAMES:
+                raise ValueError(f"task: unknown task {data['task']!r}; expected one of {', '.join(TASK_NAMES)}")
+            data["task"] = {"type": data["task"]}
+        prompts = data.get("prompts")
+        if isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts):
+            data["prompts"] = [{"name": "prompts", "items": prompts}]
+        elif isinstance(prompts, (dict, str)):
+            data["prompts"] = [prompts if isinstance(prompts, dict) else {"file": prompts}]
+        return data
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentSpec:
+        aliases = [m.alias for m in self.models]
+        dup = {a for a in aliases if aliases.count(a) > 1}
+        if dup:
+            raise ValueError(f"models: duplicate alias {sorted(dup)[0]!r}; give each model a distinct alias")
+        names = [p.name for p in self.prompts]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"prompts: duplicate prompt set name {sorted(dup)[0]!r}")
+        if not self.task.uses_decoding and self.decoding.point_count() > 1:
+            raise ValueError(f"decoding: task {self.task.type} ignores decoding; remove the grid")
+        return self
+
+    def canonical(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def spec_hash(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Parse and validate a spec file; every problem becomes a one-line SpecError with file and line."""
+    path = Path(path)
+    data, lines = load_yaml(path)
+    try:
+        spec = ExperimentSpec.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = _clean_loc(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        elif "input" in err and err["type"] not in ("value_error", "assertion_error") \
+                and not isinstance(err["input"], (dict, list)):
+            msg = f"{msg}, got {err['input']!r}"
+        raise SpecError(msg, file=str(path), line=line_of(lines, loc), field=dotted(loc) or None) from None
+    spec_dir = path.resolve().parent
+    object.__setattr__(spec, "_spec_dir", spec_dir)
+    object.__setattr__(spec, "_spec_file", str(path))
+    object.__setattr__(spec, "_lines", lines)
+    return spec
+
+
+def _clean_loc(loc: tuple) -> tuple:
+    """Drop pydantic's union/discriminator tags so the path matches the YAML keys."""
+    out = []
+    for part in loc:
+        if isinstance(part, str) and (part in TASK_NAMES or part.startswith("function-")
+                                      or part in ("str", "PromptItem", "fixed", "axes")):
+            continue
+        out.append(part)
+    return tuple(out)

@@ -1,0 +1,87 @@
+"""Safe YAML loading that remembers the line of every key, so errors can point at it."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jobs.errors import SpecError
+
+MAX_NODES = 200_000      # a spec is small; more nodes means an alias bomb or a mistake
+MAX_BYTES = 5_000_000
+
+Path_ = tuple[Any, ...]
+
+
+def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
+    """Return (data, lines) where lines maps a key path like ('decoding', 'top_p') to its 1-based line."""
+    shown = str(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise SpecError("file not found", file=shown) from None
+    except OSError as e:
+        raise SpecError(f"cannot read: {e.strerror}", file=shown) from None
+    if len(raw) > MAX_BYTES:
+        raise SpecError(f"file is {len(raw)} bytes; a spec must be under {MAX_BYTES}", file=shown)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"not UTF-8 text (byte {e.start})", file=shown) from None
+    return parse_yaml(text, shown)
+
+
+def parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, int]]:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(f"malformed YAML: {problem}", file=shown,
+                        line=mark.line + 1 if mark else None) from None
+    if node is None:
+        raise SpecError("empty file", file=shown)
+    lines: dict[Path_, int] = {}
+    _walk(node, (), lines, [0], shown)
+    loader = yaml.SafeLoader("")
+    try:
+        data = loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise SpecError(f"malformed YAML: {getattr(e, 'problem', e)}", file=shown,
+                        line=mark.line + 1 if mark else None) from None
+    finally:
+        loader.dispose()
+    return data, lines
+
+
+def _walk(node: yaml.Node, path: Path_, lines: dict, count: list[int], shown: str) -> None:
+    count[0] += 1
+    if count[0] > MAX_NODES:
+        raise SpecError(f"more than {MAX_NODES} YAML nodes after expanding aliases (an alias bomb?)",
+                        file=shown, line=node.start_mark.line + 1)
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(count[0])
+            lines.setdefault(path + (key,), key_node.start_mark.line + 1)
+            _walk(value_node, path + (key,), lines, count, shown)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, path + (i,), lines, count, shown)
+
+
+def line_of(lines: dict[Path_, int], path: Path_) -> int | None:
+    """The line of the longest prefix of `path` that the file has."""
+    for n in range(len(path), -1, -1):
+        if path[:n] in lines:
+            return lines[path[:n]]
+    return None
+
+
+def dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

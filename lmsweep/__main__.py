@@ -1,0 +1,3 @@
+from lmsweep.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,103 @@
+"""Read an experiment's rows with pyarrow datasets (no per-file Python loop) into pandas."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from jobs.plan import read_plan
+from results.schema import ERROR_SCHEMA, row_key, schema_for
+from results.writer import errors_dir, results_dir
+
+
+def _dataset(directory: Path, schema: pa.Schema) -> ds.Dataset | None:
+    if not directory.is_dir():
+        return None
+    # Dot- and underscore-prefixed files (in-flight temp files) are ignored by pyarrow.
+    return ds.dataset(directory, schema=schema, format="parquet")
+
+
+def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=None,
+               all_rows: bool = False) -> pa.Table:
+    """Rows of the experiment's task, de-duplicated by row key, restricted to the current plan."""
+    exp_dir = Path(exp_dir)
+    plan = read_plan(exp_dir)
+    task = plan.meta["task"]["type"]
+    schema = schema_for(task)
+    dataset = _dataset(results_dir(exp_dir, task), schema)
+    if dataset is None:
+        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+    keys = row_key(task)
+    want = None if columns is None else list(dict.fromkeys(columns + keys))
+    if not all_rows:
+        planned = plan.units(columns=["unit_id"]).column("unit_id")
+        in_plan = pc.field("unit_id").isin(planned)
+        filters = in_plan if filters is None else (in_plan & filters)
+    table = dataset.to_table(columns=want, filter=filters)
+    table = _dedupe(table, keys)
+    return table if columns is None else table.select(columns)
+
+
+def _dedupe(table: pa.Table, keys: list[str]) -> pa.Table:
+    """A unit written twice (two runs racing) keeps one copy; the copies are identical by construction."""
+    if table.num_rows == 0:
+        return table
+    idx = pa.array(range(table.num_rows))
+    firsts = table.select(keys).append_column("_i", idx).group_by(keys, use_threads=False) \
+        .aggregate([("_i", "min")]).column("_i_min")
+    if len(firsts) == table.num_rows:
+        return table
+    return table.take(pc.sort_indices(firsts))
+
+
+def load(exp_dir: str | Path, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
+    """The experiment as one pandas DataFrame, one row per result row, sorted by element and unit."""
+    df = load_table(exp_dir, columns, filters).to_pandas()
+    sort = [c for c in ("element", "unit_id", "sequence_index") if c in df.columns]
+    return df.sort_values(sort, kind="stable", ignore_index=True) if sort else df
+
+
+@dataclass
+class Status:
+    planned: int
+    done: int
+    failed: int
+    missing: int
+    per_element: pd.DataFrame      # element, model, planned, done, failed, missing
+    failures: pd.DataFrame         # unit_id, element, error (latest per unit, for units not done)
+
+    @property
+    def complete(self) -> bool:
+        return self.done == self.planned
+
+
+def done_unit_ids(exp_dir: Path, task: str) -> set[str]:
+    dataset = _dataset(results_dir(exp_dir, task), schema_for(task))
+    if dataset is None:
+        return set()
+    return set(pc.unique(dataset.to_table(columns=["unit_id"]).column("unit_id")).to_pylist())
+
+
+def status(exp_dir: str | Path) -> Status:
+    """Plan minus results: done, failed (with the error) and missing units, per element."""
+    exp_dir = Path(exp_dir)
+    plan = read_plan(exp_dir)
+    units = plan.units(columns=["unit_id", "element", "model"]).to_pandas()
+    done = done_unit_ids(exp_dir, plan.meta["task"]["type"])
+    units["done"] = units["unit_id"].isin(done)
+    errs = _dataset(errors_dir(exp_dir), ERROR_SCHEMA)
+    failures = errs.to_table().to_pandas() if errs is not None else ERROR_SCHEMA.empty_table().to_pandas()
+    failures = failures[failures["unit_id"].isin(units["unit_id"]) & ~failures["unit_id"].isin(done)]
+    failures = failures.sort_values("failed_at").drop_duplicates("unit_id", keep="last")
+    units["failed"] = ~units["done"] & units["unit_id"].isin(failures["unit_id"])
+    units["missing"] = ~units["done"] & ~units["failed"]
+    per = units.groupby(["element", "model"], sort=True).agg(
+        planned=("unit_id", "size"), done=("done", "sum"), failed=("failed", "sum"),
+        missing=("missing", "sum")).reset_index()
+    return Status(planned=len(units), done=int(units["done"].sum()), failed=int(units["failed"].sum()),
+                  missing=int(units["missing"].sum()), per_element=per,
+                  failures=failures[["unit_id", "element", "model", "error"]].reset_index(drop=True))

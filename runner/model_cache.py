@@ -1,0 +1,55 @@
+"""Turn packaged GGUF checkpoints into a plain safetensors directory once, safely under concurrency.
+
+Dequantising SmolLM2's GGUF takes ~25 s and 1 GiB; loading the cached safetensors takes ~2 s.
+Many ranks may start at once: a file lock makes one convert while the others wait, and the
+finished directory appears by rename, so a killed conversion never leaves a half cache behind.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from filelock import FileLock
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LMSWEEP_CACHE") or Path.home() / ".cache" / "lmsweep")
+
+
+def materialize(path: str, fingerprint: str) -> Path:
+    """A directory `from_pretrained` can load: `path` itself, or the converted cache of a GGUF file."""
+    if not path.endswith(".gguf"):
+        return Path(path)
+    target = cache_root() / "models" / re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint)
+    if (target / ".complete").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / ".complete").exists():
+            return target
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        _convert_gguf(Path(path), tmp)
+        (tmp / ".complete").write_text(fingerprint + "\n")
+        shutil.rmtree(target, ignore_errors=True)   # a stale, incomplete directory from a crash
+        os.replace(tmp, target)
+    return target
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"gguf_file": gguf.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    # save_pretrained refuses a GGUF-loaded model: rebuild it from a clean config and copy the weights.
+    config = quantized.config.to_dict()
+    config.pop("quantization_config", None)
+    clean = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config), dtype=torch.float32)
+    clean.load_state_dict(quantized.state_dict())
+    clean.generation_config = quantized.generation_config
+    clean.save_pretrained(out)
+    tokenizer.save_pretrained(out)
