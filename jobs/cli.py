@@ -1,0 +1,62 @@
+"""`lmsweep validate` and `lmsweep plan`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.table import Table
+
+from lmsweep.console import console, hms
+
+
+def experiment_dir(spec, output_dir: str | None) -> Path:
+    return Path(output_dir or spec.output_dir) / spec.name
+
+
+def validated(spec_path: str):
+    """Everything that can be checked without running: spec, prompts, models, expansion."""
+    from jobs.plan import plan_spec
+    from jobs.spec import load_spec
+
+    spec = load_spec(spec_path)
+    return spec, plan_spec(spec)
+
+
+def cmd_validate(args) -> int:
+    spec, plan = validated(args.spec)
+    console.print(f"ok: {args.spec}: experiment {spec.name!r}, {len(plan.models)} model(s), "
+                  f"{len(plan.prompts)} prompt(s), {max(len(plan.points), 1)} decoding point(s), "
+                  f"{plan.n_units} unit(s) in {len(plan.elements)} element(s)")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from jobs.plan import write_plan
+
+    spec, plan = validated(args.spec)
+    exp = experiment_dir(spec, args.output_dir)
+    write_plan(plan, exp)
+    print_plan(plan, exp)
+    return 0
+
+
+def print_plan(plan, exp: Path) -> None:
+    table = Table(title=f"plan {plan.experiment} ({plan.spec_hash}) → {exp}")
+    for col in ("element", "model", "units", "est. time"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    shown = plan.elements if len(plan.elements) <= 20 else plan.elements[:10] + plan.elements[-5:]
+    for e in shown:
+        table.add_row(str(e.index), e.model, str(e.n_units), hms(e.est_seconds))
+    console.print(table)
+    total = sum(e.est_seconds for e in plan.elements)
+    console.print(f"{plan.n_units} units, {len(plan.elements)} elements, estimated {hms(total)} of rank time")
+
+
+def register(sub) -> None:
+    s = sub.add_parser("validate", help="check a spec, its prompt files and models; write nothing")
+    s.add_argument("spec")
+    s.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("plan", help="expand a spec into units and elements; write the plan")
+    s.add_argument("spec")
+    s.add_argument("--output-dir", help="parent of the experiment directory (default: the spec's output_dir)")
+    s.set_defaults(func=cmd_plan)

@@ -1,0 +1,79 @@
+"""`lmsweep results` and `lmsweep status`."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from jobs.errors import SpecError
+from lmsweep.console import console, err, print_df
+
+
+def report(exp: Path, quiet: bool = False) -> int:
+    """Summary tables and the done/failed/missing line; exit 1 unless every unit is done."""
+    from jobs.plan import read_plan
+    from results.load import load, status
+    from results.summary import examples, summarize
+
+    st = status(exp)
+    if not quiet:
+        df = load(exp)
+        task = read_plan(exp).meta["task"]["type"]
+        print_df(summarize(df, task), f"summary: {exp}")
+        if task == "generate":
+            print_df(examples(df), "examples")
+    console.print(f"{st.done}/{st.planned} units done, {st.failed} failed, {st.missing} missing; "
+                  f"results in {exp / 'results'}")
+    for row in st.failures.head(5).itertuples():
+        err.print(f"failed unit {row.unit_id} (element {row.element}): {row.error}", markup=False)
+    return 0 if st.complete else 1
+
+
+def cmd_results(args) -> int:
+    from jobs.plan import read_plan
+    from results.load import load
+    from results.summary import summarize
+
+    exp = Path(args.experiment)
+    plan = read_plan(exp)
+    df = load(exp)
+    if args.summary:
+        df = summarize(df, plan.meta["task"]["type"])
+    elif args.columns:
+        wanted = args.columns.split(",")
+        unknown = [c for c in wanted if c not in df.columns]
+        if unknown:
+            raise SpecError(f"unknown column {unknown[0]!r}; see the README's column reference", field="--columns")
+        df = df[wanted]
+    if args.csv:
+        df.to_csv(sys.stdout, index=False)
+    else:
+        print_df(df if args.summary or len(df) <= args.limit else df.head(args.limit), str(exp))
+        if not args.summary and len(df) > args.limit:
+            console.print(f"... {len(df)} rows; --limit N or --csv for all")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from results.load import status
+
+    st = status(Path(args.experiment))
+    print_df(st.per_element, f"status: {args.experiment}")
+    console.print(f"{st.done}/{st.planned} done, {st.failed} failed, {st.missing} missing")
+    for row in st.failures.head(args.errors).itertuples():
+        console.print(f"failed {row.unit_id} (element {row.element}): {row.error}", markup=False)
+    return 0 if st.complete else 1
+
+
+def register(sub) -> None:
+    s = sub.add_parser("results", help="show an experiment's rows or summary")
+    s.add_argument("experiment", help="experiment directory")
+    s.add_argument("--summary", action="store_true")
+    s.add_argument("--csv", action="store_true", help="write CSV to stdout")
+    s.add_argument("--columns", help="comma-separated column names")
+    s.add_argument("--limit", type=int, default=20)
+    s.set_defaults(func=cmd_results)
+
+    s = sub.add_parser("status", help="done / failed / missing units per element")
+    s.add_argument("experiment")
+    s.add_argument("--errors", type=int, default=10, help="show this many failures")
+    s.set_defaults(func=cmd_status)
