@@ -111,7 +111,9 @@ def _scan(lines: list[str], errors: list[str]) -> _Directives:
             errors.append(f"line {n}: {stripped!r} is not a directive ('#PBS' must be followed by a space)")
             continue
         if "#" in body:
-            errors.append(f"line {n}: trailing comment in a #PBS directive (not every PBS strips it; keep it bare)")
+            errors.append(
+                f"line {n}: trailing comment in a #PBS directive (not every PBS strips it; keep it bare)"
+            )
             body = body.split("#", 1)[0]
         try:
             tokens = shlex.split(body)
@@ -149,7 +151,9 @@ def _collect(n: int, tokens: list[str], found: _Directives, errors: list[str]) -
                 elif name not in _RESOURCES:
                     errors.append(f"line {n}: unknown resource -l {name} (allowed: {', '.join(_RESOURCES)})")
                 elif name in found.resources:
-                    errors.append(f"line {n}: -l {name} given twice (first on line {found.resources[name][0]})")
+                    errors.append(
+                        f"line {n}: -l {name} given twice (first on line {found.resources[name][0]})"
+                    )
                 else:
                     found.resources[name] = (n, res_value)
         elif opt in found.options:
@@ -197,7 +201,9 @@ def check_pbs_script(text: str, system: str) -> list[str]:
         n, queue = opts["q"]
         queue_rule = ALCF_QUEUES[system].get(queue)
         if queue_rule is None:
-            errors.append(f"line {n}: unknown {system} queue {queue!r} (known: {', '.join(ALCF_QUEUES[system])})")
+            errors.append(
+                f"line {n}: unknown {system} queue {queue!r} (known: {', '.join(ALCF_QUEUES[system])})"
+            )
 
     nodes = _check_select(res.get("select"), system, errors)
     walltime = _check_walltime(res.get("walltime"), errors)
@@ -205,7 +211,9 @@ def check_pbs_script(text: str, system: str) -> list[str]:
     if "place" in res:
         n, place = res["place"]
         if not re.fullmatch(r"scatter(?::(?:excl|exclhost|shared|group=tier[01]))*", place):
-            errors.append(f"line {n}: -l place={place} must be scatter (optionally :excl or :group=tier0|tier1)")
+            errors.append(
+                f"line {n}: -l place={place} must be scatter (optionally :excl or :group=tier0|tier1)"
+            )
 
     if queue_rule is not None and queue is not None:
         if nodes is not None and not queue_rule.min_nodes <= nodes <= queue_rule.max_nodes:
@@ -243,7 +251,9 @@ def _check_select(entry: tuple[int, str] | None, system: str, errors: list[str])
         if not eq:
             errors.append(f"line {n}: select item {item!r} is not name=value")
         elif key not in ("system", "ncpus", "ngpus", "mpiprocs"):
-            errors.append(f"line {n}: unknown select resource {key!r} (allowed: system, ncpus, ngpus, mpiprocs)")
+            errors.append(
+                f"line {n}: unknown select resource {key!r} (allowed: system, ncpus, ngpus, mpiprocs)"
+            )
         elif key != "system" and not (val.isdigit() and int(val) >= 1):
             errors.append(f"line {n}: select {key}={val!r} must be a positive integer")
         else:
@@ -308,7 +318,9 @@ def _check_array(
         return count
     limit = rule.max_concurrent
     if throttle is not None and throttle > limit:
-        errors.append(f"line {n}: -J {value}: %{throttle} exceeds queue {queue!r} limit of {limit} running subjobs")
+        errors.append(
+            f"line {n}: -J {value}: %{throttle} exceeds queue {queue!r} limit of {limit} running subjobs"
+        )
     elif throttle is None and count > limit:
         errors.append(
             f"line {n}: -J {value}: {count} subjobs in queue {queue!r} need a throttle %K with K <= {limit} "

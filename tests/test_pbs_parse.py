@@ -24,6 +24,7 @@ from submit.pbs_parse import (
     parse_index_list,
     parse_job_errors,
     parse_job_id,
+    parse_job_kill_message,
     parse_qstat,
     parse_qstat_dsv,
     parse_qstat_full,
@@ -189,11 +190,19 @@ def test_array_while_running_json():
 
 
 @pytest.mark.parametrize(
-    "name", ["02_qstat_t_running.stdout.txt", "02_qstat_at_running.stdout.txt", "02_qstat_Jt_running.stdout.txt"]
+    "name",
+    ["02_qstat_t_running.stdout.txt", "02_qstat_at_running.stdout.txt", "02_qstat_Jt_running.stdout.txt"],
 )
 def test_array_while_running_short_forms(name):
     jobs = parse_qstat(fixture(name))
-    assert array_summary(jobs, "5[]") == {0: "running", 1: "running", 2: "queued", 3: "queued", 4: "queued", 5: "queued"}
+    assert array_summary(jobs, "5[]") == {
+        0: "running",
+        1: "running",
+        2: "queued",
+        3: "queued",
+        4: "queued",
+        5: "queued",
+    }
     parents = [j for j in jobs if j.is_array_parent]
     # qstat -J -t lists subjobs only
     assert [p.state for p in parents] == ([] if "Jt" in name else ["B"])
@@ -225,7 +234,10 @@ def test_array_midway_finished_subjobs_show_x(name):
 
 @pytest.mark.parametrize(
     ("name", "parser"),
-    [("02_qstat_xf_json_t_final.stdout.json", parse_qstat_json), ("02_qstat_xf_t_final.stdout.txt", parse_qstat_full)],
+    [
+        ("02_qstat_xf_json_t_final.stdout.json", parse_qstat_json),
+        ("02_qstat_xf_t_final.stdout.txt", parse_qstat_full),
+    ],
 )
 def test_array_final_each_subjob_decides(name, parser):
     jobs = by_id(parser(fixture(name)))
@@ -318,7 +330,11 @@ def test_pending_array_then_one_subjob_deleted():
 
 def test_parent_after_one_subjob_deleted_json():
     [parent] = parse_qstat(fixture("04_qstat_f_json_parent_after_qdel_subjob.stdout.json"))
-    assert (parent.job_id, parent.normalized, parent.array_indices) == ("13[].pbshost", "queued", (0, 1, 2, 3, 4))
+    assert (parent.job_id, parent.normalized, parent.array_indices) == (
+        "13[].pbshost",
+        "queued",
+        (0, 1, 2, 3, 4),
+    )
 
 
 def test_qdeled_pending_array_every_subjob_cancelled():
@@ -327,7 +343,10 @@ def test_qdeled_pending_array_every_subjob_cancelled():
     assert array_summary(jobs) == dict.fromkeys(range(5), "cancelled")
     assert array_outcome(array_summary(jobs)) == "cancelled"
     parent = by_id(jobs)["13[].pbshost"]
-    assert (parent.normalized, parent.comment) == ("cancelled", "Not Running: Queue not started. and terminated")
+    assert (parent.normalized, parent.comment) == (
+        "cancelled",
+        "Not Running: Queue not started. and terminated",
+    )
     short = parse_qstat(fixture("04_qstat_xt_after_qdel_array.stdout.txt"))
     assert {j.state for j in short} == {"F"}
 
@@ -369,6 +388,14 @@ def test_walltime_kill_is_failed():
     assert (job.job_id, job.exit_status, job.substate, job.normalized) == ("30.pbshost", -29, 93, "failed")
     [short] = parse_qstat(fixture("11_qstat_x_walltime_exceeded.stdout.txt"))
     assert (short.name, short.state) == ("wall_exceed", "F")
+
+
+def test_kill_notice_in_the_job_stderr_file():
+    assert parse_job_kill_message(fixture("11_walltime_killed_joboutput_stderr.txt")) == (
+        "walltime 10 exceeded limit 5"
+    )
+    assert parse_job_kill_message(fixture("02_subjob3_joboutput_stderr.txt")) is None  # the job's own failure
+    assert fixture("02_subjob3_joboutput_stdout.txt").strip() == "index=3 jobid=5[3].pbshost"
 
 
 def test_job_that_can_never_run():
@@ -427,7 +454,9 @@ def test_normalize_live_letters(letter, expected):
 
 
 def test_array_summary_needs_an_id_when_arrays_are_mixed():
-    jobs = parse_qstat(fixture("02_qstat_t_running.stdout.txt")) + parse_qstat(fixture("10_qstat_t_running.stdout.txt"))
+    jobs = parse_qstat(fixture("02_qstat_t_running.stdout.txt")) + parse_qstat(
+        fixture("10_qstat_t_running.stdout.txt")
+    )
     with pytest.raises(ValueError, match="several arrays"):
         array_summary(jobs)
     assert list(array_summary(jobs, "28[]")) == [0, 1, 2, 3]

@@ -143,7 +143,9 @@ def test_too_few_nodes_for_polaris_prod():
 
 def test_too_many_nodes_for_debug():
     script = replace_line(AURORA, "select=2:system=aurora", "select=3:system=aurora")
-    assert only(check_pbs_script(script, "aurora")) == "line 4: 3 nodes outside aurora queue 'debug' range 1-2"
+    assert (
+        only(check_pbs_script(script, "aurora")) == "line 4: 3 nodes outside aurora queue 'debug' range 1-2"
+    )
 
 
 def test_select_for_the_wrong_machine():
@@ -155,7 +157,9 @@ def test_select_for_the_wrong_machine():
 
 def test_select_without_system():
     script = replace_line(POLARIS, "select=10:system=polaris", "select=10:ncpus=64")
-    assert only(check_pbs_script(script, "polaris")) == "line 4: select must name the machine: 10:system=polaris"
+    assert (
+        only(check_pbs_script(script, "polaris")) == "line 4: select must name the machine: 10:system=polaris"
+    )
 
 
 def test_place_must_be_scatter():

@@ -1,0 +1,1 @@
+"""Scheduler adapters: render, submit and watch jobs on PBS, Slurm or locally."""

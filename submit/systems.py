@@ -1,0 +1,337 @@
+"""System profiles: the per-machine facts (queues, limits, launcher, GPU binding, environment).
+
+Profiles are small YAML files in ``configs/systems/`` (schema documented at the top of
+``polaris.yaml``) so a site can be added or corrected without touching code. They are
+validated strictly on load, because a wrong limit only shows up hours later as a job that
+PBS rejects or never starts; errors name the file, line and key:
+``configs/systems/x.yaml:12: queues.prod.max_nodes: expected int, got 'ten'``.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO_ROOT / "configs" / "systems"
+
+Scheduler = Literal["pbs", "slurm", "local"]
+SCHEDULERS: tuple[str, ...] = ("pbs", "slurm", "local")
+LAUNCHER_FIELDS = frozenset({"nranks", "ppn", "depth", "nnodes"})
+_WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+
+_TOP_KEYS = (
+    "name", "scheduler", "gpus_per_node", "cpus_per_node", "ranks_per_node", "default_queue",
+    "queues", "filesystems", "launcher", "gpu_bind", "env_setup", "max_array_size",
+)  # fmt: skip
+_QUEUE_KEYS = (
+    "min_nodes", "max_nodes", "max_walltime", "max_queued", "max_running",
+    "max_concurrent_subjobs", "preemptable",
+)  # fmt: skip
+
+
+class ProfileError(ValueError):
+    """A profile is missing, malformed or inconsistent; the message is one actionable line."""
+
+
+def walltime_seconds(text: str) -> int:
+    """``"HH:MM:SS"`` (hours may exceed 24) to seconds."""
+    m = _WALLTIME.match(text)
+    if not m:
+        raise ValueError(f"walltime {text!r} is not HH:MM:SS")
+    h, mi, s = (int(g) for g in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+@dataclass(frozen=True)
+class QueueLimits:
+    """One queue (PBS) or partition (Slurm). ``None`` means no limit is known."""
+
+    name: str
+    min_nodes: int
+    max_nodes: int
+    max_walltime: str
+    max_queued: int | None
+    max_running: int | None
+    max_concurrent_subjobs: int | None
+    preemptable: bool
+
+    @property
+    def max_walltime_seconds(self) -> int:
+        return walltime_seconds(self.max_walltime)
+
+    def accepts(self, nodes: int, walltime: str) -> bool:
+        """Would this queue take a job of ``nodes`` nodes for ``walltime``?"""
+        return (
+            self.min_nodes <= nodes <= self.max_nodes
+            and walltime_seconds(walltime) <= self.max_walltime_seconds
+        )
+
+
+@dataclass(frozen=True)
+class SystemProfile:
+    """A validated system profile; see ``configs/systems/polaris.yaml`` for the field meanings."""
+
+    name: str
+    scheduler: Scheduler
+    gpus_per_node: int
+    cpus_per_node: int
+    ranks_per_node: int
+    default_queue: str | None
+    queues: Mapping[str, QueueLimits] = field(hash=False)
+    filesystems: tuple[str, ...]
+    launcher: str
+    gpu_bind: str
+    env_setup: tuple[str, ...]
+    max_array_size: int | None
+    source: Path | None = field(default=None, compare=False)
+
+    @property
+    def cpus_per_rank(self) -> int:
+        """The ``--depth`` for ``mpiexec --cpu-bind depth``: cores per node shared among its ranks."""
+        return max(1, self.cpus_per_node // self.ranks_per_node)
+
+    def queue(self, name: str | None = None) -> QueueLimits:
+        """The named queue, or the default one; a clear error for a queue the profile lacks."""
+        wanted = name if name is not None else self.default_queue
+        if wanted is None or wanted not in self.queues:
+            known = ", ".join(self.queues) or "none"
+            raise ProfileError(f"system {self.name!r} has no queue {wanted!r} (known: {known})")
+        return self.queues[wanted]
+
+    def launch_command(self, nnodes: int, ranks_per_node: int | None = None) -> str:
+        """The launcher line for ``nnodes`` nodes, e.g. ``mpiexec -n 8 --ppn 4 --depth 8 ...``."""
+        ppn = ranks_per_node or self.ranks_per_node
+        return self.launcher.format(
+            nranks=nnodes * ppn, ppn=ppn, depth=max(1, self.cpus_per_node // ppn), nnodes=nnodes
+        )
+
+
+def list_systems(config_dir: Path = CONFIG_DIR) -> list[str]:
+    """Names of the profiles shipped in ``configs/systems/`` (what ``load_system`` accepts)."""
+    return sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
+
+
+def load_system(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> SystemProfile:
+    """Load a profile by name (``"polaris"``) or by path to a YAML file; raise ProfileError."""
+    text_arg = str(name_or_path)
+    is_path = isinstance(name_or_path, Path) or "/" in text_arg or text_arg.endswith((".yaml", ".yml"))
+    path = Path(name_or_path) if is_path else Path(config_dir) / f"{text_arg}.yaml"
+    if not path.is_file():
+        if is_path:
+            raise ProfileError(f"{_display(path)}: no such system profile")
+        known = ", ".join(list_systems(config_dir)) or "none"
+        raise ProfileError(f"unknown system {text_arg!r} (known: {known}); or pass a path to a profile YAML")
+    return parse_profile(path.read_text(), path)
+
+
+def parse_profile(text: str, path: Path) -> SystemProfile:
+    """Validate a profile's YAML text; ``path`` names it in errors and must match ``name``."""
+    reader = _Reader(_display(path), text)
+    profile = reader.profile()
+    if profile.name != path.stem:
+        raise reader.error(("name",), f"{profile.name!r} does not match the file name {path.stem!r}")
+    return replace(profile, source=path)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Walks the YAML once for values and once for line numbers, checking as it goes."""
+
+    def __init__(self, where: str, text: str) -> None:
+        self.where = where
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            self.data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ProfileError(f"{where}{line}: invalid YAML: {problem}") from None
+        self.lines: dict[tuple[str, ...], int] = {}
+        if node is not None:
+            self._index(node, ())
+
+    def _index(self, node: yaml.Node, path: tuple[str, ...]) -> None:
+        if path:  # a missing top-level key has no useful line
+            self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                if key in seen:
+                    raise self.error((*path, key), "duplicate key", line=key_node.start_mark.line + 1)
+                seen.add(key)
+                self._index(value_node, (*path, key))
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+
+    def error(self, path: tuple[str, ...], problem: str, line: int | None = None) -> ProfileError:
+        if line is None:
+            probe = path
+            while probe not in self.lines and probe:
+                probe = probe[:-1]
+            line = self.lines.get(probe)
+        loc = f"{self.where}:{line}" if line else self.where
+        key = ".".join(path) or "(top level)"
+        return ProfileError(f"{loc}: {key}: {problem}")
+
+    # -- typed getters -------------------------------------------------------------------
+
+    def _get(self, mapping: dict, path: tuple[str, ...], optional: bool) -> Any:
+        value = mapping.get(path[-1], _MISSING)
+        if value is _MISSING and not optional:
+            raise self.error(path, "missing")
+        return value
+
+    def mapping(self, value: Any, path: tuple[str, ...], keys: tuple[str, ...] | None) -> dict:
+        if not isinstance(value, dict):
+            raise self.error(path, f"expected a mapping, got {value!r}")
+        if keys is not None:
+            for key in value:
+                if key not in keys:
+                    raise self.error((*path, str(key)), f"unknown key (expected one of: {', '.join(keys)})")
+        return value
+
+    def integer(self, m: dict, path: tuple[str, ...], minimum: int, optional: bool = False) -> int | None:
+        value = self._get(m, path, optional)
+        if value is _MISSING or (optional and value is None):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(path, f"expected int, got {value!r}")
+        if value < minimum:
+            raise self.error(path, f"must be >= {minimum}, got {value}")
+        return value
+
+    def text(self, m: dict, path: tuple[str, ...], optional: bool = False) -> str | None:
+        value = self._get(m, path, optional)
+        if value is _MISSING or (optional and value is None):
+            return None
+        if not isinstance(value, str):
+            raise self.error(path, f"expected a string, got {value!r}")
+        return value
+
+    def boolean(self, m: dict, path: tuple[str, ...]) -> bool:
+        value = self._get(m, path, optional=False)
+        if not isinstance(value, bool):
+            raise self.error(path, f"expected true or false, got {value!r}")
+        return value
+
+    def strings(self, m: dict, path: tuple[str, ...]) -> tuple[str, ...]:
+        value = self._get(m, path, optional=False)
+        if not isinstance(value, list):
+            raise self.error(path, f"expected a list of strings, got {value!r}")
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item.strip():
+                raise self.error((*path, str(i)), f"expected a non-empty string, got {item!r}")
+        return tuple(value)
+
+    # -- the schema ----------------------------------------------------------------------
+
+    def profile(self) -> SystemProfile:
+        top = self.mapping(self.data, (), _TOP_KEYS)
+        name = self.text(top, ("name",))
+        assert name is not None
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+            raise self.error(("name",), f"expected lowercase letters, digits, '-' or '_', got {name!r}")
+        scheduler = self.text(top, ("scheduler",))
+        if scheduler not in SCHEDULERS:
+            raise self.error(("scheduler",), f"expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+        gpus = self.integer(top, ("gpus_per_node",), 0)
+        cpus = self.integer(top, ("cpus_per_node",), 1)
+        assert gpus is not None and cpus is not None
+        ranks = self.integer(top, ("ranks_per_node",), 1, optional=True) or max(gpus, 1)
+
+        queues_raw = self.mapping(self._get(top, ("queues",), False), ("queues",), None)
+        queues = {str(q): self.queue(str(q), limits) for q, limits in queues_raw.items()}
+        default_queue = self.text(top, ("default_queue",), optional=True)
+        if scheduler == "local":
+            if queues:
+                raise self.error(("queues",), "must be empty for scheduler local")
+            if default_queue is not None:
+                raise self.error(("default_queue",), "must be null for scheduler local")
+        else:
+            if not queues:
+                raise self.error(("queues",), f"scheduler {scheduler} needs at least one queue")
+            if default_queue not in queues:
+                raise self.error(
+                    ("default_queue",), f"{default_queue!r} is not one of the queues ({', '.join(queues)})"
+                )
+
+        launcher = self.text(top, ("launcher",))
+        assert launcher is not None
+        self._check_launcher(launcher, ranks)
+        gpu_bind = self.text(top, ("gpu_bind",))
+        assert gpu_bind is not None
+        return SystemProfile(
+            name=name,
+            scheduler=scheduler,  # type: ignore[arg-type]
+            gpus_per_node=gpus,
+            cpus_per_node=cpus,
+            ranks_per_node=ranks,
+            default_queue=default_queue,
+            queues=MappingProxyType(queues),
+            filesystems=self.strings(top, ("filesystems",)),
+            launcher=launcher,
+            gpu_bind=gpu_bind,
+            env_setup=self.strings(top, ("env_setup",)),
+            max_array_size=self.integer(top, ("max_array_size",), 1, optional=True),
+        )
+
+    def queue(self, name: str, raw: Any) -> QueueLimits:
+        base = ("queues", name)
+        m = self.mapping(raw, base, _QUEUE_KEYS)
+        for key in _QUEUE_KEYS:
+            if key not in m:
+                raise self.error((*base, key), "missing")
+        min_nodes = self.integer(m, (*base, "min_nodes"), 1)
+        max_nodes = self.integer(m, (*base, "max_nodes"), 1)
+        assert min_nodes is not None and max_nodes is not None
+        if max_nodes < min_nodes:
+            raise self.error((*base, "max_nodes"), f"{max_nodes} is below min_nodes {min_nodes}")
+        walltime = self.text(m, (*base, "max_walltime"))
+        if walltime is None or not _WALLTIME.match(walltime) or walltime_seconds(walltime) == 0:
+            raise self.error((*base, "max_walltime"), f'expected "HH:MM:SS", got {walltime!r}')
+        return QueueLimits(
+            name=name,
+            min_nodes=min_nodes,
+            max_nodes=max_nodes,
+            max_walltime=walltime,
+            max_queued=self.integer(m, (*base, "max_queued"), 1, optional=True),
+            max_running=self.integer(m, (*base, "max_running"), 1, optional=True),
+            max_concurrent_subjobs=self.integer(m, (*base, "max_concurrent_subjobs"), 1, optional=True),
+            preemptable=self.boolean(m, (*base, "preemptable")),
+        )
+
+    def _check_launcher(self, launcher: str, ranks: int) -> None:
+        if not launcher.strip():
+            raise self.error(("launcher",), "must not be empty")
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(launcher) if f is not None}
+        except ValueError as exc:
+            raise self.error(("launcher",), f"bad template: {exc}") from None
+        unknown = sorted(names - LAUNCHER_FIELDS)
+        if unknown:
+            allowed = ", ".join("{" + f + "}" for f in sorted(LAUNCHER_FIELDS))
+            raise self.error(("launcher",), f"unknown placeholder {{{unknown[0]}}} (allowed: {allowed})")
+        if m := re.search(r"--cpu-bind[ =]list:(\S+)", launcher):
+            groups = len(m.group(1).split(":"))
+            if groups != ranks:
+                raise self.error(
+                    ("launcher",), f"--cpu-bind list has {groups} core groups but ranks_per_node is {ranks}"
+                )
