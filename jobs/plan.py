@@ -4,6 +4,7 @@ Pure expansion (`build_plan`) is separate from the files (`write_plan`, `read_pl
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -41,6 +42,7 @@ class Plan:
     spec_file: str
     models: dict[str, dict]            # alias → ModelSpec fields + resolved path and fingerprint
     task: dict
+    variants: list[dict]               # task parameter sets (one unless the task sweeps its params)
     points: list[DecodingPoint]
     prompts: list[Prompt]
     units: pa.Table                    # one row per unit, see UNIT_SCHEMA
@@ -54,7 +56,7 @@ class Plan:
 
 UNIT_SCHEMA = pa.schema([
     ("unit_id", pa.string()), ("unit_key", pa.string()), ("element", pa.int32()), ("model", pa.string()),
-    ("prompt_index", pa.int32()), ("point", pa.int32()), ("seed", pa.int64()), ("est_tokens", pa.int32()),
+    ("prompt_index", pa.int32()), ("variant", pa.int32()), ("point", pa.int32()), ("seed", pa.int64()), ("est_tokens", pa.int32()),
 ])
 
 
@@ -89,14 +91,16 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
         raise SpecError(str(e), file=spec_file, line=line_of(getattr(spec, "_lines", {}), ("decoding",)),
                         field="decoding") from None
     seeds = spec.decoding.seeds
-    per_model = sum(len(seeds) if (p is not None and p.do_sample) else 1 for p in points) * len(prompts)
+    variants = spec.task.variants()
+    per_model = (sum(len(seeds) if (p is not None and p.do_sample) else 1 for p in points)
+                 * len(prompts) * len(variants))
     total = per_model * len(spec.models)
     if total > spec.execution.max_units:
         raise SpecError(f"the spec expands to {total:,} units, above execution.max_units="
                         f"{spec.execution.max_units:,}; raise the cap if you mean it",
                         file=spec_file, field="execution.max_units")
 
-    task_json = canonical(spec.task.canonical_params())
+    variant_json = [canonical(v) for v in variants]
     prompt_json = [canonical({"text": p.text, "system_prompt": p.system_prompt,
                               "chat_template": p.chat_template}) for p in prompts]
     prompt_tokens = [len(p.text) // 4 + 1 for p in prompts]
@@ -112,13 +116,14 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
         model_json = canonical({"source": m.source, "fingerprint": ref.fingerprint, "dtype": m.dtype,
                                 "revision": m.revision})
         start, tokens, n = len(elements), 0.0, 0
-        for pi, point in enumerate(points):
+        for vi, pi in itertools.product(range(len(variants)), range(len(points))):
+            point = points[pi]
             point_seeds = seeds if (point is not None and point.do_sample) else [None]
             gen = (point.max_new_tokens * max(point.num_beams, point.num_return_sequences)
                    if point is not None else 1)
             for seed in point_seeds:
                 for qi in range(len(prompts)):
-                    uid, key = unit_ids(model_json, task_json, prompt_json[qi], point_json[pi], seed)
+                    uid, key = unit_ids(model_json, variant_json[vi], prompt_json[qi], point_json[pi], seed)
                     cost = prompt_tokens[qi] // 8 + gen
                     if n and (tokens + cost > budget or (ex.max_units_per_element and n >= ex.max_units_per_element)):
                         elements.append(Element(len(elements), m.alias, n, tokens / ex.tokens_per_second))
@@ -128,6 +133,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
                     cols["element"].append(len(elements))
                     cols["model"].append(m.alias)
                     cols["prompt_index"].append(qi)
+                    cols["variant"].append(vi)
                     cols["point"].append(pi)
                     cols["seed"].append(seed)
                     cols["est_tokens"].append(prompt_tokens[qi] + gen)
@@ -140,7 +146,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
                         "fingerprint": refs[m.alias].fingerprint, "kind": refs[m.alias].kind}
               for m in spec.models}
     return Plan(experiment=spec.name, spec_hash=spec.spec_hash(), spec=spec.canonical(), spec_file=spec_file,
-                models=models, task=spec.task.canonical_params(), points=[p for p in points if p is not None],
+                models=models, task=spec.task.canonical_params(), variants=variants, points=[p for p in points if p is not None],
                 prompts=prompts, units=units, elements=elements)
 
 
@@ -172,7 +178,7 @@ def write_plan(plan: Plan, exp_dir: Path) -> None:
     meta = {
         "format": PLAN_FORMAT, "experiment": plan.experiment, "spec_hash": plan.spec_hash,
         "spec_file": plan.spec_file, "created": plan.created, "spec": plan.spec, "models": plan.models,
-        "task": plan.task, "points": [p.model_dump() for p in plan.points],
+        "task": plan.task, "variants": plan.variants, "points": [p.model_dump() for p in plan.points],
         "elements": [asdict(e) for e in plan.elements], "n_units": plan.n_units,
     }
     tmp = exp_dir / f".plan.json.{os.getpid()}.tmp"

@@ -16,7 +16,7 @@ COMMON = [
     ("backend", pa.string()),
     ("prompt_set", pa.string()), ("prompt_id", pa.string()), ("prompt_text", pa.string()),
     ("label", pa.string()),
-    ("point", pa.int32()), ("decoding", pa.string()), ("seed", pa.int64()),
+    ("variant", pa.int32()), ("point", pa.int32()), ("decoding", pa.string()), ("seed", pa.int64()),
     ("do_sample", pa.bool_()), ("num_beams", pa.int32()), ("temperature", pa.float64()),
     ("top_k", pa.int32()), ("top_p", pa.float64()), ("repetition_penalty", pa.float64()),
     ("no_repeat_ngram_size", pa.int32()), ("max_new_tokens", pa.int32()),

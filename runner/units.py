@@ -12,6 +12,7 @@ class Unit:
     unit_id: str
     unit_key: str
     element: int
+    variant: int               # index into the plan's task variants
     point_index: int | None
     point: DecodingPoint | None
     seed: int | None

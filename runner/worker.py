@@ -37,16 +37,19 @@ def select_units(plan: PlanFiles, element: int, rank: int = 0, world: int = 1) -
     prompts = plan.prompts().to_pylist()
     points = plan.points
     mine = units[rank::world]
-    return [Unit(unit_id=u["unit_id"], unit_key=u["unit_key"], element=u["element"],
+    return [Unit(unit_id=u["unit_id"], unit_key=u["unit_key"], element=u["element"], variant=u["variant"],
                  point_index=u["point"], point=points[u["point"]] if points else None, seed=u["seed"],
                  prompt=prompts[u["prompt_index"]]) for u in mine]
 
 
 def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
-    """Group by the task's batch key, then by prompt length so padding stays small."""
-    keyed = sorted(units, key=lambda u: (task.batch_key(u), len(u.prompt["prompt_text"]), u.unit_id))
+    """Group by task variant and the task's batch key, then by prompt length so padding stays small."""
+    def key(u: Unit) -> tuple:
+        return (u.variant, task.batch_key(u))
+
+    keyed = sorted(units, key=lambda u: (key(u), len(u.prompt["prompt_text"]), u.unit_id))
     batches = []
-    for _, group in groupby(keyed, key=task.batch_key):
+    for _, group in groupby(keyed, key=key):
         group = list(group)
         batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
     return batches
@@ -80,12 +83,14 @@ def run_element(exp_dir: Path, element: int, rank: int = 0, world: int = 1,
     loaded = loading.load(model_info, task.MODEL_CLASS, task.ATTN)
     print(f"loaded model {model_alias} in {loaded.load_seconds:.1f}s (loads this rank: 1)", file=sys.stderr,
           flush=True)
-    ctx = TaskContext(loaded.model, loaded.tokenizer, plan.meta["task"])
+    variants = plan.meta["variants"]
+    ctx = TaskContext(loaded.model, loaded.tokenizer, variants[0])
     writer = PartWriter(exp_dir, task_name, element, rank)
     common = _common_columns(plan, model_alias, model_info, element, rank, execution["backend"])
 
     finished, failed = len(units) - len(todo), 0
     for batch in make_batches(task, todo, batch_size):
+        ctx.params = variants[batch[0].variant]
         rows, errors = _run_isolated(task, ctx, batch)
         by_id = {u.unit_id: u for u in batch}
         now = datetime.now(timezone.utc)
@@ -134,7 +139,7 @@ def _unit_columns(u: Unit) -> dict:
     p: DecodingPoint | None = u.point
     cols = {"unit_id": u.unit_id, "unit_key": u.unit_key, "prompt_set": u.prompt["prompt_set"],
             "prompt_id": u.prompt["prompt_id"], "prompt_text": u.prompt["prompt_text"],
-            "label": u.prompt["label"], "point": u.point_index, "seed": u.seed,
+            "label": u.prompt["label"], "variant": u.variant, "point": u.point_index, "seed": u.seed,
             "decoding": p.label() if p is not None else None}
     if p is not None:
         cols |= p.model_dump()
