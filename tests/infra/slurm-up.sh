@@ -49,9 +49,14 @@ healthy() {
     SLURM_CONF=$CONF timeout 10 sinfo -h >/dev/null 2>&1 || return 1
 }
 
+STARTED=0
 fail() {
     log "$*"
     tail_logs 30
+    if ((STARTED)); then
+        # leave no half-started daemons behind (logs and state stay for inspection)
+        LMSWEEP_SLURM_LOCKED=1 "$HERE/slurm-down.sh" >/dev/null 2>&1 || true
+    fi
     exit 1
 }
 
@@ -147,13 +152,14 @@ main() {
         return 0
     fi
 
-    local t0=$SECONDS
+    local t0=$SECONDS start=$EPOCHREALTIME
     # Partial or stale: stop whatever of ours is left, then start afresh.
     LMSWEEP_SLURM_LOCKED=1 "$HERE/slurm-down.sh" >/dev/null
     mkdir -p "$LOGDIR" "$RUNDIR" "$SANDBOX/state" "$SANDBOX/spool/slurmd"
     write_conf
     export SLURM_CONF=$CONF
 
+    STARTED=1
     start_munged
     # 9>&-: the daemons must not inherit the lock fd
     slurmctld 9>&- || fail "slurmctld failed to start"
@@ -181,7 +187,7 @@ main() {
         ((SECONDS - t0 < TIMEOUT)) || fail "node $NODENAME not idle after ${TIMEOUT}s (state: '${state:-no answer}')"
         sleep 0.5
     done
-    log "up in $((SECONDS - t0))s"
+    log "up in $(awk -v a="$start" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')s"
     write_env
 }
 
