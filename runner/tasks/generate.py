@@ -36,9 +36,13 @@ def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]
     units = [u for u, _ in keep]
     batch = tok.pad({"input_ids": [ids for _, ids in keep]}, return_tensors="pt")
     n_seq = point.num_return_sequences
+    if point.do_sample and n_seq > 1:
+        # Our sampling runs generate greedily over noised logits; transformers only expands
+        # rows for num_return_sequences when sampling or beaming, so repeat the rows ourselves.
+        batch = {k: v.repeat_interleave(n_seq, dim=0) for k, v in batch.items()}
     config = GenerationConfig(
         max_new_tokens=point.max_new_tokens, do_sample=False, num_beams=point.num_beams,
-        num_return_sequences=n_seq, repetition_penalty=point.repetition_penalty,
+        num_return_sequences=1 if point.do_sample else n_seq, repetition_penalty=point.repetition_penalty,
         no_repeat_ngram_size=point.no_repeat_ngram_size,
         pad_token_id=tok.pad_token_id, eos_token_id=_eos_ids(model, tok), bos_token_id=tok.bos_token_id,
     )
