@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,13 +46,20 @@ def run_elements(exp_dir: Path, elements: list[int], *, concurrency: int = 1, ra
                   TimeElapsedColumn(), TimeRemainingColumn(), disable=not show_progress,
                   transient=False) as bar:
         overall = bar.add_task("units", total=None)
+        plain = show_progress and not bar.console.is_terminal   # batch logs get a line per 10%
+        started, last_tenth = time.monotonic(), [-1]
 
         def update(element: int, rank_key: int, done: int, total: int) -> None:
             with lock:
                 counts[(element, rank_key)] = (done, total)
-                if len(counts) >= 1:
-                    bar.update(overall, completed=sum(d for d, _ in counts.values()),
-                               total=max(sum(t for _, t in counts.values()), 1))
+                done_all = sum(d for d, _ in counts.values())
+                total_all = max(sum(t for _, t in counts.values()), 1)
+                bar.update(overall, completed=done_all, total=total_all)
+                tenth = done_all * 10 // total_all
+                if plain and tenth > last_tenth[0]:
+                    last_tenth[0] = tenth
+                    print(f"units {done_all}/{total_all} ({100 * done_all // total_all}%) "
+                          f"after {time.monotonic() - started:.0f}s", flush=True)
 
         def run_one(element: int) -> None:
             log = logs / f"element-{element:05d}.log"
