@@ -26,3 +26,26 @@ def unit_ids(model: str, task: str, prompt: str, decoding: str, seed: int | None
     comparing two models or backends unit by unit."""
     key_json = unit_key_json(task, prompt, decoding, seed)
     return digest('{"model":' + model + ',"unit":' + key_json + "}"), digest(key_json)
+
+
+def unit_ids_block(model: str, task: str, prompts: list[bytes], decoding: str, seed: int | None
+                   ) -> tuple[list[str], list[str]]:
+    """`unit_ids` for one (model, task, decoding, seed) and many prompts (UTF-8 canonical JSON), the same
+    ids byte for byte. The shared prefix of each hash input is hashed once and its state copied, so a
+    million-unit plan spends ~1.5 µs per unit instead of ~3 µs rebuilding and encoding long strings."""
+    key_head = hashlib.sha256(('{"decoding":' + decoding + ',"prompt":').encode())
+    id_head = hashlib.sha256(('{"model":' + model + ',"unit":{"decoding":' + decoding + ',"prompt":').encode())
+    tail = (',"seed":' + ("null" if seed is None else str(seed)) + ',"task":' + task + "}").encode()
+    id_tail = tail + b"}"
+    key_copy, id_copy = key_head.copy, id_head.copy
+    ids, keys = [], []
+    for prompt in prompts:
+        h = key_copy()
+        h.update(prompt)
+        h.update(tail)
+        keys.append(h.hexdigest()[:20])
+        h = id_copy()
+        h.update(prompt)
+        h.update(id_tail)
+        ids.append(h.hexdigest()[:20])
+    return ids, keys
