@@ -60,6 +60,19 @@ UNIT_SCHEMA = pa.schema([
 ])
 
 
+def prompt_token_estimate(text: str) -> int:
+    """A tokenizer-free guess (~4 characters a token): planning must not load tokenizers."""
+    return len(text) // 4 + 1
+
+
+def unit_cost(prompt_tokens: int, generated_tokens: int) -> int:
+    """A unit's cost in generated-token equivalents: prefill is batched and ~8x cheaper per token.
+
+    The one cost model for sizing elements (build_plan here, re-packing for a cluster in submit/packing).
+    """
+    return prompt_tokens // 8 + generated_tokens
+
+
 def resolve_models(spec: ExperimentSpec) -> dict[str, ModelRef]:
     spec_dir = getattr(spec, "_spec_dir", None)
     out = {}
@@ -103,7 +116,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
     variant_json = [canonical(v) for v in variants]
     prompt_json = [canonical({"text": p.text, "system_prompt": p.system_prompt,
                               "chat_template": p.chat_template}) for p in prompts]
-    prompt_tokens = [len(p.text) // 4 + 1 for p in prompts]
+    prompt_tokens = [prompt_token_estimate(p.text) for p in prompts]
     point_json = [p.canonical() if p is not None else "null" for p in points]
 
     cols: dict[str, list] = {name: [] for name in UNIT_SCHEMA.names}
@@ -124,7 +137,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
             for seed in point_seeds:
                 for qi in range(len(prompts)):
                     uid, key = unit_ids(model_json, variant_json[vi], prompt_json[qi], point_json[pi], seed)
-                    cost = prompt_tokens[qi] // 8 + gen
+                    cost = unit_cost(prompt_tokens[qi], gen)
                     if n and (tokens + cost > budget or (ex.max_units_per_element and n >= ex.max_units_per_element)):
                         elements.append(Element(len(elements), m.alias, n, tokens / ex.tokens_per_second))
                         tokens, n = 0.0, 0

@@ -85,6 +85,58 @@ class PromptSetSpec(Strict):
         return self
 
 
+SCHEDULER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+WALLTIME_PATTERN = r"^\d{1,3}:[0-5]\d:[0-5]\d$"
+
+
+def scheduler_name(value: str, what: str) -> str:
+    """Accounts, queues, partitions, QOS: they go into #PBS/#SBATCH lines, so only a plain charset passes."""
+    if not SCHEDULER_NAME.match(value):
+        raise ValueError(f"{what} {value!r} must be 1-64 letters, digits, '.', '_', '-', starting with a "
+                         "letter or digit")
+    return value
+
+
+class PbsSpec(Strict):
+    """`execution.pbs`: PBS directives (ALCF Polaris/Aurora); unset values come from the system profile."""
+
+    account: str | None = None                   # -A project
+    queue: str | None = None                     # -q
+    filesystems: list[str] | None = Field(None, min_length=1)   # -l filesystems=a:b
+    place: str = Field("scatter", pattern=r"^(scatter|pack|free)(:(excl|exclhost|shared|group=[A-Za-z0-9_]+))*$")
+    walltime: str | None = Field(None, pattern=WALLTIME_PATTERN)   # overrides execution.walltime
+    array_limit: int | None = Field(None, ge=1)  # -J ...%K
+
+    @field_validator("account", "queue")
+    @classmethod
+    def _names(cls, v: str | None, info) -> str | None:
+        return v if v is None else scheduler_name(v, info.field_name)
+
+    @field_validator("filesystems")
+    @classmethod
+    def _filesystems(cls, v: list[str] | None) -> list[str] | None:
+        for fs in v or []:
+            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", fs):
+                raise ValueError(f"filesystem {fs!r} must be lowercase letters, digits, '_'")
+        return v
+
+
+class SlurmSpec(Strict):
+    """`execution.slurm`: sbatch options; unset values come from the system profile."""
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int | None = Field(None, ge=0, le=64)
+    time: str | None = Field(None, pattern=WALLTIME_PATTERN)       # overrides execution.walltime
+    array_limit: int | None = Field(None, ge=1)  # --array=...%K
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _names(cls, v: str | None, info) -> str | None:
+        return v if v is None else scheduler_name(v, info.field_name)
+
+
 class ExecutionSpec(Strict):
     backend: Literal["hf", "deepspeed"] = "hf"
     system: str = "local"
@@ -96,6 +148,10 @@ class ExecutionSpec(Strict):
     tokens_per_second: float = Field(50.0, gt=0)      # per-rank throughput guess for cost estimates
     max_units_per_element: int | None = Field(None, ge=1)
     max_units: int = Field(DEFAULT_MAX_UNITS, ge=1)
+    nodes: int | None = Field(None, ge=1, le=100_000)            # per element on a cluster; default: packing
+    ranks_per_node: int | None = Field(None, ge=1, le=1024)      # default: the system profile's
+    pbs: PbsSpec | None = None
+    slurm: SlurmSpec | None = None
 
     @property
     def walltime_seconds(self) -> int:

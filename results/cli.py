@@ -57,10 +57,16 @@ def cmd_status(args) -> int:
     from results.load import status
 
     st = status(Path(args.experiment))
-    print_df(st.per_element, f"status: {args.experiment}")
+    per, notes = st.per_element, []
+    if (Path(args.experiment) / "jobs").is_dir():   # submitted: add the scheduler's view of each element
+        from submit.tracking import scheduler_view
+        per, notes = scheduler_view(Path(args.experiment), per)
+    print_df(per, f"status: {args.experiment}")
     console.print(f"{st.done}/{st.planned} done, {st.failed} failed, {st.missing} missing")
     for row in st.failures.head(args.errors).itertuples():
         console.print(f"failed {row.unit_id} (element {row.element}): {row.error}", markup=False)
+    for note in notes:
+        console.print(note, markup=False)
     return 0 if st.complete else 1
 
 

@@ -1,0 +1,179 @@
+"""The one small interface every scheduler implements (submitit's shape: a backend is a few hooks).
+
+A backend knows four things: the text of a job script (a pure function of an `ArrayJob`), the
+command that submits it, how to read the job id from that command's output, and how to ask the
+scheduler about many jobs in one call. Everything else — packing, recording, status, resubmit —
+is written once against this interface in `submit/cli.py`.
+
+An `ArrayJob` runs `len(elements)` array tasks; task `i` runs plan element `elements[i]`. Indices are
+always 0..n-1 (so `--array=0-(n-1)` / `-J 0-(n-1)` stay within MaxArraySize / max_array_size);
+the script maps an index to its element, which lets a resubmit run any subset of elements.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from submit.systems import SystemProfile
+
+State = Literal["queued", "held", "running", "finished", "failed", "cancelled", "unknown"]
+ACTIVE_STATES: frozenset[str] = frozenset({"queued", "held", "running"})
+
+
+class SchedulerError(RuntimeError):
+    """A scheduler command failed; the message says which command and what it printed."""
+
+
+@dataclass(frozen=True)
+class ArrayJob:
+    """Everything a script needs; rendering reads nothing else (no clock, no environment)."""
+
+    experiment: str
+    exp_dir: str                        # absolute path of the experiment directory
+    submission: str                     # e.g. "sub-0001"; scripts and logs live in EXP/jobs/<submission>/
+    part: int                           # array number within the submission (several when split)
+    elements: tuple[int, ...]           # task index i runs element elements[i]
+    nodes: int                          # per element
+    ranks_per_node: int
+    cpus_per_rank: int                  # --depth / --cpus-per-task / OMP_NUM_THREADS
+    walltime: str                       # HH:MM:SS
+    queue: str | None                   # PBS queue / Slurm partition
+    account: str | None
+    throttle: int | None                # at most this many tasks at once (%K)
+    python: str                         # interpreter that runs `-m lmsweep worker`
+    filesystems: tuple[str, ...] = ()   # PBS -l filesystems
+    place: str = "scatter"              # PBS -l place
+    qos: str | None = None              # Slurm --qos
+    gpus_per_node: int = 0              # Slurm --gpus-per-node
+    depends_on: str | None = None       # job id this array starts after (afterany: never afterok)
+    preemptable: bool = False
+
+    @property
+    def n_tasks(self) -> int:
+        return len(self.elements)
+
+    @property
+    def is_array(self) -> bool:
+        return len(self.elements) > 1
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+    @property
+    def job_name(self) -> str:
+        # experiment names are restricted to [A-Za-z0-9._-]; schedulers want a leading letter
+        return f"lms-{self.experiment}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """What the scheduler says about one array task (or a plain job: index 0)."""
+
+    job_id: str           # the id `submit` recorded for the array/job
+    index: int
+    state: State
+    raw: str              # the scheduler's own word (COMPLETED, F, PENDING, ...)
+    task_id: str          # how the scheduler names this task: 12_3, 45[3].server, local-99:3
+    reason: str | None = None
+    never_runs: bool = False   # pending forever (dependency never satisfied, can never run): cancel it
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE_STATES
+
+
+@dataclass
+class RecordedJob:
+    """A submitted array as recorded under EXP/jobs/: enough to query and cancel it later."""
+
+    job_id: str
+    n_tasks: int
+    submission: str
+    part: int
+    elements: list[int] = field(default_factory=list)
+    directory: str = ""     # EXP/jobs/<submission>: scripts, logs (and the local backend's state files)
+
+
+class Scheduler(ABC):
+    """A backend: render, submit, parse the id, query states in one batched call, cancel."""
+
+    name: ClassVar[str]
+    script_suffix: ClassVar[str]
+
+    def __init__(self, profile: SystemProfile):
+        self.profile = profile
+
+    # -- the four hooks ------------------------------------------------------------------------------
+    @abstractmethod
+    def render(self, job: ArrayJob) -> str:
+        """The whole job script. Pure: the same job gives the same text."""
+
+    @abstractmethod
+    def submit_command(self, script: Path) -> list[str]:
+        """argv that submits `script`; it runs with the script's directory as working directory."""
+
+    @abstractmethod
+    def parse_job_id(self, stdout: str) -> str:
+        """The job id from what the submit command printed."""
+
+    @abstractmethod
+    def query(self, jobs: list[RecordedJob]) -> dict[tuple[str, int], TaskState]:
+        """States of every task of `jobs`, from one batched scheduler call (plus fallbacks for the
+        tasks it no longer knows). Tasks the scheduler cannot tell about come back `unknown`."""
+
+    @abstractmethod
+    def cancel_command(self, job_ids: list[str]) -> list[str]:
+        """argv that cancels all of `job_ids` (whole arrays) in one call."""
+
+    def cancel_task_command(self, tasks: list[TaskState]) -> list[str]:
+        """argv that cancels single tasks (used for tasks pending forever)."""
+        return self.cancel_command([t.task_id for t in tasks])
+
+    def live_limits(self) -> dict[str, int]:
+        """Limits read from the running scheduler (e.g. Slurm MaxArraySize); {} when unknown."""
+        return {}
+
+    # -- shared plumbing -----------------------------------------------------------------------------
+    def submit(self, script: Path) -> str:
+        cmd = self.submit_command(script)
+        proc = run(cmd, cwd=script.parent)
+        if proc.returncode != 0:
+            raise SchedulerError(self.explain_submit_failure(cmd, proc))
+        return self.parse_job_id(proc.stdout)
+
+    def explain_submit_failure(self, cmd: list[str], proc: subprocess.CompletedProcess) -> str:
+        said = (proc.stderr.strip() or proc.stdout.strip()).replace("\n", " | ")
+        return f"`{shlex.join(cmd)}` exited {proc.returncode}: {said}"
+
+    def cancel(self, job_ids: list[str]) -> subprocess.CompletedProcess:
+        return run(self.cancel_command(job_ids))
+
+
+def run(cmd: list[str], cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run a scheduler client command; a missing command is a SchedulerError, not a traceback."""
+    try:
+        return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise SchedulerError(f"`{cmd[0]}` not found: is this a login node of the right system?") from None
+    except subprocess.TimeoutExpired:
+        raise SchedulerError(f"`{shlex.join(cmd)}` did not answer within {timeout:.0f}s") from None
+
+
+def scheduler_for(profile: SystemProfile) -> Scheduler:
+    """The backend of a system profile."""
+    if profile.scheduler == "pbs":
+        from submit.pbs import PbsScheduler
+        return PbsScheduler(profile)
+    if profile.scheduler == "slurm":
+        from submit.slurm import SlurmScheduler
+        return SlurmScheduler(profile)
+    from submit.local_scheduler import LocalScheduler
+    return LocalScheduler(profile)

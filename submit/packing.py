@@ -1,0 +1,308 @@
+"""Packing: how many nodes per element, how many elements, how many arrays — for one queue.
+
+Pure functions of (per-unit model and cost, profile limits, requested options). The result
+re-groups the plan's units into elements (`apply_packing`), which `lmsweep submit` does before it
+writes the plan, so workers only ever read the plan.
+
+Rules, in order:
+1. Walltime must fit the queue; nodes per element start at the queue's minimum (Polaris prod: 10)
+   unless given; a request below the minimum is refused with the reason (a one-GPU-per-element
+   plan on Polaris prod would hold 10 nodes to use one GPU and cap the sweep at 10 GPUs running).
+2. An element holds one model (a rank loads one model once) and at most the work that
+   `ranks / tensor_parallel` groups finish in ELEMENT_FILL of the walltime; units are split into
+   contiguous, cost-balanced runs.
+3. The total number of array tasks must fit the queue's queued-jobs limit (subjobs count each);
+   if not, nodes per element grow (bigger elements, fewer of them) up to the queue maximum.
+4. Arrays hold at most max_array_size tasks (Slurm MaxArraySize, PBS max_array_size); a larger
+   plan is split into several arrays, chained with `afterany` so the throttle holds overall.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pyarrow as pa
+
+from jobs.plan import ELEMENT_FILL, Element, Plan, prompt_token_estimate, unit_cost
+from lmsweep.console import hms
+from submit.systems import QueueLimits, walltime_seconds
+
+
+class PackingError(ValueError):
+    """The plan cannot be submitted to this queue as asked; the message says why and what would work."""
+
+
+@dataclass(frozen=True)
+class PackRequest:
+    system: str
+    scheduler: str                       # pbs | slurm | local
+    queue: QueueLimits | None            # None: no queue (local)
+    ranks_per_node: int
+    walltime: str
+    tokens_per_second: float
+    nodes: int | None = None             # asked for explicitly (execution.nodes / --nodes)
+    ranks: int | None = None             # asked for explicitly (execution.ranks_per_element)
+    tensor_parallel: int = 1
+    max_units_per_element: int | None = None
+    max_array_size: int | None = None
+    max_queued: int | None = None        # overrides the queue's (e.g. live Slurm MaxJobCount)
+    array_limit: int | None = None       # asked-for throttle %K
+    other_queues: tuple[QueueLimits, ...] = ()   # the system's other queues, to suggest one in errors
+
+
+@dataclass(frozen=True)
+class Packing:
+    queue: str | None
+    nodes: int
+    ranks_per_node: int
+    walltime: str
+    capacity: float                      # cost units one element can finish within the walltime
+    element_of_unit: np.ndarray = field(repr=False)
+    elements: tuple[Element, ...] = field(repr=False)
+    arrays: tuple[tuple[int, ...], ...]  # element indices per array (task i of array a runs arrays[a][i])
+    throttle: int | None
+    tensor_parallel: int = 1
+    notes: tuple[str, ...] = ()
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+    @property
+    def groups(self) -> int:
+        """Model replicas per element: ranks / tensor_parallel, each working through its own units."""
+        return max(1, self.ranks // self.tensor_parallel)
+
+    def describe(self) -> list[str]:
+        """The packing decision in a few lines a user can check against the queue's rules."""
+        n_el = len(self.elements)
+        units = sum(e.n_units for e in self.elements)
+        walls = [e.est_seconds / self.groups for e in self.elements]
+        sizes = [len(a) for a in self.arrays]
+        lines = [
+            f"queue: {self.queue or '(none)'}; walltime {self.walltime} per element",
+            f"elements: {n_el} for {units} unit(s), {min(e.n_units for e in self.elements)}-"
+            f"{max(e.n_units for e in self.elements)} units each, est. {hms(min(walls))}-{hms(max(walls))} "
+            f"of work each (planned to fill <= {ELEMENT_FILL:.0%} of the walltime)",
+            f"per element: {self.nodes} node(s) x {self.ranks_per_node} rank(s) = {self.ranks} rank(s)",
+            f"arrays: {len(self.arrays)} ({', '.join(map(str, sizes))} task(s))"
+            + (f", at most {self.throttle} running at once" if self.throttle else ""),
+        ]
+        return lines + list(self.notes)
+
+
+def plan_unit_costs(plan: Plan) -> np.ndarray:
+    """Per-unit cost, the same model build_plan sizes elements with (jobs.plan.unit_cost)."""
+    prompt_tokens = np.array([prompt_token_estimate(p.text) for p in plan.prompts], dtype=np.int64)
+    pt = prompt_tokens[plan.units.column("prompt_index").to_numpy()]
+    est = plan.units.column("est_tokens").to_numpy().astype(np.int64)
+    return np.array(unit_cost(pt, est - pt), dtype=np.float64)
+
+
+def _queue_text(req: PackRequest) -> str:
+    q = req.queue
+    assert q is not None
+    limits = [f"{q.min_nodes}-{q.max_nodes} nodes", f"<= {q.max_walltime}"]
+    if q.max_queued:
+        limits.append(f"{q.max_queued} queued")
+    if q.max_running:
+        limits.append(f"{q.max_running} running")
+    if q.max_concurrent_subjobs:
+        limits.append(f"%{q.max_concurrent_subjobs} subjobs at once")
+    return f"{req.system} queue {q.name} ({', '.join(limits)})"
+
+
+def choose_nodes(req: PackRequest) -> tuple[int, int, bool]:
+    """(nodes, ranks per node, may grow) from the request and queue; refuses what the queue won't run."""
+    q, ppn = req.queue, req.ranks_per_node
+    if req.scheduler == "local":          # one machine: every rank on it
+        return 1, req.ranks or (req.nodes or 1) * ppn, False
+    if req.ranks is not None and req.nodes is None:
+        nodes = max(1, math.ceil(req.ranks / ppn))
+        if nodes == 1:
+            ppn = req.ranks
+        elif req.ranks != nodes * ppn:
+            raise PackingError(f"execution.ranks_per_element={req.ranks} is not a whole number of nodes of "
+                               f"{ppn} ranks on {req.system}; use a multiple of {ppn} or set execution.nodes")
+        explicit = True
+    else:
+        nodes, explicit = (req.nodes, True) if req.nodes is not None else (q.min_nodes if q else 1, False)
+    if q is not None and not q.min_nodes <= nodes <= q.max_nodes:
+        asked = nodes * ppn
+        what = (f"execution.ranks_per_element={req.ranks}" if req.ranks is not None and req.nodes is None
+                else f"execution.nodes={nodes}")
+        if nodes < q.min_nodes:
+            full = req.ranks_per_node
+            one = "one GPU per array element" if asked == 1 else f"{asked} rank(s) per array element"
+            small = [o.name for o in req.other_queues if o.min_nodes <= nodes <= o.max_nodes]
+            alt = f", or use queue {' / '.join(small)} for small elements" if small else ""
+            raise PackingError(
+                f"{what} asks for {one}, below the minimum of {_queue_text(req)}: PBS/Slurm reject a smaller "
+                f"job, and padding it to {q.min_nodes} nodes ({q.min_nodes * full} ranks) would leave all but "
+                f"{asked} idle; with {q.max_running or 'only a few'} jobs running at once the sweep would use "
+                f"{(q.max_running or 1) * asked} rank(s) in all. Remove {what.split('=')[0]} and lmsweep packs "
+                f"few large elements ({q.min_nodes} nodes x {full} ranks each){alt}.")
+        raise PackingError(f"{what} is above the maximum of {_queue_text(req)}")
+    return nodes, ppn, not explicit
+
+
+def pack(unit_models: Sequence[str], unit_costs: np.ndarray, req: PackRequest,
+         model_order: Sequence[str] | None = None) -> Packing:
+    """Assign every unit to an element and every element to an array task, within the queue's limits."""
+    q = req.queue
+    wall = walltime_seconds(req.walltime)
+    if q is not None and wall > q.max_walltime_seconds:
+        raise PackingError(f"walltime {req.walltime} is above the maximum of {_queue_text(req)}")
+    nodes, ppn, can_grow = choose_nodes(req)
+    tp = max(1, req.tensor_parallel)
+    models = np.asarray(unit_models, dtype=object)
+    costs = np.asarray(unit_costs, dtype=np.float64)
+    order = list(model_order) if model_order is not None else list(dict.fromkeys(models.tolist()))
+    if len(models) == 0:
+        raise PackingError("the plan has no units")
+    per_group = wall * ELEMENT_FILL * req.tokens_per_second     # what one rank group finishes
+    if costs.max() > per_group:
+        raise PackingError(f"one unit is estimated at {costs.max() / req.tokens_per_second:,.0f} s of work, "
+                           f"more than {ELEMENT_FILL:.0%} of walltime {req.walltime}: raise the walltime, lower "
+                           f"max_new_tokens, or raise execution.tokens_per_second if the estimate is pessimistic")
+    limit = req.max_queued if req.max_queued is not None else (q.max_queued if q else None)
+    notes: list[str] = []
+    if q is not None:
+        notes.append(f"limits: {_queue_text(req)}")
+    index = {m: np.flatnonzero(models == m) for m in order}
+
+    def count(n: int) -> int:
+        cap = per_group * ((n * ppn) // tp)
+        return sum(_k_min(costs[ix].sum(), len(ix), cap, req.max_units_per_element) for ix in index.values())
+
+    _check_tp(nodes * ppn, tp, req)
+    start_nodes = nodes
+    if limit is not None and count(nodes) > limit:
+        if not can_grow or q is None:
+            raise PackingError(_too_many(count(nodes), limit, req, nodes, ppn))
+        hi = q.max_nodes
+        if count(hi) > limit:
+            raise PackingError(_too_many(count(hi), limit, req, hi, ppn))
+        lo = nodes
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if count(mid) <= limit:
+                hi = mid
+            else:
+                lo = mid + 1
+        nodes = lo
+    while True:
+        _check_tp(nodes * ppn, tp, req)
+        capacity = per_group * ((nodes * ppn) // tp)
+        element_of_unit = np.empty(len(models), dtype=np.int32)
+        elements: list[Element] = []
+        for m in order:
+            ix = index[m]
+            if len(ix) == 0:
+                continue
+            chunks = _split(costs[ix], capacity, req.max_units_per_element)
+            n_chunks = int(chunks.max()) + 1
+            element_of_unit[ix] = chunks + len(elements)
+            sums = np.bincount(chunks, weights=costs[ix], minlength=n_chunks)
+            counts = np.bincount(chunks, minlength=n_chunks)
+            elements += [Element(len(elements), m, int(counts[c]), float(sums[c]) / req.tokens_per_second)
+                         for c in range(n_chunks)]
+        if limit is None or len(elements) <= limit:
+            break
+        if not can_grow or q is None or nodes >= q.max_nodes:
+            raise PackingError(_too_many(len(elements), limit, req, nodes, ppn))
+        nodes += 1
+    if nodes != start_nodes:
+        notes.append(f"nodes per element raised from {start_nodes} to {nodes} so the {len(elements)} element(s) "
+                     f"fit the limit of {limit} queued jobs")
+    groups = (nodes * ppn) // tp
+    idle = [e for e in elements if e.n_units < groups]
+    if idle:
+        notes.append(f"{len(idle)} element(s) have fewer units than the {groups} rank group(s) they get; "
+                     f"a smaller queue or fewer nodes would waste less")
+    arrays, throttle, more = split_arrays(list(range(len(elements))), req, nodes)
+    notes += more
+    return Packing(queue=q.name if q else None, nodes=nodes, ranks_per_node=ppn, walltime=req.walltime,
+                   capacity=capacity, element_of_unit=element_of_unit, elements=tuple(elements),
+                   arrays=arrays, throttle=throttle, tensor_parallel=tp, notes=tuple(notes))
+
+
+def _check_tp(ranks: int, tp: int, req: PackRequest) -> None:
+    if ranks % tp:
+        raise PackingError(f"{ranks} rank(s) per element is not a multiple of tensor_parallel={tp}: "
+                           f"set execution.nodes/ranks_per_node so that ranks divide into model replicas")
+
+
+def _k_min(total: float, n: int, capacity: float, max_units: int | None) -> int:
+    k = max(1, math.ceil(total / capacity - 1e-9))
+    if max_units:
+        k = max(k, math.ceil(n / max_units))
+    return min(k, n)
+
+
+def _split(costs: np.ndarray, capacity: float, max_units: int | None) -> np.ndarray:
+    """Contiguous, cost-balanced chunks, each within `capacity` and `max_units`; chunk ids 0..k-1."""
+    n = len(costs)
+    cum = np.cumsum(costs)
+    total = float(cum[-1])
+    k = _k_min(total, n, capacity, max_units)
+    while True:
+        mid = cum - costs / 2
+        chunk = np.minimum((mid * k / total).astype(np.int64), k - 1) if total > 0 else \
+            np.minimum(np.arange(n) * k // n, k - 1)
+        _, chunk = np.unique(chunk, return_inverse=True)    # drop empty chunks, keep order
+        chunk = chunk.reshape(-1)
+        sums = np.bincount(chunk, weights=costs)
+        counts = np.bincount(chunk)
+        if (sums.max() <= capacity * (1 + 1e-9) and (not max_units or counts.max() <= max_units)) or k >= n:
+            return chunk
+        k += 1
+
+
+def _too_many(n: int, limit: int, req: PackRequest, nodes: int, ppn: int) -> str:
+    where = _queue_text(req) if req.queue else req.system
+    fix = ("raise the walltime (up to the queue maximum), split the sweep into several experiments, "
+           "or raise execution.tokens_per_second if the throughput estimate is pessimistic")
+    roomier = [o.name for o in req.other_queues if o.max_queued is None or o.max_queued > limit]
+    if roomier:
+        fix = f"use a queue that takes more jobs ({' / '.join(roomier)}), " + fix
+    if req.max_units_per_element:
+        fix = "raise or remove execution.max_units_per_element, " + fix
+    return (f"the plan needs {n} array task(s) with {nodes} node(s) x {ppn} rank(s) per element, more than the "
+            f"{limit} jobs {where} lets one project queue (each array task counts): {fix}")
+
+
+def split_arrays(elements: list[int], req: PackRequest,
+                 nodes: int) -> tuple[tuple[tuple[int, ...], ...], int | None, list[str]]:
+    """Arrays of at most max_array_size tasks, and the throttle %K within the queue's subjob limit."""
+    q = req.queue
+    cap = q.max_concurrent_subjobs if q else None
+    notes = []
+    if req.array_limit is not None and cap is not None and req.array_limit > cap:
+        raise PackingError(f"array limit %{req.array_limit} is above the {cap} subjobs {_queue_text(req)} runs at "
+                           f"once; a wider throttle can leave the array never running")
+    throttle = req.array_limit or cap
+    if req.scheduler == "local":
+        throttle = req.array_limit or 1
+    size = req.max_array_size or len(elements) or 1
+    arrays = tuple(tuple(elements[i:i + size]) for i in range(0, len(elements), size))
+    limit = req.max_queued if req.max_queued is not None else (q.max_queued if q else None)
+    if limit is not None and len(elements) > limit:
+        raise PackingError(_too_many(len(elements), limit, req, nodes, req.ranks_per_node))
+    if len(arrays) > 1:
+        notes.append(f"{len(elements)} tasks exceed max_array_size {size}: split into {len(arrays)} arrays, "
+                     f"each starting after the previous one ends (afterany), so at most "
+                     f"{throttle or 'all'} run at once")
+    if throttle is not None:
+        throttle = min(throttle, max(len(a) for a in arrays)) if arrays else throttle
+    return arrays, throttle, notes
+
+
+def apply_packing(plan: Plan, packing: Packing) -> Plan:
+    """The plan with its units re-grouped into the packing's elements (pure; write it with write_plan)."""
+    units = plan.units
+    col = units.schema.get_field_index("element")
+    units = units.set_column(col, units.schema.field("element"), pa.array(packing.element_of_unit, pa.int32()))
+    return replace(plan, units=units, elements=list(packing.elements))

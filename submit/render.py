@@ -1,0 +1,75 @@
+"""The script body shared by the PBS, Slurm and local backends: pure text from an ArrayJob.
+
+Safety rule: the only values written into a script unquoted are integers, names validated to a
+plain charset (experiment, queue, account) and the system profile's own lines (launcher, GPU
+binding, environment setup), which are configuration like code. Every path and every other
+string goes through `shlex.quote`; prompts and model names never reach a script at all (the
+worker reads them from the plan).
+"""
+from __future__ import annotations
+
+from shlex import quote
+
+from submit.base import ArrayJob
+from submit.systems import SystemProfile
+
+EXIT_BAD_INDEX = 3
+
+
+def element_lookup(job: ArrayJob, index_expr: str) -> list[str]:
+    """Lines that set `index` and `element` from the scheduler's array index variable."""
+    n = job.n_tasks
+    lines = [f"index={index_expr}",
+             f'case "$index" in (""|*[!0-9]*) echo "lmsweep: bad array index \'$index\'" >&2; '
+             f"exit {EXIT_BAD_INDEX};; esac",
+             f"if (( index >= {n} )); then echo \"lmsweep: array index $index out of range 0-{n - 1}\" >&2; "
+             f"exit {EXIT_BAD_INDEX}; fi"]
+    els = job.elements
+    if list(els) == list(range(els[0], els[0] + n)):
+        lines.append(f"element=$(( {els[0]} + index ))")
+    else:
+        # a resubmit of scattered elements: task index -> element, 16 per line
+        rows = [" ".join(str(e) for e in els[i:i + 16]) for i in range(0, n, 16)]
+        lines.append("ELEMENTS=(" + "\n          ".join(rows) + ")")
+        lines.append('element=${ELEMENTS[$index]}')
+    return lines
+
+
+def launch_line(job: ArrayJob, profile: SystemProfile) -> str:
+    """The profile's launcher around the worker; the GPU binding runs inside each rank."""
+    launcher = profile.launcher.format(nranks=job.ranks, ppn=job.ranks_per_node, depth=job.cpus_per_rank,
+                                       nnodes=job.nodes)
+    worker = '"$PYTHON" -m lmsweep worker --plan "$EXP" --element "$element"'
+    if profile.gpu_bind.strip():
+        # per rank: bind this rank to its GPU, then become the worker (argv passes through untouched)
+        per_rank = profile.gpu_bind.strip() + '; exec "$@"'
+        worker = f"/bin/bash -c {quote(per_rank)} lmsweep-rank {worker}"
+    return f"{launcher} {worker}"
+
+
+def body(job: ArrayJob, profile: SystemProfile, index_expr: str, job_id_expr: str) -> list[str]:
+    """Environment setup, index → element, launch, and an exit status the scheduler can record."""
+    first, last = job.elements[0], job.elements[-1]
+    what = f"element {first}" if job.n_tasks == 1 else f"{job.n_tasks} elements ({first}..{last})"
+    lines = [
+        f"# lmsweep: experiment {job.experiment}, {job.submission} part {job.part}: {what}, "
+        f"{job.nodes} node(s) x {job.ranks_per_node} rank(s) each",
+        "set -o pipefail",
+    ]
+    if profile.env_setup:
+        lines.append("# environment (system profile " + profile.name + ")")
+        lines += list(profile.env_setup)
+    lines += [
+        f"EXP={quote(job.exp_dir)}",
+        f"PYTHON={quote(job.python)}",
+        *element_lookup(job, index_expr),
+        f"export OMP_NUM_THREADS={job.cpus_per_rank}",
+        "export PYTHONUNBUFFERED=1",
+        f'echo "lmsweep: job {job_id_expr} index $index -> element $element on $(hostname) at $(date -Is)"',
+        'cd "$EXP" || exit 1',
+        launch_line(job, profile),
+        "status=$?",
+        'echo "lmsweep: element $element exited $status at $(date -Is)"',
+        'exit "$status"',
+    ]
+    return lines
