@@ -19,6 +19,7 @@ from jobs.errors import SpecError
 from jobs.model_sources import ModelRef, resolve
 from jobs.prompts import Prompt, load_prompt_set
 from jobs.spec import ExperimentSpec
+from jobs.task_checks import check_units, variants_per_model
 from jobs.units import canonical, unit_ids
 from jobs.yamlio import line_of
 
@@ -105,6 +106,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
                         field="decoding") from None
     seeds = spec.decoding.seeds
     variants = spec.task.variants()
+    facts, model_variants = variants_per_model(spec, refs, variants)
     per_model = (sum(len(seeds) if (p is not None and p.do_sample) else 1 for p in points)
                  * len(prompts) * len(variants))
     total = per_model * len(spec.models)
@@ -129,7 +131,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
         model_json = canonical({"source": m.source, "fingerprint": ref.fingerprint, "dtype": m.dtype,
                                 "revision": m.revision})
         start, tokens, n = len(elements), 0.0, 0
-        for vi, pi in itertools.product(range(len(variants)), range(len(points))):
+        for vi, pi in itertools.product(model_variants[m.alias], range(len(points))):
             point = points[pi]
             point_seeds = seeds if (point is not None and point.do_sample) else [None]
             gen = (point.max_new_tokens * max(point.num_beams, point.num_return_sequences)
@@ -154,6 +156,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
                     n += 1
         if n or len(elements) == start:
             elements.append(Element(len(elements), m.alias, n, tokens / ex.tokens_per_second))
+    check_units(spec, facts, prompts, cols["model"], cols["prompt_index"])
     units = pa.table(cols, schema=UNIT_SCHEMA)
     models = {m.alias: {**m.model_dump(mode="json"), "path": refs[m.alias].path,
                         "fingerprint": refs[m.alias].fingerprint, "kind": refs[m.alias].kind}

@@ -70,7 +70,34 @@ def cmd_status(args) -> int:
     return 0 if st.complete else 1
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SpecError(f"expected comma-separated integers, got {text!r}", field="--layers/--heads") from None
+
+
+def cmd_plot_attention(args) -> int:
+    from results.plots import plot_attention
+
+    png, page = plot_attention(Path(args.experiment), args.unit, Path(args.out) if args.out else None,
+                               layers=_int_list(args.layers) if args.layers else None,
+                               heads=_int_list(args.heads) if args.heads else None)
+    console.print(f"wrote {png}\nwrote {page}")
+    return 0
+
+
 def register(sub) -> None:
+    s = sub.add_parser("plot", help="draw figures from an experiment's results")
+    kinds = s.add_subparsers(dest="plot", required=True)
+    a = kinds.add_parser("attention", help="one unit's attention: PNG heatmap grid + interactive HTML head view")
+    a.add_argument("experiment", help="experiment directory of an attention task")
+    a.add_argument("--unit", required=True, help="unit id (or a unique prefix), e.g. from `lmsweep results`")
+    a.add_argument("--out", help="output directory (default: EXPERIMENT/plots)")
+    a.add_argument("--layers", help="only these layers, e.g. 0,5,29")
+    a.add_argument("--heads", help="only these heads (-1 = the head mean)")
+    a.set_defaults(func=cmd_plot_attention)
+
     s = sub.add_parser("results", help="show an experiment's rows or summary")
     s.add_argument("experiment", help="experiment directory")
     s.add_argument("--summary", action="store_true")

@@ -36,10 +36,36 @@ TASK_COLUMNS: dict[str, list[tuple[str, pa.DataType]]] = {
         ("topk_ids", pa.list_(pa.int32())), ("topk_tokens", pa.list_(pa.string())),
         ("topk_probs", pa.list_(pa.float32())), ("entropy", pa.float64()),
     ],
+    # One row per (unit, layer, head); head = -1 is the mean over the selected heads (head_mean).
+    # The seq_len × seq_len matrix [query, key] is flattened row-major into `attention` (float16) or
+    # `attention_f32` (dtype: float32); the other is null. results.plots.attention_matrix reshapes it.
+    "attention": [
+        ("layer", pa.int32()), ("head", pa.int32()), ("kv_head", pa.int32()), ("num_layers", pa.int32()),
+        ("num_heads", pa.int32()), ("num_kv_heads", pa.int32()), ("seq_len", pa.int32()),
+        ("truncated", pa.bool_()), ("tokens", pa.list_(pa.string())), ("token_ids", pa.list_(pa.int32())),
+        ("attention", pa.large_list(pa.float16())), ("attention_f32", pa.large_list(pa.float32())),
+    ],
+    # The gold label is the common `label` column; the variant's parameters are repeated as columns.
+    "classify": [
+        ("method", pa.string()), ("pipeline_task", pa.string()), ("template", pa.string()),
+        ("shots", pa.int32()), ("fewshot_seed", pa.int64()), ("length_norm", pa.bool_()),
+        ("label_set", pa.string()), ("candidate_labels", pa.list_(pa.string())),
+        ("label_scores", pa.list_(pa.float64())), ("label_num_tokens", pa.list_(pa.int32())),
+        ("predicted_label", pa.string()), ("correct", pa.bool_()), ("fewshot_indices", pa.list_(pa.int32())),
+        ("tokens", pa.list_(pa.string())), ("token_labels", pa.list_(pa.string())),
+        ("token_scores", pa.list_(pa.float32())), ("entities", pa.string()),
+    ],
+    "tokenize": [
+        ("tokens", pa.list_(pa.string())), ("token_texts", pa.list_(pa.string())),
+        ("token_ids", pa.list_(pa.int32())), ("num_tokens", pa.int32()), ("num_special_tokens", pa.int32()),
+        ("special_tokens", pa.list_(pa.string())), ("num_chars", pa.int32()), ("chars_per_token", pa.float64()),
+        ("vocab_size", pa.int32()), ("tokenizer_class", pa.string()),
+    ],
 }
 
 # Columns that identify one row: a unit may have several rows (e.g. num_return_sequences > 1).
-ROW_KEY: dict[str, list[str]] = {"generate": ["unit_id", "sequence_index"]}
+ROW_KEY: dict[str, list[str]] = {"generate": ["unit_id", "sequence_index"],
+                                "attention": ["unit_id", "layer", "head"]}
 
 ERROR_SCHEMA = pa.schema([
     ("unit_id", pa.string()), ("element", pa.int32()), ("rank", pa.int32()), ("model", pa.string()),

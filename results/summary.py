@@ -18,6 +18,20 @@ def summarize(df: pd.DataFrame, task: str) -> pd.DataFrame:
         out["top5"] = [", ".join(f"{t!r}:{p:.2f}" for t, p in zip(tok[:5], prob[:5]))
                        for tok, prob in zip(df["topk_tokens"], df["topk_probs"])]
         return out
+    if task == "classify":
+        from results.metrics import classification_summary
+
+        return classification_summary(df)
+    if task == "attention":
+        return (df.groupby(["model", "prompt_id"], sort=True)
+                .agg(tokens=("seq_len", "first"), truncated=("truncated", "any"), layers=("layer", "nunique"),
+                     heads=("head", "nunique"), query_heads=("num_heads", "first"),
+                     kv_heads=("num_kv_heads", "first"), unit_id=("unit_id", "first"))
+                .reset_index())
+    if task == "tokenize":
+        out = df[["model", "prompt_id", "num_tokens", "num_special_tokens", "chars_per_token", "vocab_size"]].copy()
+        out["tokens"] = ["|".join(t) for t in df["token_texts"]]
+        return out.sort_values(["prompt_id", "model"], ignore_index=True)
     return df.groupby("model").size().rename("rows").reset_index()
 
 

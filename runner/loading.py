@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from runner.model_cache import materialize
@@ -18,18 +19,26 @@ class LoadedModel:
     path: str
 
 
-def load(model_info: dict, model_class: str, attn_implementation: str | None = None) -> LoadedModel:
-    """`model_info` is the plan's entry for the model; `model_class` an Auto class name from the task."""
+def load(model_info: dict, model_class: str | None, attn_implementation: str | None = None) -> LoadedModel:
+    """`model_info` is the plan's entry for the model; `model_class` an Auto class name from the task,
+    or None for tasks that need only the tokenizer (the weights are then never read)."""
     import torch
     import transformers
 
     start = time.perf_counter()
-    path = materialize(model_info["path"], model_info["fingerprint"])
+    tok_kwargs: dict[str, Any] = {}
+    if model_class is None and model_info["path"].endswith(".gguf"):
+        # Tokenizer only: read it from the GGUF header instead of converting the weights.
+        path, tok_kwargs["gguf_file"] = Path(model_info["path"]).parent, Path(model_info["path"]).name
+    else:
+        path = materialize(model_info["path"], model_info["fingerprint"])
     trust = bool(model_info.get("trust_remote_code"))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **tok_kwargs)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if model_class is None:
+        return LoadedModel(None, tokenizer, time.perf_counter() - start, str(path))
     kwargs: dict[str, Any] = {"dtype": getattr(torch, DTYPES[model_info.get("dtype", "float32")]),
                               "trust_remote_code": trust}
     if not model_info.get("allow_pickle"):

@@ -58,7 +58,7 @@ def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
 def run_element(exp_dir: Path, element: int, rank: int = 0, world: int = 1,
                 batch_size: int | None = None) -> int:
     from runner import loading
-    from runner.tasks import TASKS
+    from runner.tasks import TASKS, model_class_for
 
     plan = read_plan(exp_dir)
     spec = plan.meta["spec"]
@@ -80,10 +80,10 @@ def run_element(exp_dir: Path, element: int, rank: int = 0, world: int = 1,
         torch.set_num_threads(threads)
     model_alias = plan.meta["elements"][element]["model"]
     model_info = plan.meta["models"][model_alias]
-    loaded = loading.load(model_info, task.MODEL_CLASS, task.ATTN)
+    variants = plan.meta["variants"]
+    loaded = loading.load(model_info, model_class_for(task, variants[todo[0].variant]), task.ATTN)
     print(f"loaded model {model_alias} in {loaded.load_seconds:.1f}s (loads this rank: 1)", file=sys.stderr,
           flush=True)
-    variants = plan.meta["variants"]
     ctx = TaskContext(loaded.model, loaded.tokenizer, variants[0])
     writer = PartWriter(exp_dir, task_name, element, rank)
     common = _common_columns(plan, model_alias, model_info, element, rank, execution["backend"])
