@@ -159,6 +159,31 @@ class ExecutionSpec(Strict):
         return h * 3600 + m * 60 + s
 
 
+class Tolerances(Strict):
+    """How far a run may drift from its baseline before `compare` exits 1. `null` switches a check off.
+
+    Defaults suit CPU reruns, which are bit-for-bit reproducible; loosen them across GPUs or backends.
+    Timing checks are off by default because shared machines make timings noisy.
+    """
+
+    min_exact_match: float | None = Field(1.0, ge=0, le=1)      # greedy/beam sequences equal token for token
+    min_sampled_exact_match: float | None = Field(None, ge=0, le=1)
+    max_prob_delta: float | None = Field(1e-3, ge=0, le=1)      # next-token: largest |Δp| over top-k tokens
+    min_topk_overlap: float | None = Field(1.0, ge=0, le=1)     # next-token: smallest per-unit top-k overlap
+    max_accuracy_drop: float | None = Field(0.0, ge=0, le=1)    # classify: baseline − current accuracy
+    max_latency_ratio: float | None = Field(None, gt=0)         # current / baseline median per-unit latency
+    min_throughput_ratio: float | None = Field(None, gt=0)      # current / baseline median tokens/s
+    max_unmatched: int | None = Field(0, ge=0)                  # units present on one side only
+
+
+class RegressionSpec(Strict):
+    """`regression:` where the baseline run lives and how close a new run must stay to it."""
+
+    baseline: str | None = Field(None, min_length=1)   # an experiment directory, relative to the working dir
+    by: Literal["auto", "id", "key"] = "auto"          # join on unit_id, on unit_key (model/backend swaps), or detect
+    tolerances: Tolerances = Field(default_factory=Tolerances)
+
+
 class ExperimentSpec(Strict):
     name: str
     description: str = ""
@@ -168,6 +193,7 @@ class ExperimentSpec(Strict):
     task: TaskSpec
     decoding: DecodingGrid = Field(default_factory=DecodingGrid)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
+    regression: RegressionSpec | None = None
 
     @field_validator("name")
     @classmethod
@@ -209,7 +235,9 @@ class ExperimentSpec(Strict):
         return self.model_dump(mode="json")
 
     def spec_hash(self) -> str:
-        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        """Hash of what the experiment computes; the regression block only says how to judge it."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"regression"}), sort_keys=True,
+                          separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -17,10 +17,12 @@ def build_parser() -> argparse.ArgumentParser:
     import results.cli
     import runner.cli
     import submit.cli
+    import submit.regress
 
     p = argparse.ArgumentParser(prog="lmsweep", description="Language-model inference sweeps as batch jobs.")
     sub = p.add_subparsers(dest="command", required=True)
-    for stage in (jobs.cli, submit.cli, runner.cli, results.cli):
+    # regress runs (submit) and compares (results), so it registers after both
+    for stage in (jobs.cli, submit.cli, runner.cli, results.cli, submit.regress):
         stage.register(sub)
     return p
 

@@ -12,7 +12,7 @@ def report(exp: Path, quiet: bool = False) -> int:
     """Summary tables and the done/failed/missing line; exit 1 unless every unit is done."""
     from jobs.plan import read_plan
     from results.load import load, status
-    from results.summary import examples, summarize
+    from results.summary import examples, next_token_examples, summarize
 
     st = status(exp)
     if not quiet:
@@ -21,6 +21,8 @@ def report(exp: Path, quiet: bool = False) -> int:
         print_df(summarize(df, task), f"summary: {exp}")
         if task == "generate":
             print_df(examples(df), "examples")
+        elif task == "next_token":
+            print_df(next_token_examples(df), "examples")
     console.print(f"{st.done}/{st.planned} units done, {st.failed} failed, {st.missing} missing; "
                   f"results in {exp / 'results'}")
     for row in st.failures.head(5).itertuples():
@@ -61,13 +63,87 @@ def cmd_status(args) -> int:
     if (Path(args.experiment) / "jobs").is_dir():   # submitted: add the scheduler's view of each element
         from submit.tracking import scheduler_view
         per, notes = scheduler_view(Path(args.experiment), per)
-    print_df(per, f"status: {args.experiment}")
+    print_df(per if len(per) <= args.elements else per.query("done < planned"),
+             f"status per element: {args.experiment}")
+    if len(st.per_model) > 1 or len(st.per_element) > args.elements:
+        print_df(st.per_model, "status per model")
     console.print(f"{st.done}/{st.planned} done, {st.failed} failed, {st.missing} missing")
     for row in st.failures.head(args.errors).itertuples():
         console.print(f"failed {row.unit_id} (element {row.element}): {row.error}", markup=False)
     for note in notes:
         console.print(note, markup=False)
     return 0 if st.complete else 1
+
+
+TOLERANCE_HELP = {
+    "min_exact_match": "share of greedy/beam sequences identical to the baseline",
+    "min_sampled_exact_match": "same for seeded sampled sequences (off by default)",
+    "max_prob_delta": "next-token: largest |Δp| over the top-k tokens",
+    "min_topk_overlap": "next-token: smallest per-unit top-k overlap",
+    "max_accuracy_drop": "classify: baseline accuracy minus current accuracy",
+    "max_latency_ratio": "current/baseline median per-unit latency",
+    "min_throughput_ratio": "current/baseline median tokens/s",
+    "max_unmatched": "units present on one side only",
+}
+
+
+def add_compare_options(s, spec_flag: bool = True) -> None:
+    """Join mode and tolerance flags, shared by `compare` and `regress`; a flag overrides the spec."""
+    s.add_argument("--by", choices=["auto", "id", "key"],
+                   help="join on unit_id, or on unit_key to compare two models/backends (default: detect)")
+    if spec_flag:
+        s.add_argument("--spec", help="take tolerances from this spec's regression block "
+                                      "(default: the current run's own spec)")
+    for name, text in TOLERANCE_HELP.items():
+        s.add_argument("--" + name.replace("_", "-"), dest=name, metavar="X|off", help=text)
+    s.add_argument("--report-dir", help="where compare.md/.html/-units.csv go (default: CURRENT/reports)")
+
+
+def tolerance_overrides(args) -> dict:
+    out = {}
+    for name in TOLERANCE_HELP:
+        raw = getattr(args, name, None)
+        if raw is None:
+            continue
+        out[name] = None if raw.lower() in ("off", "none", "null") else raw
+    return out
+
+
+def run_compare(baseline: Path, current: Path, args, regression: dict | None = None) -> int:
+    """Compare, print the checks, write the reports; 0 within tolerance, 1 otherwise."""
+    from jobs.plan import read_plan
+    from jobs.spec import load_spec
+    from results.compare import checks_frame, compare, tolerances_from, verdict, write_reports
+
+    if regression is None:
+        if getattr(args, "spec", None):
+            spec = load_spec(args.spec)
+            regression = spec.regression.model_dump() if spec.regression else None
+        else:
+            regression = read_plan(current).meta["spec"].get("regression")
+    tol, by = tolerances_from(regression, tolerance_overrides(args))
+    result = compare(baseline, current, by=args.by or by, tolerances=tol)
+    print_df(checks_frame(result), f"compare {current} vs baseline {baseline}")
+    console.print(result.reason)
+    for title, table in (("differing units", result.diffs), ("units on one side only", result.unmatched)):
+        if not table.empty:
+            print_df(table.head(10), f"{title} ({len(table)})")
+    paths = write_reports(result, Path(args.report_dir) if args.report_dir else current / "reports")
+    (console if result.passed else err).print(verdict(result), markup=False)
+    console.print(f"report: {paths['markdown']} {paths['html']}; all flagged units: {paths['csv']}")
+    return 0 if result.passed else 1
+
+
+def cmd_compare(args) -> int:
+    return run_compare(Path(args.baseline), Path(args.current), args)
+
+
+def cmd_report(args) -> int:
+    from results.report import write_report
+
+    out = write_report(Path(args.experiment), args.output)
+    console.print(f"report: {out}")
+    return 0
 
 
 def _int_list(text: str) -> list[int]:
@@ -109,4 +185,17 @@ def register(sub) -> None:
     s = sub.add_parser("status", help="done / failed / missing units per element")
     s.add_argument("experiment")
     s.add_argument("--errors", type=int, default=10, help="show this many failures")
+    s.add_argument("--elements", type=int, default=50,
+                   help="above this many elements, list only unfinished ones and add a per-model table")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("compare", help="compare two experiments unit by unit; exit 1 beyond tolerance")
+    s.add_argument("baseline", help="baseline experiment directory")
+    s.add_argument("current", help="current experiment directory")
+    add_compare_options(s)
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("report", help="write a self-contained HTML report of an experiment")
+    s.add_argument("experiment")
+    s.add_argument("-o", "--output", help="HTML file (default: EXPERIMENT/report.html)")
+    s.set_defaults(func=cmd_report)

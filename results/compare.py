@@ -1,0 +1,621 @@
+"""Compare two experiments unit by unit: what changed, by how much, and whether it is within tolerance.
+
+The core (`compare_frames`) is pure: two DataFrames in, a `Comparison` out. `compare` reads the two
+experiment directories; `to_markdown`/`to_html` render. Rows are joined on `unit_id` when both sides
+ran the same models, or on `unit_key` (the unit minus its model) when a model changed, so a re-saved
+checkpoint or a second model is compared prompt for prompt instead of showing up as all-new units.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from jobs.errors import SpecError
+from jobs.spec import Tolerances
+from results.schema import row_key
+
+# Columns the comparison reads, when the task's schema has them (so big task columns stay on disk).
+BASE_COLUMNS = ["unit_id", "unit_key", "model", "prompt_set", "prompt_id", "decoding", "do_sample",
+                "batch_size", "batch_latency_s", "backend", "host", "model_fingerprint", "spec_hash"]
+TASK_READ = {
+    "generate": ["sequence_index", "text", "token_ids", "num_new_tokens", "tokens_per_s"],
+    "next_token": ["topk_ids", "topk_tokens", "topk_probs", "entropy"],
+}
+TIMING = {"batch_latency_s", "tokens_per_s", "finished_at", "batch_size", "load_seconds"}
+SHOW_TEXT = 120
+
+
+@dataclass
+class SideInfo:
+    """Where one side of a comparison came from: enough to reproduce or blame it."""
+
+    path: str
+    experiment: str
+    spec_hash: str
+    task: str
+    models: dict[str, dict]          # alias → source, fingerprint, dtype, revision
+    backend: str
+    planned: int
+    done: int
+    failed: int
+    hosts: list[str] = field(default_factory=list)
+    packages: dict[str, list[str]] = field(default_factory=dict)   # package → distinct versions seen
+    accelerators: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Check:
+    name: str
+    value: float | None
+    limit: float | None
+    op: str                  # ">=" or "<="
+    detail: str = ""
+
+    @property
+    def active(self) -> bool:
+        return self.limit is not None and self.value is not None
+
+    @property
+    def passed(self) -> bool:
+        if not self.active:
+            return True
+        return self.value >= self.limit if self.op == ">=" else self.value <= self.limit
+
+
+@dataclass
+class Comparison:
+    baseline: SideInfo
+    current: SideInfo
+    task: str
+    by: str                              # "id" | "key"
+    reason: str                          # why that join
+    matched: int                         # rows present on both sides
+    checks: list[Check]
+    unmatched: pd.DataFrame              # side, unit_id, model, prompt_id, decoding, why
+    diffs: pd.DataFrame                  # flagged rows with task-specific detail
+    info_diffs: pd.DataFrame             # differences that no tolerance covers (e.g. sampled text)
+    perf: pd.DataFrame                   # per model pair: latency and throughput, both sides and ratio
+    tolerances: Tolerances
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failed_checks(self) -> list[Check]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def flagged_units(self) -> list[str]:
+        """Current-side unit ids that break a tolerance, plus baseline units that have no counterpart."""
+        ids = list(self.diffs["unit_id"]) if not self.diffs.empty else []
+        if not self.unmatched.empty:
+            ids += list(self.unmatched["unit_id"])
+        return list(dict.fromkeys(ids))
+
+
+# ---- reading -------------------------------------------------------------------------------------------
+
+def side_info(exp: Path) -> SideInfo:
+    from jobs.plan import read_plan
+    from results.load import status
+
+    plan = read_plan(exp)
+    st = status(exp)
+    models = {alias: {k: m.get(k) for k in ("source", "fingerprint", "dtype", "revision")}
+              for alias, m in plan.meta["models"].items()}
+    hosts, packages, accelerators = set(), {}, set()
+    for meta in sidecars(exp):
+        hosts.add(str(meta.get("host")))
+        accelerators.add(str(meta.get("accelerator")))
+        for name, version in (meta.get("packages") or {}).items():
+            packages.setdefault(name, set()).add(str(version))
+    return SideInfo(path=str(exp), experiment=plan.experiment, spec_hash=plan.meta["spec_hash"],
+                    task=plan.meta["task"]["type"], models=models,
+                    backend=plan.meta["spec"]["execution"]["backend"], planned=st.planned, done=st.done,
+                    failed=st.failed, hosts=sorted(hosts),
+                    packages={k: sorted(v) for k, v in sorted(packages.items())}, accelerators=sorted(accelerators))
+
+
+def sidecars(exp: Path) -> list[dict]:
+    """The workers' metadata files (package versions, host, load time), one per element and rank."""
+    out = []
+    for f in sorted((Path(exp) / "meta").glob("element-*-rank-*.json")):
+        try:
+            out.append(json.loads(f.read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    return out
+
+
+def read_rows(exp: Path, task: str) -> pd.DataFrame:
+    from results.load import load
+    from results.schema import schema_for
+
+    names = schema_for(task).names
+    wanted = BASE_COLUMNS + TASK_READ.get(task, [c for c in names if c not in BASE_COLUMNS])
+    for extra in ("correct", "predicted_label", "label"):
+        if extra in names:
+            wanted.append(extra)
+    return load(exp, columns=[c for c in dict.fromkeys(wanted) if c in names])
+
+
+def plan_units(exp: Path) -> pd.DataFrame:
+    from jobs.plan import read_plan
+
+    return read_plan(exp).units(columns=["unit_id", "unit_key", "model"]).to_pandas()
+
+
+def compare(baseline: str | Path, current: str | Path, *, by: str = "auto",
+            tolerances: Tolerances | None = None) -> Comparison:
+    """Read two experiment directories and compare them (SpecError if they cannot be compared)."""
+    baseline, current = Path(baseline), Path(current)
+    base, cur = side_info(baseline), side_info(current)
+    if base.task != cur.task:
+        raise SpecError(f"cannot compare a {base.task} experiment with a {cur.task} experiment",
+                        file=str(current))
+    return compare_frames(read_rows(baseline, base.task), read_rows(current, cur.task), base, cur,
+                          by=by, tolerances=tolerances or Tolerances(),
+                          base_plan=plan_units(baseline), cur_plan=plan_units(current))
+
+
+# ---- the pure core -------------------------------------------------------------------------------------
+
+def choose_join(base: SideInfo, cur: SideInfo, by: str) -> tuple[str, str]:
+    """(join, reason). unit_id covers the model's weights, so a changed model needs the unit_key."""
+    changed = []
+    for alias in sorted(set(base.models) | set(cur.models)):
+        a, b = base.models.get(alias), cur.models.get(alias)
+        if a != b:
+            if a is None or b is None:
+                changed.append(f"model {alias} only in {'current' if a is None else 'baseline'}")
+            else:
+                what = [f"{k} {a[k]} → {b[k]}" for k in a if a[k] != b[k]]
+                changed.append(f"model {alias}: " + ", ".join(what))
+    backend = f"; backend {base.backend} → {cur.backend} (not part of unit ids)" \
+        if base.backend != cur.backend else ""
+    if by == "id":
+        return "id", "joined on unit_id (requested)" + backend
+    if by == "key":
+        return "key", "joined on unit_key, models paired (requested)" + backend
+    if not changed:
+        return "id", "same models on both sides: joined on unit_id" + backend
+    return "key", "; ".join(changed) + ": joined on unit_key, models paired" + backend
+
+
+def pair_models(base_models: list[str], cur_models: list[str]) -> dict[str, str]:
+    """Map current aliases to baseline aliases for a unit_key join."""
+    if set(base_models) == set(cur_models):
+        return {m: m for m in cur_models}
+    if len(base_models) == 1 and len(cur_models) == 1:
+        return {cur_models[0]: base_models[0]}
+    raise SpecError(f"cannot pair models for a unit_key join: baseline has {sorted(base_models)}, current has "
+                    f"{sorted(cur_models)}; use the same aliases on both sides or compare one model each",
+                    field="--by")
+
+
+def compare_frames(base_df: pd.DataFrame, cur_df: pd.DataFrame, base: SideInfo, cur: SideInfo, *,
+                   by: str = "auto", tolerances: Tolerances | None = None,
+                   base_plan: pd.DataFrame | None = None, cur_plan: pd.DataFrame | None = None) -> Comparison:
+    tol = tolerances or Tolerances()
+    task = base.task
+    join, reason = choose_join(base, cur, by)
+    base_df, cur_df = base_df.copy(), cur_df.copy()
+    if join == "id":
+        pairs = {m: m for m in cur.models}
+        base_df["_unit"], cur_df["_unit"] = base_df["unit_id"], cur_df["unit_id"]
+    else:
+        pairs = pair_models(sorted(base.models), sorted(cur.models))
+        base_df["_unit"] = base_df["model"] + "/" + base_df["unit_key"]
+        cur_df["_unit"] = cur_df["model"].map(pairs) + "/" + cur_df["unit_key"]
+    row = ["_unit"] + [k for k in row_key(task) if k != "unit_id"]
+    merged = base_df.merge(cur_df, on=row, how="outer", suffixes=("_b", "_c"), indicator=True)
+    both = merged[merged["_merge"] == "both"].reset_index(drop=True)
+    unmatched = _unmatched(merged, join, pairs, base_plan, cur_plan)
+
+    checks: list[Check] = []
+    if task == "generate":
+        diffs, info = _generate(both, tol, checks)
+    elif task == "next_token":
+        diffs, info = _next_token(both, tol, checks)
+    else:
+        diffs, info = _generic(both, task, tol, checks)
+    if "correct_b" in both.columns and "correct_c" in both.columns:
+        flips = _classify(both, tol, checks)
+        diffs = pd.concat([diffs, flips], ignore_index=True) if not diffs.empty else flips
+    checks.append(Check("units on one side only", len(unmatched), tol.max_unmatched, "<=",
+                        _unmatched_detail(unmatched)))
+    perf = _perf(base_df, cur_df, pairs)
+    _perf_checks(perf, tol, checks)
+    return Comparison(baseline=base, current=cur, task=task, by=join, reason=reason, matched=len(both),
+                      checks=checks, unmatched=unmatched, diffs=diffs, info_diffs=info, perf=perf, tolerances=tol)
+
+
+def _unmatched(merged: pd.DataFrame, join: str, pairs: dict[str, str], base_plan: pd.DataFrame | None,
+               cur_plan: pd.DataFrame | None) -> pd.DataFrame:
+    """Rows on one side only, with why: not in the other side's plan, or planned there but not done."""
+    cols = ["side", "unit_id", "model", "prompt_id", "decoding", "why"]
+    rows = []
+    for side, flag, sfx, other, other_plan, alias in (
+            ("baseline only", "left_only", "_b", "current", cur_plan, pairs),
+            ("current only", "right_only", "_c", "baseline", base_plan, None)):
+        part = merged[merged["_merge"] == flag].drop_duplicates("_unit")
+        if part.empty:
+            continue
+        planned = _identities(other_plan, join, alias)
+        for d in part.to_dict("records"):
+            if planned is None:
+                why = ""
+            elif d["_unit"] in planned:
+                why = f"planned in {other} but not done (failed or missing)"
+            else:
+                why = f"not in the {other} plan (different decoding, prompt, task or model)"
+            rows.append({"side": side, "unit_id": d["unit_id" + sfx], "model": d["model" + sfx],
+                         "prompt_id": d["prompt_id" + sfx], "decoding": d["decoding" + sfx], "why": why})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _identities(plan: pd.DataFrame | None, join: str, alias: dict[str, str] | None) -> set[str] | None:
+    """A plan's units as join identities (current aliases mapped to their baseline partners)."""
+    if plan is None:
+        return None
+    if join == "id":
+        return set(plan["unit_id"])
+    models = plan["model"].map(alias) if alias is not None else plan["model"]
+    return {f"{m}/{k}" for m, k in zip(models, plan["unit_key"])}
+
+
+def _unmatched_detail(unmatched: pd.DataFrame) -> str:
+    if unmatched.empty:
+        return ""
+    counts = unmatched.groupby(["side", "decoding"], dropna=False).size()
+    return "; ".join(f"{side}: {n} × {dec}" for (side, dec), n in counts.items())
+
+
+def _first_diff(a, b) -> int | None:
+    a, b = list(a), list(b)
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def _clip(text: Any) -> str:
+    text = "" if text is None else str(text)
+    return text if len(text) <= SHOW_TEXT else text[:SHOW_TEXT] + "…"
+
+
+def _generate(both: pd.DataFrame, tol: Tolerances, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cols = ["unit_id", "model", "prompt_id", "decoding", "sequence_index", "first_diff_token",
+            "baseline_text", "current_text"]
+    if both.empty:
+        checks.append(Check("greedy/beam exact-match rate", None, tol.min_exact_match, ">=", "no matched rows"))
+        return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
+    same = (both["text_b"] == both["text_c"]).to_numpy()
+    first = [None if s else _first_diff(a, b) for s, a, b in zip(same, both["token_ids_b"], both["token_ids_c"])]
+    det = ~both["do_sample_b"].fillna(False).astype(bool).to_numpy()
+    out = pd.DataFrame({
+        "unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
+        "decoding": both["decoding_c"], "sequence_index": both["sequence_index"], "first_diff_token": first,
+        "baseline_text": both["text_b"].map(_clip), "current_text": both["text_c"].map(_clip)})
+    out["first_diff_token"] = out["first_diff_token"].astype("Int64")
+    n_det, n_samp = int(det.sum()), int((~det).sum())
+    rate = float(same[det].mean()) if n_det else None
+    checks.append(Check("greedy/beam exact-match rate", rate, tol.min_exact_match, ">=",
+                        f"{int(same[det].sum())}/{n_det} sequences identical" if n_det else "no greedy/beam rows"))
+    srate = float(same[~det].mean()) if n_samp else None
+    if n_samp:
+        checks.append(Check("sampled exact-match rate", srate, tol.min_sampled_exact_match, ">=",
+                            f"{int(same[~det].sum())}/{n_samp} seeded sampled sequences identical"))
+    flagged = ~same & det
+    sampled_flag = ~same & ~det
+    if tol.min_sampled_exact_match is not None:
+        flagged, sampled_flag = flagged | sampled_flag, np.zeros_like(flagged)
+    return out[flagged].reset_index(drop=True), out[sampled_flag].reset_index(drop=True)
+
+
+def _topk_delta(ids_a, probs_a, ids_b, probs_b) -> tuple[float, float, bool]:
+    """(max |Δp|, overlap, same top-1). A token in only one list has, on the other side, a probability
+    of at most that side's smallest listed one, so p − p_min(other) is a lower bound on its |Δp|."""
+    a = dict(zip(ids_a, probs_a))
+    b = dict(zip(ids_b, probs_b))
+    min_a, min_b = (min(probs_a) if len(probs_a) else 0.0), (min(probs_b) if len(probs_b) else 0.0)
+    dp = 0.0
+    for t in set(a) | set(b):
+        if t in a and t in b:
+            d = abs(a[t] - b[t])
+        elif t in a:
+            d = max(0.0, a[t] - min_b)
+        else:
+            d = max(0.0, b[t] - min_a)
+        dp = max(dp, d)
+    k = max(len(a), len(b), 1)
+    same_top = bool(len(ids_a) and len(ids_b) and ids_a[0] == ids_b[0])
+    return float(dp), len(set(a) & set(b)) / k, same_top
+
+
+def _next_token(both: pd.DataFrame, tol: Tolerances, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    cols = ["unit_id", "model", "prompt_id", "max_abs_dp", "topk_overlap", "same_top1", "entropy_delta",
+            "baseline_top", "current_top"]
+    if both.empty:
+        checks.append(Check("next-token max |Δp|", None, tol.max_prob_delta, "<=", "no matched rows"))
+        return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
+    stats = [_topk_delta(list(ia), list(pa), list(ib), list(pb)) for ia, pa, ib, pb in
+             zip(both["topk_ids_b"], both["topk_probs_b"], both["topk_ids_c"], both["topk_probs_c"])]
+    out = pd.DataFrame({
+        "unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
+        "max_abs_dp": [s[0] for s in stats], "topk_overlap": [s[1] for s in stats],
+        "same_top1": [s[2] for s in stats], "entropy_delta": both["entropy_c"] - both["entropy_b"],
+        "baseline_top": [_top3(t, p) for t, p in zip(both["topk_tokens_b"], both["topk_probs_b"])],
+        "current_top": [_top3(t, p) for t, p in zip(both["topk_tokens_c"], both["topk_probs_c"])]})
+    max_dp, min_overlap = float(out["max_abs_dp"].max()), float(out["topk_overlap"].min())
+    checks.append(Check("next-token max |Δp|", max_dp, tol.max_prob_delta, "<=",
+                        f"over {len(out)} units; mean {out['max_abs_dp'].mean():.3g}"))
+    checks.append(Check("next-token min top-k overlap", min_overlap, tol.min_topk_overlap, ">=",
+                        f"mean {out['topk_overlap'].mean():.3f}; top-1 agrees on "
+                        f"{int(out['same_top1'].sum())}/{len(out)}"))
+    bad = np.zeros(len(out), dtype=bool)
+    if tol.max_prob_delta is not None:
+        bad |= (out["max_abs_dp"] > tol.max_prob_delta).to_numpy()
+    if tol.min_topk_overlap is not None:
+        bad |= (out["topk_overlap"] < tol.min_topk_overlap).to_numpy()
+    info = out[~bad & ((out["max_abs_dp"] > 0) | (out["topk_overlap"] < 1))]
+    return (out[bad].sort_values("max_abs_dp", ascending=False).reset_index(drop=True),
+            info.sort_values("max_abs_dp", ascending=False).reset_index(drop=True))
+
+
+def _top3(tokens, probs) -> str:
+    return ", ".join(f"{t!r}:{p:.3f}" for t, p in zip(list(tokens)[:3], list(probs)[:3]))
+
+
+def _classify(both: pd.DataFrame, tol: Tolerances, checks: list[Check]) -> pd.DataFrame:
+    acc_b = float(both["correct_b"].astype(float).mean())
+    acc_c = float(both["correct_c"].astype(float).mean())
+    checks.append(Check("accuracy drop (baseline − current)", acc_b - acc_c, tol.max_accuracy_drop, "<=",
+                        f"accuracy {acc_b:.3f} → {acc_c:.3f} over {len(both)} units"))
+    flip = both["correct_b"].astype(bool) != both["correct_c"].astype(bool)
+    part = both[flip]
+    return pd.DataFrame({
+        "unit_id": part["unit_id_c"], "model": part["model_c"], "prompt_id": part["prompt_id_c"],
+        "flip": np.where(part["correct_c"].astype(bool), "wrong → right", "right → wrong"),
+        "baseline_pred": part.get("predicted_label_b"), "current_pred": part.get("predicted_label_c"),
+        "label": part.get("label_c")}).reset_index(drop=True)
+
+
+def _generic(both: pd.DataFrame, task: str, tol: Tolerances, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tasks without their own rules: exact columns must be equal, float columns are reported by max |Δ|."""
+    from results.schema import TASK_COLUMNS
+
+    exact, numeric = [], []
+    for name, typ in TASK_COLUMNS.get(task, []):
+        if name in TIMING or f"{name}_b" not in both.columns or name in ("correct", "predicted_label"):
+            continue
+        base_type = typ.value_type if hasattr(typ, "value_type") else typ
+        while hasattr(base_type, "value_type"):
+            base_type = base_type.value_type
+        (numeric if str(base_type).startswith(("float", "double", "halffloat")) else exact).append(name)
+    cols = ["unit_id", "model", "prompt_id", "differs_in", "max_abs_delta"]
+    if both.empty:
+        return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
+    differs, deltas = [], []
+    for _, r in both.iterrows():
+        differs.append(", ".join(c for c in exact if not _equal(r[f"{c}_b"], r[f"{c}_c"])))
+        deltas.append(max([_max_abs(r[f"{c}_b"], r[f"{c}_c"]) for c in numeric], default=0.0))
+    out = pd.DataFrame({"unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
+                        "differs_in": differs, "max_abs_delta": deltas})
+    same = out["differs_in"] == ""
+    if exact:
+        checks.append(Check(f"{task} outputs identical ({', '.join(exact)})", float(same.mean()),
+                            tol.min_exact_match, ">=", f"{int(same.sum())}/{len(out)} rows"))
+    if numeric:
+        checks.append(Check(f"{task} max |Δ| ({', '.join(numeric)})", float(out["max_abs_delta"].max()), None,
+                            "<=", "reported only"))
+    return out[~same].reset_index(drop=True), out[same & (out["max_abs_delta"] > 0)].reset_index(drop=True)
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, (list, tuple, np.ndarray)) or isinstance(b, (list, tuple, np.ndarray)):
+        return a is not None and b is not None and np.array_equal(np.asarray(a, dtype=object),
+                                                                   np.asarray(b, dtype=object))
+    if a is None or b is None or (isinstance(a, float) and math.isnan(a)):
+        return (a is None or (isinstance(a, float) and math.isnan(a))) == \
+            (b is None or (isinstance(b, float) and math.isnan(b)))
+    return bool(a == b)
+
+
+def _max_abs(a, b) -> float:
+    try:
+        x = np.asarray(_dense(a), dtype=float)
+        y = np.asarray(_dense(b), dtype=float)
+        return float(np.nanmax(np.abs(x - y))) if x.shape == y.shape and x.size else (0.0 if x.shape == y.shape
+                                                                                      else math.inf)
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def _dense(v):
+    if isinstance(v, np.ndarray) and v.dtype == object:
+        return [_dense(x) for x in v]
+    return v
+
+
+def _perf(base_df: pd.DataFrame, cur_df: pd.DataFrame, pairs: dict[str, str]) -> pd.DataFrame:
+    """Per model pair: median per-unit latency (batch wall time / batch size) and median tokens/s."""
+    rows = []
+    for cur_alias, base_alias in sorted(pairs.items()):
+        b = base_df[base_df["model"] == base_alias].drop_duplicates("unit_id")
+        c = cur_df[cur_df["model"] == cur_alias].drop_duplicates("unit_id")
+        if b.empty or c.empty:
+            continue
+        lat_b = float((b["batch_latency_s"] / b["batch_size"]).median())
+        lat_c = float((c["batch_latency_s"] / c["batch_size"]).median())
+        row = {"model": cur_alias if cur_alias == base_alias else f"{base_alias} → {cur_alias}",
+               "baseline_latency_s": lat_b, "current_latency_s": lat_c,
+               "latency_ratio": lat_c / lat_b if lat_b > 0 else None}
+        if "tokens_per_s" in b.columns:
+            tps_b, tps_c = float(b["tokens_per_s"].median()), float(c["tokens_per_s"].median())
+            row |= {"baseline_tokens_per_s": tps_b, "current_tokens_per_s": tps_c,
+                    "throughput_ratio": tps_c / tps_b if tps_b > 0 else None}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _perf_checks(perf: pd.DataFrame, tol: Tolerances, checks: list[Check]) -> None:
+    if perf.empty:
+        return
+    lat = perf["latency_ratio"].dropna()
+    if not lat.empty:
+        worst = perf.loc[lat.idxmax()]
+        checks.append(Check("latency ratio (current / baseline)", float(lat.max()), tol.max_latency_ratio, "<=",
+                            f"worst: {worst['model']}; median per-unit latency "
+                            f"{worst['baseline_latency_s']:.4g}s → {worst['current_latency_s']:.4g}s"))
+    if "throughput_ratio" in perf.columns and not perf["throughput_ratio"].dropna().empty:
+        tp = perf["throughput_ratio"].dropna()
+        worst = perf.loc[tp.idxmin()]
+        checks.append(Check("throughput ratio (current / baseline)", float(tp.min()), tol.min_throughput_ratio,
+                            ">=", f"worst: {worst['model']}; median tokens/s "
+                            f"{worst['baseline_tokens_per_s']:.4g} → {worst['current_tokens_per_s']:.4g}"))
+
+
+# ---- rendering ---------------------------------------------------------------------------------------
+
+MAX_LISTED = 500
+
+
+def verdict(c: Comparison) -> str:
+    if c.passed:
+        return "PASS: within tolerance"
+    return "FAIL: " + "; ".join(f"{k.name} {_fmt(k.value)} (limit {k.op} {_fmt(k.limit)})" for k in c.failed_checks)
+
+
+def _fmt(v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def checks_frame(c: Comparison) -> pd.DataFrame:
+    return pd.DataFrame([{"check": k.name, "value": _fmt(k.value),
+                          "limit": f"{k.op} {_fmt(k.limit)}" if k.limit is not None else "off",
+                          "result": ("ok" if k.passed else "EXCEEDED") if k.active else "–", "detail": k.detail}
+                         for k in c.checks])
+
+
+def sides_frame(c: Comparison) -> pd.DataFrame:
+    def describe(s: SideInfo) -> dict:
+        return {"path": s.path, "experiment": s.experiment, "spec hash": s.spec_hash, "backend": s.backend,
+                "models": "; ".join(f"{a}: {m['source']} ({m['fingerprint']})" for a, m in s.models.items()),
+                "units done": f"{s.done}/{s.planned}" + (f", {s.failed} failed" if s.failed else ""),
+                "hosts": ", ".join(s.hosts) or "–", "accelerator": ", ".join(s.accelerators) or "–",
+                "packages": ", ".join(f"{k} {'/'.join(v)}" for k, v in s.packages.items()) or "–"}
+    b, cu = describe(c.baseline), describe(c.current)
+    return pd.DataFrame({"": list(b), "baseline": list(b.values()), "current": list(cu.values())})
+
+
+def sections(c: Comparison) -> list[tuple[str, pd.DataFrame, str]]:
+    """(title, table, note) in report order; shared by the Markdown and HTML renderings."""
+    out = [("Runs", sides_frame(c), c.reason), ("Checks", checks_frame(c), f"{c.matched} rows matched")]
+    labels = {"generate": "Differing greedy/beam sequences", "next_token": "Next-token units beyond tolerance"}
+    out.append((labels.get(c.task, "Differing units"), c.diffs, ""))
+    if not c.unmatched.empty:
+        out.append(("Units on one side only", c.unmatched, ""))
+    if not c.info_diffs.empty:
+        note = {"generate": "seeded sampling; no tolerance applies unless min_sampled_exact_match is set",
+                "next_token": "within tolerance"}.get(c.task, "within tolerance")
+        out.append(("Other differences (informational)", c.info_diffs, note))
+    if not c.perf.empty:
+        out.append(("Latency and throughput", c.perf, "medians; timings on shared machines are noisy"))
+    return out
+
+
+def md_table(df: pd.DataFrame, limit: int = MAX_LISTED) -> str:
+    if df.empty:
+        return "_none_\n"
+    shown = df.head(limit)
+
+    def cell(v: Any) -> str:
+        return _fmt(v).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(str(c) for c in shown.columns) + " |",
+             "|" + "|".join("---" for _ in shown.columns) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+    if len(df) > limit:
+        lines.append(f"\n… and {len(df) - limit} more (all in the CSV beside this report)")
+    return "\n".join(lines) + "\n"
+
+
+def to_markdown(c: Comparison) -> str:
+    parts = [f"# Compare: {c.current.experiment} vs baseline {c.baseline.experiment}\n",
+             f"**{verdict(c)}**\n"]
+    for title, table, note in sections(c):
+        parts.append(f"## {title} ({len(table)})\n" if title not in ("Runs", "Checks") else f"## {title}\n")
+        if note:
+            parts.append(f"{note}\n")
+        parts.append(md_table(table))
+    return "\n".join(parts)
+
+
+def to_html(c: Comparison) -> str:
+    from results.report import html_table, page
+
+    body = [f"<p class='verdict {'pass' if c.passed else 'fail'}'>{_esc(verdict(c))}</p>"]
+    for title, table, note in sections(c):
+        count = "" if title in ("Runs", "Checks") else f" ({len(table)})"
+        body.append(f"<h2>{_esc(title)}{count}</h2>")
+        if note:
+            body.append(f"<p class='note'>{_esc(note)}</p>")
+        body.append(html_table(table, limit=MAX_LISTED))
+    return page(f"Compare: {c.current.experiment} vs {c.baseline.experiment}", "\n".join(body))
+
+
+def _esc(s: str) -> str:
+    import html
+
+    return html.escape(str(s))
+
+
+def flagged_frame(c: Comparison) -> pd.DataFrame:
+    """Every flagged unit, for the CSV beside the report (the Markdown lists at most MAX_LISTED)."""
+    parts = []
+    if not c.diffs.empty:
+        parts.append(c.diffs.assign(kind="differs"))
+    if not c.unmatched.empty:
+        parts.append(c.unmatched.assign(kind=c.unmatched["side"]))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["unit_id", "kind"])
+
+
+def write_reports(c: Comparison, out_dir: Path, stem: str = "compare") -> dict[str, Path]:
+    """compare.md, compare.html and compare-units.csv (every flagged unit) in out_dir, atomically."""
+    import os
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out_dir / f"{stem}.md", "html": out_dir / f"{stem}.html",
+             "csv": out_dir / f"{stem}-units.csv"}
+    texts = {"markdown": to_markdown(c), "html": to_html(c), "csv": flagged_frame(c).to_csv(index=False)}
+    for kind, path in paths.items():
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(texts[kind], encoding="utf-8")
+        os.replace(tmp, path)
+    return paths
+
+
+def tolerances_from(regression: dict | None, overrides: dict[str, Any]) -> tuple[Tolerances, str]:
+    """(tolerances, by) from a spec's `regression` block (as a dict) with command-line overrides on top."""
+    from pydantic import ValidationError
+
+    reg = regression or {}
+    values = {**(reg.get("tolerances") or {}), **overrides}
+    try:
+        tol = Tolerances.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else "tolerances"
+        raise SpecError(f"{err['msg']}, got {err.get('input')!r}", field="--" + name.replace("_", "-")) from None
+    return tol, reg.get("by") or "auto"

@@ -1,0 +1,290 @@
+"""`lmsweep report EXP`: one self-contained HTML page (no external files, plots inlined as PNG).
+
+Builds from what the other results functions return (plan, status, summary, sidecars), so the page
+shows exactly what `lmsweep status` and `lmsweep results --summary` print.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;
+     color:#1d2330;padding:0 16px}
+h1{font-size:1.6em;margin-bottom:4px} h2{font-size:1.2em;margin-top:28px;border-bottom:2px solid #d8dee9}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}
+th{background:#2e5c8a;color:#fff;text-align:left;padding:4px 8px;white-space:nowrap}
+.scroll{overflow-x:auto}
+td{border-bottom:1px solid #d8dee9;padding:3px 8px;vertical-align:top;max-width:480px;overflow-wrap:anywhere}
+tr:nth-child(even) td{background:#f3f6fa}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.note{color:#5b6475;font-size:13px} .verdict{font-weight:bold;padding:8px 12px;border-radius:4px}
+.pass{background:#dff3e4;color:#13652b} .fail{background:#fbe1e1;color:#9b1c1c}
+figure{margin:12px 0} figcaption{color:#5b6475;font-size:13px}
+img.plot{max-width:100%;border:1px solid #d8dee9}
+"""
+
+
+# ---- HTML building blocks (also used by compare's report) ---------------------------------------------
+
+def page(title: str, body: str) -> str:
+    made = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+            f"<p class='note'>made {made} by lmsweep</p>\n{body}\n</body></html>\n")
+
+
+def _cell(v: Any) -> tuple[str, bool]:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
+        return "–", False
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v)), False
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.4g}", True
+    if isinstance(v, (int, np.integer)):
+        return str(v), True
+    if isinstance(v, (list, tuple, np.ndarray)):
+        text = ", ".join(str(x) for x in list(v)[:12]) + (" …" if len(v) > 12 else "")
+        return text, False
+    return str(v), False
+
+
+def html_table(df: pd.DataFrame | None, limit: int = 200) -> str:
+    if df is None or df.empty:
+        return "<p class='note'>none</p>"
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    rows = []
+    for row in df.head(limit).itertuples(index=False):
+        cells = []
+        for v in row:
+            text, num = _cell(v)
+            cells.append(f"<td class='num'>{html.escape(text)}</td>" if num else f"<td>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    more = f"<p class='note'>… {len(df) - limit} more rows</p>" if len(df) > limit else ""
+    return (f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            f"</div>{more}")
+
+
+def png_img(fig, alt: str) -> str:
+    """A matplotlib figure as an inline base64 PNG <img>; closes the figure."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (f"<figure><img class='plot' alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(alt)}</figcaption></figure>")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ---- plots ------------------------------------------------------------------------------------------
+
+def plot_throughput(df: pd.DataFrame) -> list[str]:
+    """Throughput by decoding point (per model) and by batch size, from the rows' own timings."""
+    if df.empty or "batch_latency_s" not in df.columns:
+        return []
+    plt = _pyplot()
+    out = []
+    units = df.drop_duplicates("unit_id").copy()
+    if "tokens_per_s" in units.columns and units["tokens_per_s"].notna().any():
+        metric, label = "tokens_per_s", "tokens/s (median over batches)"
+    else:
+        units["units_per_s"] = units["batch_size"] / units["batch_latency_s"]
+        metric, label = "units_per_s", "units/s (median over batches)"
+    by = "decoding" if units["decoding"].notna().any() else "variant"
+    table = units.pivot_table(index=by, columns="model", values=metric, aggfunc="median")
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(table) + 1)))
+    table.plot.barh(ax=ax, width=0.8)
+    ax.set_xlabel(label)
+    ax.set_ylabel(by)
+    ax.set_title(f"Throughput by {by}")
+    ax.legend(title="model", fontsize=8)
+    out.append(png_img(fig, f"Throughput by {by} and model"))
+    sizes = units["batch_size"].dropna().unique()
+    if len(sizes) > 1:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        for (model, key), g in units.groupby(["model", by], sort=True):
+            s = g.groupby("batch_size")[metric].median()
+            ax.plot(s.index, s.values, marker="o", label=f"{model} · {key}")
+        ax.set_xlabel("batch size (units in the batch)")
+        ax.set_ylabel(label)
+        ax.set_title("Throughput by batch size")
+        ax.legend(fontsize=7, ncol=2)
+        out.append(png_img(fig, "Throughput by batch size"))
+    return out
+
+
+SHOT_COLUMNS = ("shots", "num_shots", "n_shots", "few_shot", "k_shot")
+
+
+def shots_column(df: pd.DataFrame) -> str | None:
+    return next((c for c in SHOT_COLUMNS if c in df.columns), None)
+
+
+def plot_accuracy_by_shots(df: pd.DataFrame) -> list[str]:
+    shots = shots_column(df)
+    if shots is None or "correct" not in df.columns or df.empty:
+        return []
+    plt = _pyplot()
+    acc = df.assign(_c=df["correct"].astype(float)).groupby(["model", shots])["_c"].mean().unstack("model")
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    acc.plot(ax=ax, marker="o")
+    ax.set_xlabel("few-shot examples")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Accuracy by number of shots")
+    return [png_img(fig, "Accuracy by number of shots")]
+
+
+def attention_matrix(df: pd.DataFrame) -> tuple[np.ndarray, str, list[str] | None] | None:
+    """One (query × key) map from attention rows: the first model and prompt, its last stored layer,
+    averaged over heads (or the stored head mean, head = -1). Rows hold the matrix flattened row-major
+    in `attention` (float16) or `attention_f32`, with its side in `seq_len`."""
+    cols = [c for c in ("attention", "attention_f32") if c in df.columns]
+    if not cols or "seq_len" not in df.columns or df.empty:
+        return None
+    flat = df[cols[0]] if len(cols) == 1 else df[cols[0]].where(df[cols[0]].notna(), df[cols[1]])
+    rows = df.assign(_flat=flat)[flat.notna()]
+    if rows.empty:
+        return None
+    first = rows.iloc[0]
+    rows = rows[(rows["model"] == first["model"]) & (rows["unit_id"] == first["unit_id"])]
+    if "layer" in rows.columns:
+        rows = rows[rows["layer"] == rows["layer"].max()]
+    if "head" in rows.columns and (rows["head"] == -1).any():
+        rows = rows[rows["head"] == -1]
+    n = int(first["seq_len"])
+    mats = [np.asarray(v, dtype=np.float32).reshape(n, n) for v in rows["_flat"] if len(v) == n * n]
+    if not mats:
+        return None
+    tokens = list(first["tokens"]) if "tokens" in rows.columns and first["tokens"] is not None else None
+    where = f"model {first['model']}, prompt {first['prompt_id']}"
+    if "layer" in rows.columns:
+        where += f", layer {int(rows['layer'].iloc[0])}"
+    if "head" in rows.columns:
+        where += ", mean over heads" if len(mats) > 1 or int(rows["head"].iloc[0]) == -1 else \
+            f", head {int(rows['head'].iloc[0])}"
+    return np.mean(mats, axis=0), where, tokens
+
+
+def plot_attention(df: pd.DataFrame) -> list[str]:
+    found = attention_matrix(df)
+    if found is None:
+        return []
+    arr, where, tokens = found
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 5))
+    im = ax.imshow(arr, cmap="viridis", aspect="auto")
+    fig.colorbar(im, ax=ax)
+    if tokens and len(tokens) == arr.shape[-1] <= 40:
+        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
+        if len(tokens) == arr.shape[0]:
+            ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
+    ax.set_xlabel("key position")
+    ax.set_ylabel("query position")
+    ax.set_title("Attention")
+    return [png_img(fig, f"Attention heatmap ({where})")]
+
+
+# ---- the page ---------------------------------------------------------------------------------------
+
+def spec_tables(meta: dict) -> str:
+    spec = meta["spec"]
+    models = pd.DataFrame([{"alias": a, "source": m.get("source"), "fingerprint": m.get("fingerprint"),
+                            "dtype": m.get("dtype"), "revision": m.get("revision")}
+                           for a, m in meta["models"].items()])
+    points = pd.DataFrame(meta.get("points") or [])
+    if not points.empty:
+        from jobs.decoding import DecodingPoint
+
+        points.insert(0, "label", [DecodingPoint(**p).label() for p in meta["points"]])
+    ex = spec.get("execution", {})
+    overview = pd.DataFrame([
+        ("experiment", meta["experiment"]), ("description", spec.get("description") or "–"),
+        ("spec hash", meta["spec_hash"]), ("spec file", meta.get("spec_file")),
+        ("task", json.dumps(meta["task"])), ("task variants", len(meta.get("variants") or [1])),
+        ("prompt sets", ", ".join(p.get("name", "?") for p in spec.get("prompts", []))),
+        ("units", meta.get("n_units")), ("elements", len(meta.get("elements", []))),
+        ("execution", ", ".join(f"{k}={ex[k]}" for k in ("backend", "system", "batch_size", "ranks_per_element",
+                                                          "walltime") if k in ex)),
+        ("planned at", datetime.fromtimestamp(meta.get("created", 0), timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+    ], columns=["", "value"])
+    return (html_table(overview) + "<h3>Models</h3>" + html_table(models)
+            + (("<h3>Decoding points</h3>" + html_table(points)) if not points.empty else ""))
+
+
+def provenance(exp: Path) -> pd.DataFrame:
+    """One row per worker sidecar: where and with what each element ran."""
+    from results.compare import sidecars
+
+    rows = []
+    for m in sidecars(exp):
+        pk = m.get("packages") or {}
+        rows.append({"element": m.get("element"), "rank": m.get("rank"), "host": m.get("host"),
+                     "accelerator": m.get("accelerator"), "backend": m.get("backend"),
+                     "load_s": m.get("load_seconds"), "units_run": m.get("units_run"),
+                     "failed": m.get("units_failed"), "python": m.get("python"),
+                     **{k: pk.get(k) for k in ("torch", "transformers", "deepspeed", "lmsweep")}})
+    return pd.DataFrame(rows)
+
+
+def build_report(exp: str | Path) -> str:
+    from jobs.plan import read_plan
+    from results.load import load, status
+    from results.summary import examples, next_token_examples, summarize
+
+    exp = Path(exp)
+    plan = read_plan(exp)
+    meta = plan.meta
+    task = meta["task"]["type"]
+    st = status(exp)
+    df = load(exp)
+    body = ["<h2>Spec</h2>", spec_tables(meta)]
+    state = "pass" if st.complete else "fail"
+    body += ["<h2>Status</h2>",
+             f"<p class='verdict {state}'>{st.done}/{st.planned} units done, {st.failed} failed, "
+             f"{st.missing} missing</p>", "<h3>Per model</h3>", html_table(st.per_model),
+             "<h3>Per element</h3>", html_table(st.per_element, limit=100)]
+    if not st.failures.empty:
+        body += ["<h3>Failures</h3>", html_table(st.failures, limit=50)]
+    body += ["<h2>Summary</h2>", html_table(summarize(df, task))]
+    if task == "generate":
+        body += ["<h3>Examples</h3>", html_table(examples(df))]
+    elif task == "next_token":
+        body += ["<h3>Examples</h3>", html_table(next_token_examples(df))]
+    plots = plot_throughput(df) + plot_accuracy_by_shots(df) + plot_attention(df)
+    body += ["<h2>Plots</h2>"] + (plots or ["<p class='note'>no rows to plot yet</p>"])
+    body += ["<h2>Provenance</h2>", "<p class='note'>every row also carries spec_hash, unit_id, model_source, "
+             "model_fingerprint, backend, host, element and rank; these are the workers' sidecars "
+             "(meta/element-*-rank-*.json)</p>", html_table(provenance(exp))]
+    return page(f"lmsweep report: {meta['experiment']}", "\n".join(body))
+
+
+def write_report(exp: str | Path, out: str | Path | None = None) -> Path:
+    exp = Path(exp)
+    out = Path(out) if out else exp / "report.html"
+    text = build_report(exp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out

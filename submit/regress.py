@@ -1,0 +1,123 @@
+"""`lmsweep regress SPEC --baseline DIR`: run a spec afresh, compare it with a baseline run, report,
+and optionally promote the run to be the next baseline.
+
+It runs locally (on a laptop, or inside the allocation of a cron/scrontab/PBS job that calls it), so a
+scheduled regression sweep is one command whose exit code says pass (0), regression (1) or bad input (2).
+Each run gets its own directory: a rerun in the same directory would skip every unit as already done.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from jobs.errors import SpecError
+from lmsweep.console import console, err
+
+
+def run_dir(parent: Path, name: str) -> Path:
+    """A fresh directory per regression run, named by the UTC start time."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    exp = parent / f"{name}-regress-{stamp}"
+    n = 1
+    while exp.exists():
+        exp = parent / f"{name}-regress-{stamp}-{n}"
+        n += 1
+    return exp
+
+
+def promote(run: Path, baseline: Path, note: dict) -> None:
+    """Copy the run into place as the baseline: copy beside it, then swap by rename, so a reader sees the
+    old or the new baseline whole (for a moment, between the two renames, none)."""
+    baseline = baseline.resolve()
+    baseline.parent.mkdir(parents=True, exist_ok=True)
+    tmp = baseline.with_name(f".{baseline.name}.promote-{os.getpid()}")
+    old = baseline.with_name(f".{baseline.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(run, tmp)
+    (tmp / "PROMOTED.json").write_text(json.dumps({**note, "promoted_at": time.time(), "from": str(run.resolve())},
+                                                  indent=1))
+    if baseline.exists():
+        os.replace(baseline, old)
+    os.replace(tmp, baseline)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _check_baseline(baseline: Path, task: str) -> bool:
+    """True if a usable baseline exists; SpecError if something is there but is not one."""
+    if not baseline.exists():
+        return False
+    from jobs.plan import read_plan
+
+    meta = read_plan(baseline).meta
+    if meta["task"]["type"] != task:
+        raise SpecError(f"baseline is a {meta['task']['type']} experiment but the spec's task is {task}",
+                        file=str(baseline))
+    return True
+
+
+def cmd_regress(args) -> int:
+    from jobs.cli import print_plan, validated
+    from jobs.plan import write_plan
+    from results.cli import report, run_compare, tolerance_overrides
+    from results.compare import tolerances_from
+    from results.load import status
+    from submit.local import run_elements
+
+    # Everything that can be wrong with the input is checked before anything is written.
+    spec, plan = validated(args.spec)
+    regression = spec.regression.model_dump() if spec.regression else None
+    tolerances_from(regression, tolerance_overrides(args))
+    baseline_arg = args.baseline or (spec.regression.baseline if spec.regression else None)
+    if not baseline_arg:
+        raise SpecError("no baseline: give --baseline DIR or regression.baseline in the spec", file=args.spec,
+                        field="regression.baseline")
+    baseline = Path(baseline_arg)
+    have_baseline = _check_baseline(baseline, spec.task.type)
+    if not have_baseline and not args.promote:
+        raise SpecError(f"baseline {baseline} does not exist; run once with --promote to make this run the "
+                        "baseline", field="--baseline")
+
+    exp = run_dir(Path(args.output_dir or spec.output_dir), spec.name)
+    write_plan(plan, exp)
+    print_plan(plan, exp)
+    ex = spec.execution
+    run_elements(exp, [e.index for e in plan.elements], concurrency=ex.concurrency, ranks=ex.ranks_per_element,
+                 threads=ex.threads_per_rank, show_progress=not args.quiet)
+    complete = report(exp, quiet=args.quiet) == 0
+
+    if not have_baseline:
+        if not complete:
+            err.print(f"run {exp} has failed or missing units; not promoting it to be the first baseline")
+            return 1
+        promote(exp, baseline, {"verdict": "first baseline", "spec": str(args.spec)})
+        console.print(f"no baseline yet: promoted {exp} to {baseline}")
+        return 0
+
+    rc = run_compare(baseline, exp, args, regression=regression)
+    if args.promote:
+        if rc == 0 and complete and status(exp).complete:
+            promote(exp, baseline, {"verdict": "pass", "spec": str(args.spec)})
+            console.print(f"promoted {exp} to baseline {baseline}")
+        else:
+            err.print(f"not promoting: the run {'regressed' if rc else 'is incomplete'}; baseline {baseline} kept")
+    return rc if complete else 1
+
+
+def register(sub) -> None:
+    from results.cli import add_compare_options
+
+    s = sub.add_parser("regress", help="run a spec afresh and compare it with a baseline run (exit 1 on a "
+                                       "regression); --promote makes a passing run the new baseline")
+    s.add_argument("spec")
+    s.add_argument("--baseline", help="baseline experiment directory (default: regression.baseline in the spec)")
+    s.add_argument("--output-dir", help="parent of the run directory <name>-regress-<UTC time> "
+                                        "(default: the spec's output_dir)")
+    s.add_argument("--promote", action="store_true",
+                   help="on success, copy the run to the baseline directory (creates it the first time)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or summary tables")
+    add_compare_options(s, spec_flag=False)
+    s.set_defaults(func=cmd_regress)
