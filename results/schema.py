@@ -13,7 +13,7 @@ COMMON = [
     ("experiment", pa.string()), ("spec_hash", pa.string()), ("unit_id", pa.string()),
     ("unit_key", pa.string()), ("element", pa.int32()), ("rank", pa.int32()),
     ("model", pa.string()), ("model_source", pa.string()), ("model_fingerprint", pa.string()),
-    ("backend", pa.string()),
+    ("backend", pa.string()), ("device", pa.string()),   # device: "cpu" or "cuda:<i>" the rank was bound to
     ("prompt_set", pa.string()), ("prompt_id", pa.string()), ("prompt_text", pa.string()),
     ("label", pa.string()),
     ("variant", pa.int32()), ("point", pa.int32()), ("decoding", pa.string()), ("seed", pa.int64()),

@@ -32,7 +32,7 @@ class PerSequenceGumbel(LogitsProcessor):
         vocab = scores.shape[-1]
         u = torch.stack([torch.rand(vocab, generator=g) for g in self.generators])
         gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
-        return scores + gumbel.to(scores.dtype)
+        return scores + gumbel.to(device=scores.device, dtype=scores.dtype)
 
 
 def sampling_processors(temperature: float | None, top_k: int | None, top_p: float | None,

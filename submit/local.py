@@ -74,6 +74,9 @@ def run_elements(exp_dir: Path, elements: list[int], *, concurrency: int = 1, ra
                         rank = int(parts[parts.index("rank") + 1]) if "rank" in parts else 0
                         update(element, rank, int(parts[1]), int(parts[2]))
                 rc = proc.wait()
+            if rc == 2:       # the worker refused its input (e.g. float16 on a CPU node): show why, once
+                for line in dict.fromkeys(x for x in log.read_text().splitlines() if x.startswith("error: ")):
+                    print(f"element {element}: {line}", file=sys.stderr, flush=True)
             with lock:
                 results.append(ElementResult(element, rc, log))
 

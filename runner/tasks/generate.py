@@ -34,7 +34,7 @@ def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]
     if not keep:
         return [], errors
     units = [u for u, _ in keep]
-    batch = tok.pad({"input_ids": [ids for _, ids in keep]}, return_tensors="pt")
+    batch = tok.pad({"input_ids": [ids for _, ids in keep]}, return_tensors="pt").to(ctx.device)
     n_seq = point.num_return_sequences
     if point.do_sample and n_seq > 1:
         # Our sampling runs generate greedily over noised logits; transformers only expands

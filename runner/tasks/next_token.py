@@ -20,7 +20,7 @@ def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]
     k = int(ctx.params.get("top_k", 10))
     rendered = [render_prompt(tok, u.prompt) for u in units]
     encoded = [tok(text, add_special_tokens=add)["input_ids"] for text, add in rendered]
-    batch = tok.pad({"input_ids": encoded}, return_tensors="pt")
+    batch = tok.pad({"input_ids": encoded}, return_tensors="pt").to(ctx.device)
     start = time.perf_counter()
     with torch.inference_mode():
         logits = model(**batch).logits[:, -1, :].float()
