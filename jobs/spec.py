@@ -40,6 +40,7 @@ class ModelSpec(Strict):
     attn_implementation: Literal["eager", "sdpa"] | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False   # load *.bin checkpoints (pickle) only when asked for explicitly
+    kernel_inject: bool | None = None   # deepspeed: fused kernels; null = where a policy exists (CUDA only)
 
     @model_validator(mode="before")
     @classmethod
@@ -263,7 +264,29 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     object.__setattr__(spec, "_spec_dir", spec_dir)
     object.__setattr__(spec, "_spec_file", str(path))
     object.__setattr__(spec, "_lines", lines)
+    _check_parallelism(spec, str(path), lines)
     return spec
+
+
+def _check_parallelism(spec: ExperimentSpec, file: str, lines: dict) -> None:
+    """Backend/tensor-parallel combinations that are wrong on any machine. What depends on the node's
+    accelerator (float16 or kernel injection on CPU) is checked by the worker before it runs a unit."""
+    ex = spec.execution
+    for i, m in enumerate(spec.models):
+        problems = []
+        if ex.backend == "hf" and m.tensor_parallel > 1:
+            problems.append(("tensor_parallel", f"tensor_parallel={m.tensor_parallel} needs execution.backend: "
+                                                "deepspeed"))
+        if ex.backend == "hf" and m.kernel_inject:
+            problems.append(("kernel_inject", "kernel_inject needs execution.backend: deepspeed"))
+        if ex.ranks_per_element % m.tensor_parallel:
+            problems.append(("tensor_parallel", f"tensor_parallel={m.tensor_parallel} does not divide "
+                                                f"execution.ranks_per_element={ex.ranks_per_element}; an "
+                                                f"element's ranks form groups of {m.tensor_parallel}"))
+        if problems:
+            key, message = problems[0]
+            line = line_of(lines, ("models", i, key)) or line_of(lines, ("models", i))
+            raise SpecError(message, file=file, line=line, field=f"models[{i}].{key}")
 
 
 def _clean_loc(loc: tuple) -> tuple:
