@@ -18,6 +18,7 @@ from itertools import groupby
 from pathlib import Path
 
 from jobs.decoding import DecodingPoint
+from jobs.errors import SpecError
 from jobs.plan import PlanFiles, read_plan
 from results.load import done_unit_ids
 from results.schema import SCHEMA_VERSION
@@ -55,9 +56,8 @@ def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
     return batches
 
 
-def run_element(exp_dir: Path, element: int, rank: int = 0, world: int = 1,
-                batch_size: int | None = None) -> int:
-    from runner import loading
+def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> int:
+    from runner import backends, distributed, loading
     from runner.tasks import TASKS, model_class_for
 
     plan = read_plan(exp_dir)
@@ -66,45 +66,103 @@ def run_element(exp_dir: Path, element: int, rank: int = 0, world: int = 1,
     task = TASKS[task_name]
     execution = spec["execution"]
     batch_size = batch_size or execution["batch_size"]
-    threads = execution.get("threads_per_rank") or int(os.environ.get("OMP_NUM_THREADS", "0")) or None
-
-    units = select_units(plan, element, rank, world)
-    done = done_unit_ids(exp_dir, task_name)
-    todo = [u for u in units if u.unit_id not in done]
-    progress(len(units) - len(todo), len(units), f"element {element} rank {rank}")
-    if not todo:
-        return EXIT_OK
-
-    import torch
-    if threads:
-        torch.set_num_threads(threads)
     model_alias = plan.meta["elements"][element]["model"]
     model_info = plan.meta["models"][model_alias]
     variants = plan.meta["variants"]
-    loaded = loading.load(model_info, model_class_for(task, variants[todo[0].variant]), task.ATTN)
-    print(f"loaded model {model_alias} in {loaded.load_seconds:.1f}s (loads this rank: 1)", file=sys.stderr,
-          flush=True)
-    ctx = TaskContext(loaded.model, loaded.tokenizer, variants[0])
+
+    # Who this rank is (MPI, torchrun or alone), its tensor-parallel group, device and threads. A request
+    # this node cannot serve (e.g. float16 on CPU) is a SpecError here, before any unit runs.
+    world = distributed.discover()
+    distributed.export_env(world)
+    where = _model_field(spec, model_alias)
+    settings = backends.resolve(execution, model_info, backends.detect_accelerator(),
+                                spec_file=plan.meta.get("spec_file"), where=where)
+    backends.check_architecture(settings, backends.model_type(model_info["path"]),
+                                spec_file=plan.meta.get("spec_file"), where=where)
+    layout = _tp_layout(world.size, settings.tp, plan.meta.get("spec_file"))
+    group, leader, rank = layout.group_of(world.rank), layout.is_leader(world.rank), world.rank
+    threads, threads_from = distributed.threads_for_rank(execution.get("threads_per_rank"), world.local_size)
+    binding = distributed.bind_device(world, settings.accelerator)
+    backends.prepare_environment()
+    tp_group = backends.init_process_groups(world, layout, settings)
+
+    # Rank 0 decides what is left; each TP group takes a disjoint share of it.
+    units = select_units(plan, element)
+    pending = world.bcast(_pending(exp_dir, task_name, units) if rank == 0 else None)
+    todo = layout.share([units[i] for i in pending], group)
+    total = len(todo) + (len(units) - len(pending) if group == 0 else 0)
+    if leader:
+        progress(total - len(todo), total, f"element {element} rank {rank}")
+    if not pending:
+        return EXIT_OK
+
+    import torch
+    torch.set_num_threads(threads)
+    loaded, backend_info = None, {}
+    if todo or settings.tp > 1:          # a TP group with no share still joins the collective model set-up
+        unit0 = todo[0] if todo else units[pending[0]]
+        loaded = loading.load(model_info, model_class_for(task, variants[unit0.variant]), task.ATTN)
+        model, backend_info = (backends.wrap(loaded.model, settings, tp_group, binding["device"],
+                                             spec_file=plan.meta.get("spec_file"), where=where)
+                               if loaded.model is not None else (None, {"backend": settings.backend}))
+        print(f"loaded model {model_alias} in {loaded.load_seconds:.1f}s (loads this rank: 1; backend "
+              f"{settings.backend}, tp {settings.tp}, {binding['device']})", file=sys.stderr, flush=True)
+        ctx = TaskContext(model, loaded.tokenizer, variants[0], device=binding["device"])
     writer = PartWriter(exp_dir, task_name, element, rank)
     common = _common_columns(plan, model_alias, model_info, element, rank, execution["backend"])
+    common["device"] = binding["label"]
 
-    finished, failed = len(units) - len(todo), 0
+    finished, failed = total - len(todo), 0
     for batch in make_batches(task, todo, batch_size):
         ctx.params = variants[batch[0].variant]
         rows, errors = _run_isolated(task, ctx, batch)
         by_id = {u.unit_id: u for u in batch}
         now = datetime.now(timezone.utc)
+        finished += len(batch) - len(errors)
+        failed += len(errors)
+        if not leader:                   # the group's other ranks computed the same rows
+            continue
         writer.write([{**common, **_unit_columns(by_id[r["unit_id"]]), **r, "batch_size": len(batch),
                        "finished_at": now} for r in rows])
         writer.write_errors([{"unit_id": uid, "element": element, "rank": rank, "model": model_alias,
                               "error": msg, "host": common["host"], "failed_at": now}
                              for uid, msg in errors.items()])
-        finished += len(batch) - len(errors)
-        failed += len(errors)
-        progress(finished, len(units), f"element {element} rank {rank}" + (f" failed {failed}" if failed else ""))
+        progress(finished, total, f"element {element} rank {rank}" + (f" failed {failed}" if failed else ""))
 
-    _write_sidecar(exp_dir, element, rank, world, model_alias, loaded, threads, len(todo), failed, execution)
-    return EXIT_UNITS_FAILED if failed else EXIT_OK
+    extra = {"world": world.layout(), "mpi_library": world.mpi_library,
+             "tensor_parallel": {"tp": layout.tp, "groups": layout.n_groups, "group": group,
+                                 "group_ranks": layout.members(group), "leader": leader},
+             "binding": binding, "threads": {"n": threads, "from": threads_from,
+                                             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+             "accelerator": settings.accelerator, "backend_config": backend_info or None,
+             "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR") if settings.backend == "deepspeed"
+             else None}
+    meta = _write_sidecar(exp_dir, element, rank, world.size, model_alias, loaded, threads, len(todo), failed,
+                          execution, extra)
+    ranks = world.allgather(meta)        # also keeps every rank alive until the whole element is done
+    if rank == 0:
+        _write_element_sidecar(exp_dir, element, ranks)
+    return EXIT_UNITS_FAILED if any(m["units_failed"] for m in ranks) else EXIT_OK
+
+
+def _pending(exp_dir: Path, task_name: str, units: list[Unit]) -> list[int]:
+    done = done_unit_ids(exp_dir, task_name)
+    return [i for i, u in enumerate(units) if u.unit_id not in done]
+
+
+def _model_field(spec: dict, alias: str) -> str:
+    aliases = [m.get("alias") for m in spec.get("models", [])]
+    return f"models[{aliases.index(alias)}]" if alias in aliases else f"model {alias}"
+
+
+def _tp_layout(world_size: int, tp: int, spec_file: str | None):
+    from runner.distributed import TPLayout
+
+    try:
+        return TPLayout(world_size, tp)
+    except ValueError as e:
+        raise SpecError(f"this element was launched with {e}", file=spec_file,
+                        field="execution.ranks_per_element") from None
 
 
 def _run_isolated(task, ctx: TaskContext, batch: list[Unit]) -> tuple[list[dict], dict[str, str]]:
@@ -147,7 +205,7 @@ def _unit_columns(u: Unit) -> dict:
 
 
 def _write_sidecar(exp_dir: Path, element: int, rank: int, world: int, alias: str, loaded, threads,
-                   n_units: int, n_failed: int, execution: dict) -> None:
+                   n_units: int, n_failed: int, execution: dict, extra: dict | None = None) -> dict:
     import importlib.metadata as md
 
     def version(name: str) -> str | None:
@@ -158,16 +216,43 @@ def _write_sidecar(exp_dir: Path, element: int, rank: int, world: int, alias: st
 
     import torch
     meta = {
-        "element": element, "rank": rank, "world_size": world, "model": alias, "model_path": loaded.path,
-        "load_seconds": loaded.load_seconds, "host": socket.gethostname(), "python": platform.python_version(),
+        "element": element, "rank": rank, "world_size": world, "model": alias,
+        "model_path": loaded.path if loaded else None, "load_seconds": loaded.load_seconds if loaded else None,
+        "host": socket.gethostname(), "python": platform.python_version(),
         "packages": {n: version(n) for n in ("lmsweep", "torch", "transformers", "deepspeed", "mpi4py",
                                              "pandas", "pyarrow")},
         "torch_threads": torch.get_num_threads(), "threads_requested": threads,
         "accelerator": "cuda" if torch.cuda.is_available() else "cpu", "backend": execution["backend"],
         "units_run": n_units, "units_failed": n_failed, "finished_at": time.time(),
+        **(extra or {}),
     }
-    out = exp_dir / "meta"
-    out.mkdir(exist_ok=True)
-    tmp = out / f".element-{element:05d}-rank-{rank:04d}.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, out / f"element-{element:05d}-rank-{rank:04d}.json")
+    _write_json(exp_dir / "meta", f"element-{element:05d}-rank-{rank:04d}.json", meta)
+    return meta
+
+
+def _write_element_sidecar(exp_dir: Path, element: int, ranks: list[dict]) -> None:
+    """One file per element with what holds for all its ranks, and a line per rank (host, device, group)."""
+    first = ranks[0]
+    summary = {k: first.get(k) for k in ("element", "model", "backend", "accelerator", "python", "packages",
+                                         "mpi_library", "backend_config", "world_size")}
+    summary |= {
+        "tensor_parallel": {k: first["tensor_parallel"][k] for k in ("tp", "groups")} if "tensor_parallel" in first
+        else None,
+        "hosts": sorted({m["host"] for m in ranks}),
+        "load_seconds_max": max((m["load_seconds"] or 0.0) for m in ranks),
+        "units_run": sum(m["units_run"] for m in ranks if m.get("tensor_parallel", {}).get("leader", True)),
+        "units_failed": sum(m["units_failed"] for m in ranks if m.get("tensor_parallel", {}).get("leader", True)),
+        "ranks": [{"rank": m["rank"], "host": m["host"], "local_rank": m.get("world", {}).get("local_rank"),
+                   "device": m.get("binding", {}).get("label"), "group": m.get("tensor_parallel", {}).get("group"),
+                   "threads": m["torch_threads"], "load_seconds": m["load_seconds"], "units_run": m["units_run"]}
+                  for m in ranks],
+        "finished_at": time.time(),
+    }
+    _write_json(exp_dir / "meta", f"element-{element:05d}.json", summary)
+
+
+def _write_json(directory: Path, name: str, data: dict) -> None:
+    directory.mkdir(exist_ok=True)
+    tmp = directory / f".{name}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, directory / name)
