@@ -54,6 +54,8 @@ def variants_per_model(spec, refs: dict[str, ModelRef], variants: list[dict]
 def check_units(spec, facts: dict[str, ModelFacts], prompts: list[Prompt], models: list[str],
                 prompt_index: list[int]) -> None:
     """Checks over the expanded units (one model alias and prompt index per unit)."""
+    if spec.task.type == "classify":
+        check_gold_labels(spec, prompts)
     if spec.task.type == "attention":
         per_model: dict[str, Counter] = {m.alias: Counter() for m in spec.models}
         for alias, qi in zip(models, prompt_index):
@@ -103,8 +105,9 @@ def check_attention(spec, facts: dict[str, ModelFacts], prompts: list[Prompt],
     if total > cap:
         raise _error(spec, f"attention weights would take ≈{_size(total)} ({task.dtype}, longest prompt "
                            f"≈{min(worst or 0, task.max_tokens)} tokens), above task.max_storage_mb="
-                           f"{task.max_storage_mb:g}; select fewer layers or heads, set head_mean: true, "
-                           "lower max_tokens or dtype, or raise max_storage_mb", "task.max_storage_mb")
+                           f"{task.max_storage_mb:g}; select fewer layers or heads, set head_mean: true, lower "
+                           f"max_tokens{', use dtype: float16' if task.dtype == 'float32' else ''} or raise "
+                           "max_storage_mb", "task.max_storage_mb")
     return total
 
 
@@ -129,3 +132,17 @@ def _size(n: float) -> str:
             return f"{n:.3g} {unit}"
         n /= 1000
     return f"{n:.3g} TB"
+
+
+def check_gold_labels(spec, prompts: list[Prompt]) -> None:
+    """A gold label outside a label set could never be predicted: almost surely a typo in the data."""
+    golds = {p.label for p in prompts if p.label is not None}
+    for v in spec.task.variants():
+        if not v.get("labels") or v.get("pipeline_task") == "text-classification":
+            continue          # text-classification predicts the model's own labels (id2label)
+        if golds <= set(v["labels"]):
+            continue
+        for p in prompts:
+            if p.label is not None and p.label not in v["labels"]:
+                raise _error(spec, f"prompt {p.id!r} of set {p.set!r} has gold label {p.label!r}, which is not "
+                                   f"in the label set {sorted(v['labels'])}", "task.labels")

@@ -153,15 +153,16 @@ _PAGE = """<!DOCTYPE html>
 <div><svg id="canvas" width="640" height="100"></svg></div>
 <script id="data" type="application/json">__DATA__</script>
 <script>
+(() => {
 const data = JSON.parse(document.getElementById("data").textContent);
 const svg = document.getElementById("canvas"), NS = "http://www.w3.org/2000/svg";
-const sel = document.getElementById("view"), rowH = 22, left = 200, right = 440, top = 20;
+const sel = document.getElementById("view"), rowH = 22, left = 200, right = 440, topY = 20;
 data.views.forEach((v, i) => { const o = document.createElement("option"); o.value = i;
   o.textContent = v.name; sel.appendChild(o); });
 function show(t) { return t.trim() === "" ? JSON.stringify(t) : t; }
 function draw(focus) {
   const view = data.views[+sel.value], n = data.tokens.length;
-  svg.setAttribute("height", top * 2 + n * rowH);
+  svg.setAttribute("height", topY * 2 + n * rowH);
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   for (let q = 0; q < n; q++) {
     if (focus !== undefined && focus !== q) continue;
@@ -169,8 +170,8 @@ function draw(focus) {
       const w = view.weights[q][k];
       if (w < 0.01) continue;
       const line = document.createElementNS(NS, "line");
-      line.setAttribute("x1", left + 8); line.setAttribute("y1", top + q * rowH);
-      line.setAttribute("x2", right - 8); line.setAttribute("y2", top + k * rowH);
+      line.setAttribute("x1", left + 8); line.setAttribute("y1", topY + q * rowH);
+      line.setAttribute("x2", right - 8); line.setAttribute("y2", topY + k * rowH);
       line.setAttribute("stroke", "#2e6fbf"); line.setAttribute("stroke-width", 2);
       line.setAttribute("stroke-opacity", w);
       svg.appendChild(line);
@@ -179,7 +180,7 @@ function draw(focus) {
   data.tokens.forEach((t, i) => {
     for (const [x, anchor, side] of [[left, "end", "q"], [right, "start", "k"]]) {
       const el = document.createElementNS(NS, "text");
-      el.setAttribute("x", x); el.setAttribute("y", top + i * rowH + 4);
+      el.setAttribute("x", x); el.setAttribute("y", topY + i * rowH + 4);
       el.setAttribute("text-anchor", anchor); el.textContent = show(t);
       if (side === "q") {
         if (focus === i) el.setAttribute("class", "active");
@@ -196,5 +197,6 @@ function draw(focus) {
 }
 sel.addEventListener("change", () => draw());
 draw();
+})();
 </script></body></html>
 """

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 
 import pytest
 from conftest import lmsweep
@@ -46,3 +48,14 @@ def test_layer_and_head_filters_and_bad_unit(experiment, tmp_path):
     assert text.count('"layer": 1') == 2 and '"layer": 0' not in text
     proc = lmsweep("plot", "attention", str(exp), "--unit", "zzzz")
     assert proc.returncode == 2 and "no attention rows for unit 'zzzz'" in proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs a headless chromium to run the page's script")
+def test_head_view_script_runs_in_a_browser(experiment, tmp_path):
+    exp, unit = experiment
+    lmsweep("plot", "attention", str(exp), "--unit", unit, "--out", str(tmp_path), check=True)
+    page = tmp_path / f"attention-{unit[:12]}.html"
+    proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+                           "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert "Uncaught" not in proc.stderr
+    assert proc.stdout.count("<option") == 8 and "<line" in proc.stdout     # views listed, lines drawn

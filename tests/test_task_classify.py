@@ -114,6 +114,17 @@ def test_methods_are_paired_with_model_kinds(tiny_llama, tmp_path_factory):
         plan_spec(load_spec(path))
 
 
+def test_gold_label_outside_the_label_set_is_refused(tiny_llama, tmp_path):
+    from jobs.plan import plan_spec
+    from jobs.spec import load_spec
+
+    path = tmp_path / "s.yaml"
+    labels = "[{good: g, bad: b}, {good: g, awful: a}]"        # the second set has no 'bad'
+    path.write_text(spec(f"[{{alias: lm, source: {tiny_llama}}}]", f"  type: classify\n  labels: {labels}\n"))
+    with pytest.raises(SpecError, match="prompt 'b' .* gold label 'bad', which is not in the label set"):
+        plan_spec(load_spec(path))
+
+
 def test_embedding_similarity_matches_transformers(tmp_path):
     from jobs.model_sources import resolve
 
