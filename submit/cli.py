@@ -7,6 +7,7 @@ anything is written, so bad input exits 2 with nothing on disk.
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import time
@@ -49,9 +50,19 @@ def _flag_name(value: str | None, flag: str) -> str | None:
     if value is None:
         return None
     try:
-        return scheduler_name(value, flag)
+        return scheduler_name(value, flag.lstrip("-"))
     except ValueError as e:
         raise SpecError(str(e), field=flag) from None
+
+
+def check_flags(args) -> None:
+    """Flags are checked before anything is planned: a bad value costs nothing and writes nothing."""
+    _flag_name(args.queue, "--queue")
+    _flag_name(args.account, "--account")
+    _flag_walltime(args.walltime)
+    for flag in ("nodes", "array_limit"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise SpecError(f"must be >= 1, got {getattr(args, flag)}", field="--" + flag.replace("_", "-"))
 
 
 def _flag_walltime(value: str | None) -> str | None:
@@ -67,6 +78,13 @@ def load_profile(name: str, field: str):
         return load_system(name)
     except ProfileError as e:
         raise SpecError(str(e), field=field) from None
+
+
+def _python(flag: str | None) -> str:
+    """The worker's interpreter: this one by default; a relative path is made absolute (jobs cd elsewhere)."""
+    if not flag:
+        return sys.executable
+    return os.path.abspath(flag) if "/" in flag else flag
 
 
 def resolve_options(spec, profile, args) -> dict:
@@ -103,7 +121,7 @@ def resolve_options(spec, profile, args) -> dict:
         "qos": getattr(block, "qos", None),
         "gpus_per_node": (getattr(block, "gpus_per_node", None) if getattr(block, "gpus_per_node", None) is not None
                           else profile.gpus_per_node) if profile.scheduler == "slurm" else 0,
-        "python": args.python or sys.executable,
+        "python": _python(args.python),
         "preemptable": bool(queue in profile.queues and profile.queues[queue].preemptable),
     }
 
@@ -148,11 +166,18 @@ def _active_jobs(exp: Path) -> list[str]:
     return sorted({t.task_id for t in states.values() if t.active})
 
 
+def shown(path: Path) -> str:
+    """A path for a terminal: as is, or escaped when it holds newlines or other control characters."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
 def _print_scripts(decision: list[str], jobs, scripts: list[str], sub_dir: Path, suffix: str) -> None:
     out = sys.stdout
     out.write("packing decision:\n" + "".join(f"  {line}\n" for line in decision))
+    out.write(f"scripts go to {shown(sub_dir)}/\n")
     for job, text in zip(jobs, scripts):
-        out.write(f"\n# ---- {sub_dir / f'array-{job.part:02d}{suffix}'} ----\n{text}")
+        out.write(f"\n# ---- array-{job.part:02d}{suffix} ----\n{text}")
     out.flush()
 
 
@@ -184,6 +209,19 @@ def _submit_arrays(sched, sub, jobs, scripts) -> list[str]:
     return ids
 
 
+def packing_error(e, spec, args, profile) -> SpecError:
+    """Point at the flag or the spec line that asked for what the queue cannot take."""
+    from jobs.yamlio import line_of
+    flags = {"execution.nodes": "nodes", "execution.walltime": "walltime", "array_limit": "array_limit"}
+    flag = flags.get(e.field)
+    if flag and getattr(args, flag, None):
+        return SpecError(str(e), field="--" + flag.replace("_", "-"))
+    block = "pbs" if profile.scheduler == "pbs" else "slurm"
+    path = tuple(e.field.split(".")) if e.field != "array_limit" else ("execution", block, "array_limit")
+    line = line_of(getattr(spec, "_lines", {}), path) or line_of(getattr(spec, "_lines", {}), ("execution",))
+    return SpecError(str(e), file=getattr(spec, "_spec_file", None), line=line, field=".".join(path))
+
+
 def _system_ref(asked: str, profile) -> str:
     """What to load again later: the name of a shipped profile, or the absolute path of a profile file."""
     is_path = "/" in asked or asked.endswith((".yaml", ".yml"))
@@ -197,6 +235,7 @@ def cmd_submit(args) -> int:
     from submit.base import scheduler_for
     from submit.packing import PackingError, apply_packing, pack, plan_unit_costs, split_arrays
 
+    check_flags(args)
     spec, plan = validated(args.spec)
     exp = experiment_dir(spec, args.output_dir).resolve()
     profile = load_profile(args.system or spec.execution.system, "--system" if args.system else "execution.system")
@@ -209,7 +248,7 @@ def cmd_submit(args) -> int:
         packing = pack(plan.units.column("model").to_pylist(), plan_unit_costs(plan), req,
                        model_order=list(plan.models))
     except PackingError as e:
-        raise SpecError(str(e), file=args.spec, field="execution") from None
+        raise packing_error(e, spec, args, profile) from None
     plan = apply_packing(plan, packing)
     decision = packing.describe() + [f"live limits from the scheduler: {live}"] * bool(live)
 
@@ -233,7 +272,7 @@ def cmd_submit(args) -> int:
         return 0
     if not todo:
         write_plan(plan, exp)
-        console.print(f"all {plan.n_units} units already done in {exp}; nothing to submit")
+        console.print(f"all {plan.n_units} units already done in {shown(exp)}; nothing to submit", markup=False)
         return 0
     active = _active_jobs(exp)
     if active:
@@ -255,7 +294,8 @@ def cmd_submit(args) -> int:
     ids = _submit_arrays(sched, sub, jobs, scripts)
     for rec in sub.arrays:
         if rec.job_id:
-            console.print(f"submitted {rec.job_id}: {len(rec.elements)} element(s) → {sub.directory}", markup=False)
+            console.print(f"submitted {rec.job_id}: {len(rec.elements)} element(s) → {shown(sub.directory)}",
+                          markup=False)
     return 0 if len(ids) == len(jobs) else 1
 
 
@@ -267,6 +307,7 @@ def cmd_resubmit(args) -> int:
     from submit.packing import PackingError, PackRequest, choose_nodes, split_arrays
     from submit.tracking import current_submissions, query_states
 
+    check_flags(args)
     exp = Path(args.experiment).resolve()
     plan = read_plan(exp)
     subs = current_submissions(exp)
@@ -287,7 +328,7 @@ def cmd_resubmit(args) -> int:
     if args.nodes:
         opts["nodes"] = args.nodes
     if args.python:
-        opts["python"] = args.python
+        opts["python"] = _python(args.python)
     q = profile.queues.get(opts["queue"]) if opts["queue"] else None
     if opts["queue"] and q is None:
         raise SpecError(f"system {profile.name!r} has no queue {opts['queue']!r}", field="--queue")
@@ -340,7 +381,7 @@ def cmd_resubmit(args) -> int:
     for rec in sub.arrays:
         if rec.job_id:
             console.print(f"submitted {rec.job_id}: element(s) {', '.join(map(str, rec.elements[:20]))} "
-                          f"→ {sub.directory}", markup=False)
+                          f"→ {shown(sub.directory)}", markup=False)
     return 0 if len(ids) == len(jobs) else 1
 
 

@@ -31,7 +31,14 @@ from submit.systems import QueueLimits, walltime_seconds
 
 
 class PackingError(ValueError):
-    """The plan cannot be submitted to this queue as asked; the message says why and what would work."""
+    """The plan cannot be submitted to this queue as asked; the message says why and what would work.
+
+    `field` names the setting at fault (e.g. ``execution.nodes``) so the CLI can point at its line.
+    """
+
+    def __init__(self, message: str, field: str = "execution"):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -81,15 +88,24 @@ class Packing:
         units = sum(e.n_units for e in self.elements)
         walls = [e.est_seconds / self.groups for e in self.elements]
         sizes = [len(a) for a in self.arrays]
+        lo, hi = min(e.n_units for e in self.elements), max(e.n_units for e in self.elements)
+        each = f"{lo}" if lo == hi else f"{lo}-{hi}"
+        work = hms(max(walls)) if hms(min(walls)) == hms(max(walls)) else f"{hms(min(walls))}-{hms(max(walls))}"
+        node_hours = n_el * self.nodes * walltime_seconds(self.walltime) / 3600
         lines = [
             f"queue: {self.queue or '(none)'}; walltime {self.walltime} per element",
-            f"elements: {n_el} for {units} unit(s), {min(e.n_units for e in self.elements)}-"
-            f"{max(e.n_units for e in self.elements)} units each, est. {hms(min(walls))}-{hms(max(walls))} "
-            f"of work each (planned to fill <= {ELEMENT_FILL:.0%} of the walltime)",
-            f"per element: {self.nodes} node(s) x {self.ranks_per_node} rank(s) = {self.ranks} rank(s)",
+            f"elements: {n_el} for {units} unit(s), {each} units each, est. {work} of work each "
+            f"(sized to fill <= {ELEMENT_FILL:.0%} of the walltime)",
+            f"per element: {self.nodes} node(s) x {self.ranks_per_node} rank(s) = {self.ranks} rank(s); "
+            f"at most {node_hours:,.1f} node-hours in all",
+            "one job (no array)" if sizes == [1] else
             f"arrays: {len(self.arrays)} ({', '.join(map(str, sizes))} task(s))"
             + (f", at most {self.throttle} running at once" if self.throttle else ""),
         ]
+        fill = max(walls) / walltime_seconds(self.walltime)
+        if fill < 0.25:
+            lines.append(f"note: the largest element uses about {fill:.0%} of its walltime; ask for less "
+                         f"(execution.walltime / --walltime) or a smaller queue to wait and spend less")
         return lines + list(self.notes)
 
 
@@ -124,15 +140,17 @@ def choose_nodes(req: PackRequest) -> tuple[int, int, bool]:
         if nodes == 1:
             ppn = req.ranks
         elif req.ranks != nodes * ppn:
-            raise PackingError(f"execution.ranks_per_element={req.ranks} is not a whole number of nodes of "
-                               f"{ppn} ranks on {req.system}; use a multiple of {ppn} or set execution.nodes")
+            raise PackingError(f"{req.ranks} ranks are not a whole number of nodes of {ppn} ranks on "
+                               f"{req.system}; use a multiple of {ppn} or set execution.nodes",
+                               "execution.ranks_per_element")
         explicit = True
     else:
         nodes, explicit = (req.nodes, True) if req.nodes is not None else (q.min_nodes if q else 1, False)
     if q is not None and not q.min_nodes <= nodes <= q.max_nodes:
         asked = nodes * ppn
-        what = (f"execution.ranks_per_element={req.ranks}" if req.ranks is not None and req.nodes is None
-                else f"execution.nodes={nodes}")
+        field = ("execution.ranks_per_element" if req.ranks is not None and req.nodes is None
+                 else "execution.nodes")
+        what = f"{req.ranks} rank(s) per element" if field.endswith("element") else f"{nodes} node(s) per element"
         if nodes < q.min_nodes:
             full = req.ranks_per_node
             one = "one GPU per array element" if asked == 1 else f"{asked} rank(s) per array element"
@@ -142,9 +160,9 @@ def choose_nodes(req: PackRequest) -> tuple[int, int, bool]:
                 f"{what} asks for {one}, below the minimum of {_queue_text(req)}: PBS/Slurm reject a smaller "
                 f"job, and padding it to {q.min_nodes} nodes ({q.min_nodes * full} ranks) would leave all but "
                 f"{asked} idle; with {q.max_running or 'only a few'} jobs running at once the sweep would use "
-                f"{(q.max_running or 1) * asked} rank(s) in all. Remove {what.split('=')[0]} and lmsweep packs "
-                f"few large elements ({q.min_nodes} nodes x {full} ranks each){alt}.")
-        raise PackingError(f"{what} is above the maximum of {_queue_text(req)}")
+                f"{(q.max_running or 1) * asked} rank(s) in all. Remove it and lmsweep packs "
+                f"few large elements ({q.min_nodes} nodes x {full} ranks each){alt}.", field)
+        raise PackingError(f"{what} is above the maximum of {_queue_text(req)}", field)
     return nodes, ppn, not explicit
 
 
@@ -154,7 +172,8 @@ def pack(unit_models: Sequence[str], unit_costs: np.ndarray, req: PackRequest,
     q = req.queue
     wall = walltime_seconds(req.walltime)
     if q is not None and wall > q.max_walltime_seconds:
-        raise PackingError(f"walltime {req.walltime} is above the maximum of {_queue_text(req)}")
+        raise PackingError(f"walltime {req.walltime} is above the maximum of {_queue_text(req)}",
+                           "execution.walltime")
     nodes, ppn, can_grow = choose_nodes(req)
     tp = max(1, req.tensor_parallel)
     models = np.asarray(unit_models, dtype=object)
@@ -166,7 +185,8 @@ def pack(unit_models: Sequence[str], unit_costs: np.ndarray, req: PackRequest,
     if costs.max() > per_group:
         raise PackingError(f"one unit is estimated at {costs.max() / req.tokens_per_second:,.0f} s of work, "
                            f"more than {ELEMENT_FILL:.0%} of walltime {req.walltime}: raise the walltime, lower "
-                           f"max_new_tokens, or raise execution.tokens_per_second if the estimate is pessimistic")
+                           f"max_new_tokens, or raise execution.tokens_per_second if the estimate is pessimistic",
+                           "execution.walltime")
     limit = req.max_queued if req.max_queued is not None else (q.max_queued if q else None)
     notes: list[str] = []
     if q is not None:
@@ -282,7 +302,7 @@ def split_arrays(elements: list[int], req: PackRequest,
     notes = []
     if req.array_limit is not None and cap is not None and req.array_limit > cap:
         raise PackingError(f"array limit %{req.array_limit} is above the {cap} subjobs {_queue_text(req)} runs at "
-                           f"once; a wider throttle can leave the array never running")
+                           f"once; a wider throttle can leave the array never running", "array_limit")
     throttle = req.array_limit or cap
     if req.scheduler == "local":
         throttle = req.array_limit or 1

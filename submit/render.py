@@ -14,6 +14,7 @@ from submit.base import ArrayJob
 from submit.systems import SystemProfile
 
 EXIT_BAD_INDEX = 3
+LOCAL_PATH = 'PATH="$(dirname "$PYTHON"):$PATH"   # local: the venv\'s mpiexec (mpich wheel) first'
 
 
 def element_lookup(job: ArrayJob, index_expr: str) -> list[str]:
@@ -40,6 +41,8 @@ def launch_line(job: ArrayJob, profile: SystemProfile) -> str:
     launcher = profile.launcher.format(nranks=job.ranks, ppn=job.ranks_per_node, depth=job.cpus_per_rank,
                                        nnodes=job.nodes)
     worker = '"$PYTHON" -m lmsweep worker --plan "$EXP" --element "$element"'
+    if profile.scheduler == "local" and job.ranks == 1:
+        return worker                       # one rank on this machine: no launcher needed
     if profile.gpu_bind.strip():
         # per rank: bind this rank to its GPU, then become the worker (argv passes through untouched)
         per_rank = profile.gpu_bind.strip() + '; exec "$@"'
@@ -62,6 +65,7 @@ def body(job: ArrayJob, profile: SystemProfile, index_expr: str, job_id_expr: st
     lines += [
         f"EXP={quote(job.exp_dir)}",
         f"PYTHON={quote(job.python)}",
+        *([LOCAL_PATH] if profile.scheduler == "local" else []),
         *element_lookup(job, index_expr),
         f"export OMP_NUM_THREADS={job.cpus_per_rank}",
         "export PYTHONUNBUFFERED=1",

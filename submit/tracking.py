@@ -62,6 +62,7 @@ def scheduler_view(exp: Path, per_element: pd.DataFrame) -> tuple[pd.DataFrame, 
     if not subs:
         return per_element, []
     states, notes = query_states(subs)
+    failed_query = bool(notes)
     notes += cancel_never_running(subs, states)
     latest = latest_tasks(subs)
     jobs, sched, detail = [], [], []
@@ -73,7 +74,7 @@ def scheduler_view(exp: Path, per_element: pd.DataFrame) -> tuple[pd.DataFrame, 
         detail.append(f"{t.raw}" + (f" ({t.reason})" if t.reason else "") if t else "")
     out = per_element.assign(job=jobs, scheduler=sched, detail=detail)
     unfinished = out[(out["done"] < out["planned"]) & ~out["scheduler"].isin(["queued", "held", "running"])]
-    if len(unfinished):
+    if len(unfinished) and not failed_query:
         ids = ", ".join(str(e) for e in unfinished["element"].head(10))
         more = "" if len(unfinished) <= 10 else f" and {len(unfinished) - 10} more"
         notes.append(f"{len(unfinished)} element(s) have unfinished units and no live job ({ids}{more}): "

@@ -34,9 +34,8 @@ def slurm_env() -> dict:
         pytest.skip(f"Slurm could not start here (tests/infra/slurm-up.sh exited {proc.returncode}): "
                     f"{proc.stderr.strip().splitlines()[-1:] or ''}")
     conf = next(line.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("slurm up: SLURM_CONF="))
-    env = {"SLURM_CONF": conf.strip(), "PATH": f"/usr/bin:/usr/sbin:{os.environ.get('PATH', '')}"}
-    os.environ.update(env)   # the in-process helpers below (squeue/sbatch) see the same cluster
-    return env
+    os.environ["SLURM_CONF"] = conf.strip()   # the in-process helpers below (squeue/sbatch) see it too
+    return {"SLURM_CONF": conf.strip(), "PATH": f"{os.environ.get('PATH', '')}:/usr/bin:/usr/sbin"}
 
 
 def write_spec(path: Path, models: list[tuple[str, Path]], prompts: list[str], per_element: int,
@@ -69,6 +68,15 @@ def wait_status(exp: Path, env: dict, until, timeout: float = 240) -> str:
         if time.time() > deadline:
             raise AssertionError(f"status did not get there in {timeout}s:\n{proc.stdout}\n{proc.stderr}")
         time.sleep(5)
+
+
+def wait_slurm(job_ids: list[str], timeout: float = 300) -> None:
+    """Until Slurm has nothing of these jobs pending or running (squeue is cheap; `lmsweep status` is not)."""
+    deadline = time.time() + timeout
+    while subprocess.run(["squeue", "-h", "-j", ",".join(job_ids), "-t", "PD,CF,R,CG,S", "-o", "%i"],
+                         capture_output=True, text=True).stdout.strip():
+        assert time.time() < deadline, f"jobs {job_ids} still active after {timeout}s"
+        time.sleep(1)
 
 
 def scontrol_job(job: str, env: dict) -> str:
@@ -121,7 +129,8 @@ def test_array_of_four_runs_every_unit_once(tmp_path, tiny_llama, slurm_env):
     # Slurm itself holds the throttle
     assert "ArrayTaskThrottle=2" in scontrol_job(array.job_id, slurm_env)
 
-    wait_status(exp, slurm_env, all_finished)
+    wait_slurm([array.job_id])
+    wait_status(exp, slurm_env, all_finished, timeout=30)
     df = results.load(exp)
     assert len(df) == 8 and df["unit_id"].is_unique
     assert sorted(df["element"].unique()) == [0, 1, 2, 3]
@@ -154,7 +163,8 @@ def test_failed_element_shows_and_resubmit_runs_only_it(tmp_path, tiny_llama, sl
     Submission("sub-0900", d, "submit", "slurm-generic", "slurm", sub.plan_created, dict(sub.options), ["afterok"],
                [ArrayRecord(0, "none", [], job_id=dep)]).save()
 
-    out = wait_status(exp, slurm_env, lambda rc, out: settled(out))
+    wait_slurm([array_id])
+    out = wait_status(exp, slurm_env, lambda rc, out: settled(out), timeout=30)
     row1 = row(out, 1)
     assert (row1["model"], row1["planned"], row1["done"], row1["missing"]) == ("b", "3", "0", "3")
     assert (row1["scheduler"], row1["detail"].split()[0]) == ("failed", "FAILED")
@@ -170,8 +180,9 @@ def test_failed_element_shows_and_resubmit_runs_only_it(tmp_path, tiny_llama, sl
     hidden.rename(model_b)
     proc = lmsweep("resubmit", str(exp), env=slurm_env, check=True)
     assert "resubmitting 1 element(s) with missing or failed units: 1" in proc.stdout
-    wait_status(exp, slurm_env, lambda rc, out: rc == 0 and settled(out))
     subs = [s for s in load_submissions(exp) if s.kind == "resubmit"]
+    wait_slurm([subs[0].arrays[0].job_id])
+    wait_status(exp, slurm_env, lambda rc, out: rc == 0 and settled(out), timeout=30)
     assert len(subs) == 1 and [a.elements for a in subs[0].arrays] == [[1]]
     # the resubmission was a single job for element 1 only
     script = (subs[0].directory / subs[0].arrays[0].script).read_text()
