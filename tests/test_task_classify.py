@@ -80,6 +80,28 @@ def test_label_likelihood_matches_transformers(tiny_llama, tmp_path, llama):
     assert df["label_num_tokens"].map(max).max() > 1               # multi-token labels were scored
 
 
+def test_label_likelihood_with_chat_template(tiny_llama, tmp_path, llama):
+    text = f"""name: chat
+models: [{{alias: tiny, source: {tiny_llama}}}]
+prompts:
+  - {{name: p, chat_template: true, system_prompt: "Classify the review.",
+     items: [{{id: a, label: good, text: "I loved every level."}}]}}
+task: {{type: classify, labels: {{good: great, bad: terrible}}, label_prefix: ""}}
+"""
+    r = rows(run_spec(tmp_path, text)).iloc[0]
+    tok, model = llama
+    chat = tok.apply_chat_template([{"role": "system", "content": "Classify the review."},
+                                    {"role": "user", "content": "I loved every level."}],
+                                   tokenize=False, add_generation_prompt=True)
+    ctx = tok(chat, add_special_tokens=False)["input_ids"]
+    for name, score in zip(r["candidate_labels"], r["label_scores"]):
+        cont = tok({"good": "great", "bad": "terrible"}[name], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0], -1)
+        assert abs(score - sum(float(logp[len(ctx) - 1 + j, t]) for j, t in enumerate(cont))) < 1e-4
+    assert r["num_prompt_tokens"] == len(ctx)
+
+
 def test_fewshot_choice_is_deterministic_and_never_shows_the_prompt():
     params = {"shots": 2, "seed": 7, "examples": [{"text": f"t{i}", "label": "x"} for i in range(6)]}
     first = fewshot_indices(params, "t3")

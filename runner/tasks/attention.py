@@ -29,7 +29,7 @@ def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]
     rendered = [render_prompt(tok, u.prompt) for u in units]
     full = [tok(text, add_special_tokens=add)["input_ids"] for text, add in rendered]
     kept = [ids[:p["max_tokens"]] for ids in full]
-    batch = tok.pad({"input_ids": kept}, return_tensors="pt", padding_side="right")
+    batch = tok.pad({"input_ids": kept}, return_tensors="pt", padding_side="right").to(ctx.device)
     start = time.perf_counter()
     with torch.inference_mode():
         attentions = model(**batch, output_attentions=True).attentions
@@ -40,6 +40,10 @@ def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     n_layers, n_heads = len(attentions), attentions[0].shape[1]        # query heads, also under GQA
     n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+    expected = getattr(config, "num_attention_heads", None)
+    if expected and n_heads != expected:
+        raise UnitFailure(f"got weights for {n_heads} of the model's {expected} heads (tensor parallel "
+                          "shards heads across ranks; run attention with tensor_parallel: 1)")
     layers, heads = selected(p["layers"], n_layers), selected(p["heads"], n_heads)
     bad = [i for i in layers if not 0 <= i < n_layers] + [h for h in heads if not 0 <= h < n_heads]
     if bad:
@@ -54,7 +58,7 @@ def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]
                   "seq_len": n, "truncated": len(full[b]) > n, "num_prompt_tokens": len(full[b]),
                   "tokens": [tok.decode([t]) for t in ids], "token_ids": ids, "batch_latency_s": latency}
         for layer in layers:
-            weights = attentions[layer][b, heads, :n, :n].float()
+            weights = attentions[layer][b, heads, :n, :n].float().cpu()
             if p["head_mean"]:
                 stack = [(-1, None, weights.mean(0))]
             else:

@@ -114,11 +114,11 @@ def _label_likelihood(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], 
         return [], errors
     if all(len(c) == 1 for c in conts):
         # Every label is one token: one forward pass over the prompt scores them all.
-        last = tail_logprobs(model, tok.pad_token_id, [ids for _, ids, _ in keep], 1)[:, -1, :]
+        last = tail_logprobs(model, tok.pad_token_id, [ids for _, ids, _ in keep], 1, ctx.device)[:, -1, :]
         logprobs = [float(last[i, c[0]]) for i in range(len(keep)) for c in conts]
     else:
         logprobs = sequence_logprobs(model, tok.pad_token_id, [ids + c for _, ids, _ in keep for c in conts],
-                                     [len(c) for _ in keep for c in conts])
+                                     [len(c) for _ in keep for c in conts], ctx.device)
     rows = []
     for i, (u, ids, shots) in enumerate(keep):
         sums = logprobs[i * len(names):(i + 1) * len(names)]
@@ -130,10 +130,11 @@ def _label_likelihood(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], 
     return rows, errors
 
 
-def sequence_logprobs(model, pad_id: int, sequences: list[list[int]], tail: list[int]) -> list[float]:
+def sequence_logprobs(model, pad_id: int, sequences: list[list[int]], tail: list[int],
+                      device="cpu") -> list[float]:
     """Summed log-probability of the last `tail[i]` tokens of each sequence given the tokens before."""
     keep = max(tail) + 1
-    logp = tail_logprobs(model, pad_id, sequences, keep)
+    logp = tail_logprobs(model, pad_id, sequences, keep, device)
     out = []
     for i, (s, n) in enumerate(zip(sequences, tail)):
         positions = torch.arange(keep - n - 1, keep - 1)
@@ -141,7 +142,7 @@ def sequence_logprobs(model, pad_id: int, sequences: list[list[int]], tail: list
     return out
 
 
-def tail_logprobs(model, pad_id: int, sequences: list[list[int]], keep: int) -> torch.Tensor:
+def tail_logprobs(model, pad_id: int, sequences: list[list[int]], keep: int, device="cpu") -> torch.Tensor:
     """Next-token log-probabilities at the last `keep` positions of each sequence (batch × keep × vocab).
 
     Left-padded with explicit position ids, so each sequence is computed as if alone, and only the
@@ -152,34 +153,36 @@ def tail_logprobs(model, pad_id: int, sequences: list[list[int]], keep: int) -> 
     for i, s in enumerate(sequences):
         ids[i, width - len(s):] = torch.tensor(s)
         mask[i, width - len(s):] = 1
-    params = inspect.signature(model.forward).parameters
+    # A DeepSpeed engine wraps the model (`.module`); its own forward takes *args, **kwargs.
+    params = inspect.signature(getattr(model, "module", model).forward).parameters
     kwargs = {}
     if "position_ids" in params:
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     if "logits_to_keep" in params:
         kwargs["logits_to_keep"] = keep
     with torch.inference_mode():
-        logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits[:, -keep:, :].float()
-    return torch.log_softmax(logits, dim=-1)
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       **{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in kwargs.items()}).logits
+    return torch.log_softmax(logits[:, -keep:, :].float(), dim=-1).cpu()
 
 
 # ---- embedding similarity --------------------------------------------------------------------------------
 
-def embed(model, tok, texts: list[str]) -> torch.Tensor:
+def embed(model, tok, texts: list[str], device="cpu") -> torch.Tensor:
     """Mean of the last hidden states over real tokens, L2-normalised (sentence-transformers' recipe)."""
-    enc = tok(texts, padding=True, truncation=True, return_tensors="pt", padding_side="right")
+    enc = tok(texts, padding=True, truncation=True, return_tensors="pt", padding_side="right").to(device)
     with torch.inference_mode():
         hidden = model(**enc).last_hidden_state.float()
     mask = enc["attention_mask"].unsqueeze(-1).float()
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, dim=-1)
+    return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
 
 def _embedding_similarity(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
     tok, model, p = ctx.tokenizer, ctx.model, ctx.params
     names = label_names(p)
     texts = [fill(p["template"], u.prompt["prompt_text"]) for u in units]
-    vectors = embed(model, tok, texts + [p["labels"][n] for n in names])
+    vectors = embed(model, tok, texts + [p["labels"][n] for n in names], ctx.device)
     sims = (vectors[:len(texts)] @ vectors[len(texts):].T).tolist()
     lengths = [len(ids) for ids in tok(texts, truncation=True)["input_ids"]]
     rows = []
@@ -195,7 +198,7 @@ def _embedding_similarity(ctx: TaskContext, units: list[Unit]) -> tuple[list[dic
 def _make_pipeline(ctx: TaskContext, task: str):
     from transformers import pipeline
 
-    return pipeline(task, model=ctx.model, tokenizer=ctx.tokenizer, device=ctx.model.device)
+    return pipeline(task, model=ctx.model, tokenizer=ctx.tokenizer, device=ctx.device)
 
 
 def _pipeline(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
@@ -244,7 +247,7 @@ def _token_classification(ctx: TaskContext, units: list[Unit]) -> tuple[list[dic
         text = u.prompt["prompt_text"]
         enc = tok(text, return_tensors="pt", truncation=True)
         with torch.inference_mode():
-            probs = torch.softmax(model(**enc).logits[0].float(), dim=-1)
+            probs = torch.softmax(model(**enc.to(ctx.device)).logits[0].float(), dim=-1).cpu()
         best = probs.max(-1)
         ids = enc["input_ids"][0].tolist()
         entities = [{k: (float(v) if k == "score" else v) for k, v in e.items()}
