@@ -9,7 +9,10 @@ from lmsweep.console import console, hms
 
 
 def experiment_dir(spec, output_dir: str | None) -> Path:
-    return Path(output_dir or spec.output_dir) / spec.name
+    """`<output_dir>/<name>`; a SpecError if that leaves the results root (see jobs.spec.experiment_path)."""
+    from jobs.spec import experiment_path
+
+    return experiment_path(spec, output_dir)
 
 
 def validated(spec_path: str):
@@ -23,6 +26,7 @@ def validated(spec_path: str):
 
 def cmd_validate(args) -> int:
     spec, plan = validated(args.spec)
+    experiment_dir(spec, None)           # where outputs would go must be allowed too
     console.print(f"ok: {args.spec}: experiment {spec.name!r}, {len(plan.models)} model(s), "
                   f"{len(plan.prompts)} prompt(s), {max(len(plan.points), 1)} decoding point(s), "
                   f"{plan.n_units} unit(s) in {len(plan.elements)} element(s)")

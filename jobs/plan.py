@@ -99,6 +99,14 @@ def load_prompts(spec: ExperimentSpec) -> list[Prompt]:
 def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Prompt]) -> Plan:
     """Pure: the units and elements of a spec, given its resolved models and loaded prompts."""
     spec_file = getattr(spec, "_spec_file", "<spec>")
+    # Refuse a huge grid before expanding it (expanding millions of points alone takes minutes): the raw
+    # grid size bounds the count from above, since exclude rules and normalisation only remove points.
+    raw = (spec.decoding.point_count() if spec.task.uses_decoding else 1) * len(prompts) \
+        * len(spec.task.variants()) * len(spec.models)
+    if raw > spec.execution.max_units:
+        raise SpecError(f"the spec expands to up to {raw:,} units before exclude rules, above "
+                        f"execution.max_units={spec.execution.max_units:,}; raise the cap if you mean it",
+                        file=spec_file, field="execution.max_units")
     try:
         points = spec.decoding.points() if spec.task.uses_decoding else [None]
     except ValueError as e:

@@ -102,6 +102,18 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
                     file=shown)
 
 
+def _unpaired_surrogate(value: str | None) -> str | None:
+    """YAML and JSON accept "\\ud83d" escapes but not the pairs JSON uses for emoji: such text cannot be
+    stored as UTF-8."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"\\u{ord(value[e.start]):04x}"
+    return None
+
+
 def _to_prompts(ps: PromptSetSpec, rows: list[tuple[int | None, dict]], file: str,
                 field_for) -> list[Prompt]:
     if not rows:
@@ -129,6 +141,12 @@ def _to_prompts(ps: PromptSetSpec, rows: list[tuple[int | None, dict]], file: st
             raise SpecError("empty prompt text", file=file, line=line, field=f"{field}.text")
         if "\x00" in item.text:
             raise SpecError("prompt text contains a NUL character", file=file, line=line, field=f"{field}.text")
+        for name, value in (("text", item.text), ("id", item.id), ("label", item.label)):
+            bad = _unpaired_surrogate(value)
+            if bad:
+                raise SpecError(f"{name} contains an unpaired UTF-16 surrogate {bad} (not valid Unicode text; "
+                                "write the character itself, or \\U0001F600 style escapes in YAML)",
+                                file=file, line=line, field=f"{field}.{name}")
         if len(item.text) > MAX_PROMPT_CHARS:
             raise SpecError(f"prompt is {len(item.text)} characters; the limit is {MAX_PROMPT_CHARS}",
                             file=file, line=line, field=f"{field}.text")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +77,19 @@ class PromptSetSpec(Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return _safe_name(v, "prompt set name")
+
+    @field_validator("system_prompt")
+    @classmethod
+    def _system_prompt(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise ValueError(f"contains an unpaired UTF-16 surrogate \\u{ord(v[e.start]):04x} (not valid "
+                                 "Unicode text)") from None
+            if "\x00" in v:
+                raise ValueError("contains a NUL character")
+        return v
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSetSpec:
@@ -201,6 +215,11 @@ class ExperimentSpec(Strict):
     def _name(cls, v: str) -> str:
         return _safe_name(v, "experiment name")
 
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir(cls, v: str) -> str:
+        return check_output_dir(v, "output_dir")
+
     @model_validator(mode="before")
     @classmethod
     def _shortcuts(cls, data: Any) -> Any:
@@ -240,6 +259,50 @@ class ExperimentSpec(Strict):
         blob = json.dumps(self.model_dump(mode="json", exclude={"regression"}), sort_keys=True,
                           separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+RESULTS_ROOT_ENV = "LMSWEEP_RESULTS_ROOT"
+
+
+def check_output_dir(value: str, what: str, allow_parent: bool = False) -> str:
+    """A spec's output_dir is a plain path: no control characters, no `..` component. (`--output-dir`
+    on the command line is the operator's own choice and may use `..`.)"""
+    if not value.strip():
+        raise ValueError(f"{what} is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} {value!r} contains a control character")
+    if not allow_parent and ".." in Path(value).parts:
+        raise ValueError(f"{what} {value!r} contains '..'; experiment outputs must stay under the results root")
+    return value
+
+
+def experiment_path(spec: ExperimentSpec, cli_output_dir: str | None = None) -> Path:
+    """`<output_dir>/<name>`, refused if it would put outputs outside the results root.
+
+    The experiment directory must not be a symlink, and when LMSWEEP_RESULTS_ROOT is set (a shared
+    installation running other people's specs should set it) it must resolve, symlinks followed,
+    to a path inside that root."""
+    file = getattr(spec, "_spec_file", None)
+    if cli_output_dir is not None:
+        where = {"file": None, "line": None, "field": "--output-dir"}
+        try:
+            check_output_dir(cli_output_dir, "--output-dir", allow_parent=True)
+        except ValueError as e:
+            raise SpecError(str(e), **where) from None
+    else:
+        where = {"file": file, "line": line_of(getattr(spec, "_lines", {}), ("output_dir",)),
+                 "field": "output_dir"}
+    exp = Path(cli_output_dir or spec.output_dir) / spec.name
+    if exp.is_symlink():
+        raise SpecError(f"experiment directory {exp} is a symlink (to {exp.resolve()}); outputs must be "
+                        "written to a real directory under the results root", **where)
+    root = os.environ.get(RESULTS_ROOT_ENV)
+    if root:
+        real_root, real = Path(root).resolve(), exp.resolve()
+        if not real.is_relative_to(real_root):
+            raise SpecError(f"experiment directory {exp} resolves to {real}, outside the results root "
+                            f"{real_root} ({RESULTS_ROOT_ENV})", **where)
+    return exp
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:

@@ -10,6 +10,7 @@ from jobs.errors import SpecError
 
 MAX_NODES = 200_000      # a spec is small; more nodes means an alias bomb or a mistake
 MAX_BYTES = 5_000_000
+MAX_DEPTH = 64           # nesting; a spec needs about 6 (PyYAML itself recurses, so deeper input crashes it)
 
 Path_ = tuple[Any, ...]
 
@@ -33,8 +34,11 @@ def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
 
 
 def parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, int]]:
+    _check_depth(text, shown)
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError:
+        raise SpecError(f"YAML nested more than {MAX_DEPTH} levels deep", file=shown) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         problem = getattr(e, "problem", None) or str(e)
@@ -43,7 +47,7 @@ def parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, int]]:
     if node is None:
         raise SpecError("empty file", file=shown)
     lines: dict[Path_, int] = {}
-    _walk(node, (), lines, [0], shown)
+    _walk(node, (), lines, [0], shown, ())
     loader = yaml.SafeLoader("")
     try:
         data = loader.construct_document(node)
@@ -56,20 +60,47 @@ def parse_yaml(text: str, shown: str) -> tuple[Any, dict[Path_, int]]:
     return data, lines
 
 
-def _walk(node: yaml.Node, path: Path_, lines: dict, count: list[int], shown: str) -> None:
+def _check_depth(text: str, shown: str) -> None:
+    """Refuse deep nesting before PyYAML's recursive composer overflows the stack on it."""
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise SpecError(f"YAML nested more than {MAX_DEPTH} levels deep", file=shown,
+                                    line=event.start_mark.line + 1)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                depth -= 1
+    except yaml.YAMLError:
+        pass                     # compose reports syntax errors, with their line
+
+
+def _walk(node: yaml.Node, path: Path_, lines: dict, count: list[int], shown: str, above: tuple) -> None:
     count[0] += 1
     if count[0] > MAX_NODES:
         raise SpecError(f"more than {MAX_NODES} YAML nodes after expanding aliases (an alias bomb?)",
                         file=shown, line=node.start_mark.line + 1)
+    if any(node is n for n in above):
+        raise SpecError("recursive alias (a node that contains itself)", file=shown,
+                        line=node.start_mark.line + 1, field=dotted(path) or None)
     lines.setdefault(path, node.start_mark.line + 1)
+    above = above + (node,)
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(count[0])
+            if isinstance(key_node, yaml.ScalarNode) and key != "<<":
+                if key in seen:
+                    raise SpecError(f"duplicate key {key!r} (first on line {seen[key]}); YAML would silently "
+                                    "keep only the last", file=shown, line=key_node.start_mark.line + 1,
+                                    field=dotted(path + (key,)))
+                seen[key] = key_node.start_mark.line + 1
             lines.setdefault(path + (key,), key_node.start_mark.line + 1)
-            _walk(value_node, path + (key,), lines, count, shown)
+            _walk(value_node, path + (key,), lines, count, shown, above)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _walk(item, path + (i,), lines, count, shown)
+            _walk(item, path + (i,), lines, count, shown, above)
 
 
 def line_of(lines: dict[Path_, int], path: Path_) -> int | None:

@@ -7,19 +7,12 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from jobs.plan import read_plan
+from results.integrity import read_parts
 from results.schema import ERROR_SCHEMA, row_key, schema_for
 from results.writer import errors_dir, results_dir
-
-
-def _dataset(directory: Path, schema: pa.Schema) -> ds.Dataset | None:
-    if not directory.is_dir():
-        return None
-    # Dot- and underscore-prefixed files (in-flight temp files) are ignored by pyarrow.
-    return ds.dataset(directory, schema=schema, format="parquet")
 
 
 def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=None,
@@ -29,15 +22,16 @@ def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=No
     plan = read_plan(exp_dir)
     task = plan.meta["task"]["type"]
     schema = schema_for(task)
-    dataset = _dataset(results_dir(exp_dir, task), schema)
-    if dataset is None:
+    directory = results_dir(exp_dir, task)
+    if not directory.is_dir():
         return schema.empty_table() if columns is None else schema.empty_table().select(columns)
     keys = row_key(task)
     want = None if columns is None else list(dict.fromkeys(columns + keys))
     if filters is not None and not isinstance(filters, pc.Expression):
         # pandas/pyarrow style [("model", "=", "a"), ...] or [[...], [...]] (OR of ANDs)
         filters = pq.filters_to_expression(filters)
-    table = dataset.to_table(columns=want, filter=filters)
+    # Never from a damaged part: read_parts quarantines unreadable files and reads on without them.
+    table = read_parts(exp_dir, directory, schema, columns=want, filter=filters)
     # One chunk per column: a scan of 10,000 parts gives 10,000 chunks, which every later step pays for.
     table = table.combine_chunks()
     if not all_rows:
@@ -92,10 +86,10 @@ class Status:
 
 
 def done_unit_ids(exp_dir: Path, task: str) -> set[str]:
-    dataset = _dataset(results_dir(exp_dir, task), schema_for(task))
-    if dataset is None:
+    table = read_parts(exp_dir, results_dir(exp_dir, task), schema_for(task), columns=["unit_id"])
+    if table is None:
         return set()
-    return set(pc.unique(dataset.to_table(columns=["unit_id"]).column("unit_id")).to_pylist())
+    return set(pc.unique(table.column("unit_id")).to_pylist())
 
 
 def status(exp_dir: str | Path) -> Status:
@@ -105,8 +99,8 @@ def status(exp_dir: str | Path) -> Status:
     units = plan.units(columns=["unit_id", "element", "model"]).to_pandas()
     done = done_unit_ids(exp_dir, plan.meta["task"]["type"])
     units["done"] = units["unit_id"].isin(done)
-    errs = _dataset(errors_dir(exp_dir), ERROR_SCHEMA)
-    failures = errs.to_table().to_pandas() if errs is not None else ERROR_SCHEMA.empty_table().to_pandas()
+    errs = read_parts(exp_dir, errors_dir(exp_dir), ERROR_SCHEMA)
+    failures = errs.to_pandas() if errs is not None else ERROR_SCHEMA.empty_table().to_pandas()
     failures = failures[failures["unit_id"].isin(units["unit_id"]) & ~failures["unit_id"].isin(done)]
     failures = failures.sort_values("failed_at").drop_duplicates("unit_id", keep="last")
     units["failed"] = ~units["done"] & units["unit_id"].isin(failures["unit_id"])

@@ -1,8 +1,12 @@
 """Atomic Parquet part files: written under a dot-name, then renamed, so readers never see a partial file."""
 from __future__ import annotations
 
+import itertools
 import os
+import socket
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,34 +23,55 @@ def errors_dir(exp_dir: Path) -> Path:
     return exp_dir / "errors"
 
 
+_HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+_SEQ = itertools.count()
+
+
 def part_name(element: int, rank: int) -> str:
-    """Unique per writer and call: element, rank, a nanosecond clock and the pid."""
-    return f"part-e{element:05d}-r{rank:04d}-{time.time_ns()}-{os.getpid()}.parquet"
+    """Unique per writer and call, across processes and hosts: element, rank, a nanosecond clock, a
+    hash of the host name, the pid and a per-process counter."""
+    return f"part-e{element:05d}-r{rank:04d}-{time.time_ns()}-{_HOST}-{os.getpid()}-{next(_SEQ)}.parquet"
 
 
-def write_atomic(table: pa.Table, directory: Path, name: str) -> Path:
+def write_atomic(table: pa.Table, directory: Path, name: str,
+                 before_rename: Callable[[], None] | None = None) -> Path:
+    """Write `name` so that it only ever exists complete. Page checksums let readers detect bit rot.
+    `before_rename` runs between the temp file and the rename (the kill tests' `write` point)."""
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / name
     tmp = directory / f".{name}.tmp"
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, write_page_checksum=True)
     with open(tmp, "rb") as f:       # the bytes must be on disk before the name says "done"
         os.fsync(f.fileno())
+    if before_rename is not None:
+        before_rename()
     os.replace(tmp, final)
+    try:                             # and the rename itself must survive a node crash
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:                  # some network filesystems refuse fsync on a directory
+        pass
     return final
 
 
 class PartWriter:
     """One writer per (element, rank); each `write` call makes one part file."""
 
-    def __init__(self, exp_dir: Path, task: str, element: int, rank: int):
+    def __init__(self, exp_dir: Path, task: str, element: int, rank: int,
+                 before_rename: Callable[[], None] | None = None):
         self.exp_dir, self.task, self.element, self.rank = exp_dir, task, element, rank
         self.schema = schema_for(task)
+        self.before_rename = before_rename
 
     def write(self, rows: list[dict]) -> Path | None:
         if not rows:
             return None
         table = pa.Table.from_pylist(rows, schema=self.schema)
-        return write_atomic(table, results_dir(self.exp_dir, self.task), part_name(self.element, self.rank))
+        return write_atomic(table, results_dir(self.exp_dir, self.task), part_name(self.element, self.rank),
+                            self.before_rename)
 
     def write_errors(self, rows: list[dict]) -> Path | None:
         if not rows:

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from filelock import FileLock
+
+from runner import signals
 
 
 def cache_root() -> Path:
@@ -29,9 +32,14 @@ def materialize(path: str, fingerprint: str) -> Path:
     with FileLock(str(target) + ".lock"):
         if (target / ".complete").exists():
             return target
+        # Holding the lock, any .tmp-* sibling is what a killed conversion left behind (0.5 GB each).
+        for stale in target.parent.glob(f"{target.name}.tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        print(f"converting {path} into {target} (once; other processes wait for it)", file=sys.stderr,
+              flush=True)
         _convert_gguf(Path(path), tmp)
+        signals.test_point("convert")
         (tmp / ".complete").write_text(fingerprint + "\n")
         shutil.rmtree(target, ignore_errors=True)   # a stale, incomplete directory from a crash
         os.replace(tmp, target)

@@ -2,7 +2,8 @@
 
 read plan → select this rank's units → skip finished ones → load the model once → run batches →
 write each batch's rows atomically → write a metadata sidecar. Exit 0 when every unit of the
-element is done, 1 when some failed (their errors are in errors/), 2 for a bad plan.
+element is done, 1 when some failed (their errors are in errors/), 2 for a bad plan, 3 when
+preempted (SIGTERM/SIGINT; see runner/signals.py).
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
 
 
 def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> int:
-    from runner import backends, distributed, loading
+    from runner import backends, distributed, loading, locks, signals
     from runner.tasks import TASKS, model_class_for
 
     plan = read_plan(exp_dir)
@@ -88,7 +89,11 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
 
     # Rank 0 decides what is left; each TP group takes a disjoint share of it.
     units = select_units(plan, element)
-    pending = world.bcast(_pending(exp_dir, task_name, units) if rank == 0 else None)
+    # One live worker per element: rank 0 holds its lock until this process ends (runner/locks.py).
+    lock = locks.claim_element(exp_dir, element, task_name, signals.stop_requested) if rank == 0 else True
+    pending = world.bcast(_pending(exp_dir, task_name, units) if rank == 0 and lock else None)
+    if pending is None:                  # SIGTERM while waiting for the lock
+        return signals.EXIT_PREEMPTED
     todo = layout.share([units[i] for i in pending], group)
     total = len(todo) + (len(units) - len(pending) if group == 0 else 0)
     if leader:
@@ -101,6 +106,7 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
     loaded, backend_info = None, {}
     if todo or settings.tp > 1:          # a TP group with no share still joins the collective model set-up
         unit0 = todo[0] if todo else units[pending[0]]
+        signals.test_point("load")
         loaded = loading.load(model_info, model_class_for(task, variants[unit0.variant]), task.ATTN)
         model, backend_info = (backends.wrap(loaded.model, settings, tp_group, binding["device"],
                                              spec_file=plan.meta.get("spec_file"), where=where)
@@ -108,14 +114,18 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
         print(f"loaded model {model_alias} in {loaded.load_seconds:.1f}s (loads this rank: 1; backend "
               f"{settings.backend}, tp {settings.tp}, {binding['device']})", file=sys.stderr, flush=True)
         ctx = TaskContext(model, loaded.tokenizer, variants[0], device=binding["device"])
-    writer = PartWriter(exp_dir, task_name, element, rank)
+    writer = PartWriter(exp_dir, task_name, element, rank, before_rename=signals.test_hook("write"))
     common = _common_columns(plan, model_alias, model_info, element, rank, execution["backend"])
     common["device"] = binding["label"]
 
-    finished, failed = total - len(todo), 0
+    finished, failed, preempted = total - len(todo), 0, False
     for batch in make_batches(task, todo, batch_size):
+        if signals.stop_requested():     # SIGTERM/SIGINT: no new batch; what is written stays written
+            preempted = True
+            break
         ctx.params = variants[batch[0].variant]
         rows, errors = _run_isolated(task, ctx, batch)
+        signals.test_point("batch")
         by_id = {u.unit_id: u for u in batch}
         now = datetime.now(timezone.utc)
         finished += len(batch) - len(errors)
@@ -128,6 +138,10 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
                               "error": msg, "host": common["host"], "failed_at": now}
                              for uid, msg in errors.items()])
         progress(finished, total, f"element {element} rank {rank}" + (f" failed {failed}" if failed else ""))
+    if preempted:
+        print(f"preempted: element {element} rank {rank} stopped after {finished} of {total} units; "
+              f"exit {signals.EXIT_PREEMPTED}", file=sys.stderr, flush=True)
+        return signals.EXIT_PREEMPTED
 
     extra = {"world": world.layout(), "mpi_library": world.mpi_library,
              "tensor_parallel": {"tp": layout.tp, "groups": layout.n_groups, "group": group,

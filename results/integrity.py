@@ -1,0 +1,120 @@
+"""Read part directories so that a damaged part file is never taken for results.
+
+Our writer never leaves a partial file under a final name (temp dot-file, fsync, rename), but a
+results tree can still hold one: a copy or rsync cut short, a filesystem that lost data in a crash,
+a file dropped there by hand, bit rot. Such a file would either make every read fail or, worse, count
+its units as done. So reads go through `read_parts`: the fast path is one pyarrow dataset scan (with
+Parquet page checksums verified); if it raises, each file is checked on its own, the bad ones are
+moved to EXP/quarantine/ (same relative path, plus a `.reason` note) and the scan is retried without
+them. Their units are then missing, so the next run redoes them. If the tree is read-only the bad
+files are skipped, with a warning, instead of moved.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+# Dot- and underscore-prefixed names are in-flight temp files (or metadata); pyarrow skips them too.
+IGNORED_PREFIXES = (".", "_")
+PARQUET = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
+    page_checksum_verification=True))
+READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+
+
+def part_files(directory: Path) -> list[Path]:
+    """Every file a dataset scan of `directory` would read."""
+    out = []
+    for root, dirs, files in os.walk(directory):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(IGNORED_PREFIXES))
+        out += [Path(root) / f for f in sorted(files) if not f.startswith(IGNORED_PREFIXES)]
+    return out
+
+
+def check_part(path: Path, schema: pa.Schema) -> str | None:
+    """Why `path` cannot be read as a part with `schema`, or None if it reads in full."""
+    try:
+        table = ds.dataset(path, schema=schema, format=PARQUET).to_table()
+    except READ_ERRORS as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+    if "unit_id" in schema.names and table.num_rows and table.column("unit_id").null_count:
+        return "rows without a unit_id (not a part file of this task)"
+    return None
+
+
+def quarantine(exp_dir: Path, path: Path, reason: str) -> Path | None:
+    """Move a bad part to EXP/quarantine/<its path under EXP>; None if it cannot be moved."""
+    exp_dir = Path(exp_dir)
+    try:
+        rel = path.resolve().relative_to(exp_dir.resolve())
+    except ValueError:
+        rel = Path(path.name)
+    dest = exp_dir / "quarantine" / rel
+    if dest.exists():
+        dest = dest.with_name(f"{dest.name}.{time.time_ns()}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+    except FileNotFoundError:
+        return None                       # another reader moved it first
+    except OSError as e:
+        print(f"warning: skipping unreadable part {path} ({reason}); cannot move it to quarantine: "
+              f"{e.strerror}", file=sys.stderr, flush=True)
+        return None
+    dest.with_name(dest.name + ".reason").write_text(f"{path}\n{reason}\n")
+    print(f"warning: quarantined unreadable part {path} → {dest} ({reason}); its units will be rerun",
+          file=sys.stderr, flush=True)
+    return dest
+
+
+def read_parts(exp_dir: Path, directory: Path, schema: pa.Schema, columns: list[str] | None = None,
+               filter: pc.Expression | None = None) -> pa.Table | None:
+    """All rows of a part directory (None if it does not exist), never from a damaged part."""
+    if not directory.is_dir():
+        return None
+    try:
+        return ds.dataset(directory, schema=schema, format=PARQUET).to_table(columns=columns, filter=filter)
+    except READ_ERRORS:
+        pass
+    good = []
+    for path in part_files(directory):
+        reason = check_part(path, schema)
+        if reason is None:
+            good.append(str(path))
+        else:
+            quarantine(exp_dir, path, reason)
+    return ds.dataset(good, schema=schema, format=PARQUET).to_table(columns=columns, filter=filter)
+
+
+def verify_element_parts(exp_dir: Path, directory: Path, schema: pa.Schema, element: int) -> list[Path]:
+    """Read an element's own parts in full (every page checksum) and quarantine the bad ones.
+
+    Deciding what is done reads only the unit_id column of every part, which cannot see damage in
+    the other columns; a worker therefore verifies its element's parts completely first."""
+    if not directory.is_dir():
+        return []
+    moved = []
+    for path in sorted(directory.glob(f"part-e{element:05d}-*")):
+        reason = check_part(path, schema)
+        if reason is not None and quarantine(exp_dir, path, reason) is not None:
+            moved.append(path)
+    return moved
+
+
+def sweep_temp_files(exp_dir: Path, element: int) -> list[Path]:
+    """Delete an element's leftover temporary parts. Only call while holding the element's lock."""
+    removed = []
+    prefix = f".part-e{element:05d}-"
+    for directory in [*sorted((exp_dir / "results").glob("task=*")), exp_dir / "errors"]:
+        if not directory.is_dir():
+            continue
+        for path in directory.iterdir():
+            if path.name.startswith(prefix) and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed

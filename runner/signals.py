@@ -1,0 +1,120 @@
+"""Signals into and out of a worker: graceful preemption, and a test hook that kills at a named point.
+
+Preemption. SIGTERM (what `scancel`, `qdel`, Slurm/PBS preemption and `scontrol requeue` send) and
+SIGINT (Ctrl-C) ask the worker to stop: it takes no new batch, lets the current batch finish and be
+written, and exits with EXIT_PREEMPTED (3). The current batch gets `LMSWEEP_PREEMPT_GRACE` seconds
+(default 8, below PBS's 10 s kill_delay and Slurm's KillWait); a watchdog thread then ends the process
+at once, with the same exit code. Cutting a batch short is safe: every file is written under a
+temporary dot-name and renamed only when complete, which tests/test_kill_resume.py checks with kill -9.
+
+The watchdog does not depend on the main thread returning to Python (it may sit in a long C call:
+a matmul, an MPI collective): the signal's byte arrives on a wakeup fd that the watchdog thread reads.
+
+Test hook. `LMSWEEP_TEST_KILL_AT=<point>[:N][@SIGNAL]` makes the process send itself SIGNAL (default
+KILL) the N-th time (default 1) it passes `<point>`. Points: `load` (before the model loads), `batch`
+(a batch computed, its rows not yet written), `write` (a result part's bytes are in its temporary file,
+not yet renamed), `convert` (a model conversion written, not yet marked complete). For tests only;
+when unset it costs one dictionary lookup.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+EXIT_PREEMPTED = 3
+DEFAULT_GRACE = 8.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+KILL_ENV = "LMSWEEP_TEST_KILL_AT"
+POINTS = ("load", "batch", "write", "convert")
+
+_state = {"installed": False, "signum": None, "grace": DEFAULT_GRACE}
+_passes: Counter[str] = Counter()
+
+
+def stop_requested() -> bool:
+    """True once SIGTERM or SIGINT arrived (always False unless `install()` ran)."""
+    return _state["signum"] is not None
+
+
+def grace_seconds() -> float:
+    raw = os.environ.get("LMSWEEP_PREEMPT_GRACE")
+    try:
+        return max(0.0, float(raw)) if raw else DEFAULT_GRACE
+    except ValueError:
+        return DEFAULT_GRACE
+
+
+def install(grace: float | None = None) -> None:
+    """Turn SIGTERM/SIGINT into a stop request with a bounded grace. Call once, from the main thread
+    of a worker process (never from a library or a test process: the watchdog ends the process)."""
+    if _state["installed"]:
+        return
+    _state["grace"] = grace_seconds() if grace is None else grace
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _handler)
+    signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=_watchdog, args=(read_fd,), name="lmsweep-preemption", daemon=True).start()
+    _state["installed"] = True
+
+
+def _handler(signum: int, frame) -> None:
+    # Runs in the main thread at the next bytecode; the watchdog thread has usually set the flag already.
+    if _state["signum"] is None:
+        _state["signum"] = signum
+
+
+def _watchdog(read_fd: int) -> None:
+    while True:
+        data = os.read(read_fd, 64)
+        hits = [b for b in data if b in STOP_SIGNALS]
+        if hits:
+            break
+    if _state["signum"] is None:
+        _state["signum"] = hits[0]
+    grace = _state["grace"]
+    name = signal.Signals(hits[0]).name
+    print(f"{name} received: finishing the current batch (at most {grace:g}s), then exiting with code "
+          f"{EXIT_PREEMPTED}; rerun to continue", file=sys.stderr, flush=True)
+    time.sleep(grace)
+    print(f"grace of {grace:g}s over: abandoning the current batch; exiting with code {EXIT_PREEMPTED}",
+          file=sys.stderr, flush=True)
+    try:
+        sys.stdout.flush()
+    finally:
+        os._exit(EXIT_PREEMPTED)
+
+
+def _kill_spec() -> tuple[str, int, int] | None:
+    raw = os.environ.get(KILL_ENV)
+    if not raw:
+        return None
+    where, _, sig = raw.partition("@")
+    point, _, n = where.partition(":")
+    if point not in POINTS:
+        raise ValueError(f"{KILL_ENV}={raw!r}: point must be one of {', '.join(POINTS)}")
+    return point, int(n or 1), int(getattr(signal, "SIG" + sig.upper().removeprefix("SIG"))) if sig \
+        else int(signal.SIGKILL)
+
+
+def test_point(point: str) -> None:
+    """The LMSWEEP_TEST_KILL_AT hook: count this pass through `point`; signal ourselves on the chosen one."""
+    spec = _kill_spec()
+    if spec is None or spec[0] != point:
+        return
+    _passes[point] += 1
+    if _passes[point] == spec[1]:
+        print(f"{KILL_ENV}: signal {spec[2]} at {point} #{spec[1]}", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), spec[2])
+
+
+def test_hook(point: str) -> Callable[[], None] | None:
+    """`test_point(point)` as a callback for code outside runner/ (the part writer), or None when unset."""
+    spec = _kill_spec()
+    return (lambda: test_point(point)) if spec is not None and spec[0] == point else None
