@@ -41,9 +41,14 @@ def classification_summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: rows, accuracy, macro-F1 and the confusion matrix as text
     (`gold→predicted` counts, labels in the order of the label set)."""
     scored = df[df["label"].notna() & df["predicted_label"].notna()]
-    if scored.empty:
-        return pd.DataFrame()
-    by = [c for c in CONFIG_COLUMNS if c in scored.columns]
+    by = [c for c in CONFIG_COLUMNS if c in df.columns]
+    if scored.empty:          # no gold labels: how often each label was predicted
+        predicted = df[df["predicted_label"].notna()]
+        if predicted.empty:
+            return pd.DataFrame()
+        return (predicted.groupby(by, dropna=False, sort=True)["predicted_label"]
+                .agg(n="size", predicted=lambda s: "; ".join(f"{k}: {v}" for k, v in s.value_counts().items()))
+                .reset_index().dropna(axis=1, how="all"))
     out = []
     for key, group in scored.groupby(by, dropna=False, sort=True):
         labels = list(group["candidate_labels"].iloc[0])
