@@ -18,16 +18,19 @@ prompts:
 """
 
 
-def test_ids_match_the_tokenizer_and_weights_are_never_loaded(tiny_llama, tmp_path):
+def test_ids_match_the_tokenizer_and_weights_are_never_loaded(tiny_llama, smollm2_dir, tmp_path):
     # A copy of the tiny model whose weights file is garbage: loading it would fail.
     broken = tmp_path / "broken"
     shutil.copytree(tiny_llama, broken)
     (broken / "model.safetensors").write_bytes(b"not a checkpoint")
     minilm = resolve("package:all-minilm-l6-v2").path
-    models = f"[{{alias: tiny, source: {broken}}}, {{alias: minilm, source: 'package:all-minilm-l6-v2'}}]"
+    # SmolLM2 is a GGUF package: its tokenizer is read from the GGUF header, not the converted weights.
+    models = (f"[{{alias: tiny, source: {broken}}}, {{alias: minilm, source: 'package:all-minilm-l6-v2'}}, "
+              "{alias: smollm2, source: 'package:smollm2-135m-instruct'}]")
     df = rows(run_spec(tmp_path, f"name: tok\nmodels: {models}\n{PROMPTS}\ntask: tokenize\n"))
-    assert len(df) == 4
-    toks = {"tiny": AutoTokenizer.from_pretrained(tiny_llama), "minilm": AutoTokenizer.from_pretrained(minilm)}
+    assert len(df) == 6
+    toks = {"tiny": AutoTokenizer.from_pretrained(tiny_llama), "minilm": AutoTokenizer.from_pretrained(minilm),
+            "smollm2": AutoTokenizer.from_pretrained(smollm2_dir)}
     for _, r in df.iterrows():
         tok = toks[r["model"]]
         ids = tok(r["prompt_text"])["input_ids"]
@@ -39,3 +42,4 @@ def test_ids_match_the_tokenizer_and_weights_are_never_loaded(tiny_llama, tmp_pa
     assert all(list(t) == ["[CLS]", "[SEP]"] for t in minilm_rows["special_tokens"])
     assert (df[df["model"] == "tiny"]["num_special_tokens"] == 0).all()
     assert set(df[df["model"] == "minilm"]["vocab_size"]) == {30522}
+    assert set(df[df["model"] == "smollm2"]["vocab_size"]) == {49152}
