@@ -14,6 +14,7 @@ No PBS server installs from the registries, so (as shared/design.md plans it):
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -282,6 +283,9 @@ def test_submitted_polaris_script_runs_the_worker_and_produces_its_element(tmp_p
     df = results.load(exp)
     plan = results.status(exp).per_element.set_index("element")
     assert set(df["element"]) == {1} and df["unit_id"].nunique() == plan.loc[1, "planned"] == 2
+    # the profile's launcher line started 2 MPI ranks that found each other as one element
+    meta = json.loads((exp / "meta" / "element-00001.json").read_text())
+    assert meta["world_size"] == 2 and sorted(r["rank"] for r in meta["ranks"]) == [0, 1]
 
 
 @pytest.mark.skipif(not (FIXTURES / "index.json").is_file(), reason=f"PBS transcripts not found at {FIXTURES}")
