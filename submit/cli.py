@@ -40,6 +40,10 @@ def cmd_run(args) -> int:
                            threads=ex.threads_per_rank, show_progress=not args.quiet)
         if any(r.returncode == 2 for r in ran):   # a worker refused its input (printed above): bad input
             return 2
+        if any(r.returncode == 3 for r in ran):   # preempted (SIGTERM/Ctrl-C): finished batches are kept
+            report(exp, quiet=True)
+            console.print("preempted; rerun the same command to continue where it stopped")
+            return 3
     return report(exp, quiet=args.quiet)
 
 
@@ -270,8 +274,7 @@ def cmd_submit(args) -> int:
     if args.dry_run:
         _print_scripts(decision, jobs, scripts, sub_dir, sched.script_suffix)
         return 0
-    if not todo:
-        write_plan(plan, exp)
+    if not todo:   # the plan on disk (and the submissions made for it) stay as they are
         console.print(f"all {plan.n_units} units already done in {shown(exp)}; nothing to submit", markup=False)
         return 0
     active = _active_jobs(exp)
