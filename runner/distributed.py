@@ -151,7 +151,7 @@ def _from_mpi(environ) -> World:
     if rank == 0:
         # A pre-set MASTER_ADDR/PORT (same on every rank: launchers pass one environment) wins.
         addr = environ.get("MASTER_ADDR") or ("127.0.0.1" if len(set(hosts)) == 1 else _host_address())
-        port = int(environ.get("MASTER_PORT") or 0) or free_port(addr if addr != "127.0.0.1" else "")
+        port = int(environ.get("MASTER_PORT") or 0) or free_port()
         chosen = (addr, port)
     addr, port = comm.bcast(chosen, root=0)
     return World(rank=rank, size=size, local_rank=local_rank, local_size=local_size, master_addr=addr,
@@ -160,18 +160,38 @@ def _from_mpi(environ) -> World:
 
 
 def _host_address() -> str:
-    """This host's address as other nodes reach it: the resolved host name (the cluster's own naming)."""
+    """This host's address as other nodes reach it: the resolved host name, or the name itself when it
+    resolves to loopback (Debian maps the host name to 127.0.1.1), for the other nodes to resolve."""
     name = socket.gethostname()
     try:
-        return socket.gethostbyname(name)
+        addr = socket.gethostbyname(name)
     except OSError:
         return name
+    return name if addr.startswith("127.") else addr
 
 
 def free_port(host: str = "") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def abort_on_crash(world: World) -> None:
+    """An uncaught exception on one MPI rank aborts the whole job instead of leaving its peers blocked in
+    a collective forever (MPICH does not end the other ranks when one exits). What `python -m mpi4py`
+    does; errors the worker reports itself (SpecError: every rank fails alike) are not affected."""
+    if world.launcher != "mpi" or world.size == 1:
+        return
+    import sys
+
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        previous(kind, value, tb)
+        sys.stderr.flush()
+        world._comm.Abort(1)
+
+    sys.excepthook = hook
 
 
 def export_env(world: World) -> None:

@@ -75,6 +75,7 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
     # this node cannot serve (e.g. float16 on CPU) is a SpecError here, before any unit runs.
     world = distributed.discover()
     distributed.export_env(world)
+    distributed.abort_on_crash(world)
     where = _model_field(spec, model_alias)
     settings = backends.resolve(execution, model_info, backends.detect_accelerator(),
                                 spec_file=plan.meta.get("spec_file"), where=where)

@@ -4,12 +4,19 @@ The end-to-end behaviour with real `mpiexec`, `torchrun` and DeepSpeed is in tes
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from conftest import lmsweep, write_spec
 
 from jobs.errors import SpecError
 from runner import backends
 from runner.distributed import TPLayout, default_threads, discover, threads_for_rank
+
+REPO = Path(__file__).resolve().parents[1]
 
 # ---- tensor-parallel groups --------------------------------------------------------------------------
 
@@ -118,3 +125,25 @@ def test_impossible_parallelism_is_a_spec_error(tmp_path, tiny_llama, backend, t
     proc = lmsweep("validate", str(spec), cwd=tmp_path)
     assert proc.returncode == 2
     assert f"s.yaml:4: {message}" in proc.stderr
+
+
+# ---- a crash on one rank ends the element ----------------------------------------------------------
+
+CRASH = """
+from runner.distributed import abort_on_crash, discover
+world = discover()
+abort_on_crash(world)
+if world.rank == 1:
+    raise RuntimeError("rank 1 broke")
+world.allgather(world.rank)      # rank 0 would wait here forever for rank 1
+"""
+
+
+def test_an_uncaught_error_on_one_rank_aborts_the_others_instead_of_hanging(tmp_path) -> None:
+    mpiexec = Path(sys.executable).with_name("mpiexec")
+    start = time.monotonic()
+    proc = subprocess.run([str(mpiexec), "-n", "2", sys.executable, "-c", CRASH], capture_output=True, text=True,
+                          timeout=120, cwd=REPO)
+    assert proc.returncode != 0
+    assert "RuntimeError: rank 1 broke" in proc.stderr
+    assert time.monotonic() - start < 60
