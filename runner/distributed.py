@@ -195,7 +195,12 @@ def abort_on_crash(world: World) -> None:
 
 
 def export_env(world: World) -> None:
-    """What torch.distributed's env:// init and DeepSpeed read; set before either is initialised."""
+    """What torch.distributed's env:// init and DeepSpeed read; set before either is initialised.
+
+    A world of one needs none of it (no process group is made) and leaves the environment alone, so an
+    in-process run (tests, notebooks) does not hand RANK/WORLD_SIZE to the processes it starts later."""
+    if world.launcher == "single":
+        return
     os.environ.update({"RANK": str(world.rank), "WORLD_SIZE": str(world.size),
                        "LOCAL_RANK": str(world.local_rank), "LOCAL_SIZE": str(world.local_size),
                        "LOCAL_WORLD_SIZE": str(world.local_size), "MASTER_ADDR": world.master_addr,

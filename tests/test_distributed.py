@@ -4,6 +4,7 @@ The end-to-end behaviour with real `mpiexec`, `torchrun` and DeepSpeed is in tes
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from conftest import lmsweep, write_spec
 
 from jobs.errors import SpecError
 from runner import backends
-from runner.distributed import TPLayout, default_threads, discover, threads_for_rank
+from runner.distributed import TPLayout, default_threads, discover, export_env, threads_for_rank
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,6 +44,8 @@ def test_a_plain_process_is_a_world_of_one() -> None:
     world = discover({})
     assert (world.rank, world.size, world.local_rank, world.local_size, world.launcher) == (0, 1, 0, 1, "single")
     assert world.bcast("x") == "x" and world.allgather(5) == [5]
+    export_env(world)
+    assert "RANK" not in os.environ and "WORLD_SIZE" not in os.environ
 
 
 def test_torchrun_environment_is_read_as_is() -> None:
