@@ -141,7 +141,7 @@ def test_array_of_four_runs_every_unit_once(tmp_path, tiny_llama, slurm_env):
         assert f"index {index} -> element {index}" in out and f"element {index} exited 0" in out
 
 
-def test_failed_element_shows_and_resubmit_runs_only_it(tmp_path, tiny_llama, slurm_env):
+def test_failed_element_shows_and_resubmit_runs_only_it(tmp_path, tiny_llama, slurm_env, request):
     model_b = tmp_path / "model-b"
     shutil.copytree(tiny_llama, model_b)
     spec = write_spec(tmp_path / "fail.yaml", [("a", tiny_llama), ("b", model_b)], PROMPTS[:3], per_element=3,
@@ -158,6 +158,7 @@ def test_failed_element_shows_and_resubmit_runs_only_it(tmp_path, tiny_llama, sl
     # a job someone chained with afterok on the array: it would wait forever once a task fails
     dep = subprocess.run(["sbatch", "--parsable", f"--dependency=afterok:{array_id}", "-o", "/dev/null",
                           "--wrap", "true"], capture_output=True, text=True, check=True).stdout.strip()
+    request.addfinalizer(lambda: subprocess.run(["scancel", dep], capture_output=True))  # even if we fail
     d = exp / "jobs" / "sub-0900"
     (d / "logs").mkdir(parents=True)
     Submission("sub-0900", d, "submit", "slurm-generic", "slurm", sub.plan_created, dict(sub.options), ["afterok"],
