@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -20,7 +22,7 @@ from jobs.model_sources import ModelRef, resolve
 from jobs.prompts import Prompt, load_prompt_set
 from jobs.spec import ExperimentSpec
 from jobs.task_checks import check_units, variants_per_model
-from jobs.units import canonical, unit_ids
+from jobs.units import canonical, unit_ids_block
 from jobs.yamlio import line_of
 
 PLAN_FORMAT = 1
@@ -129,7 +131,14 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
     prompt_tokens = [prompt_token_estimate(p.text) for p in prompts]
     point_json = [p.canonical() if p is not None else "null" for p in points]
 
-    cols: dict[str, list] = {name: [] for name in UNIT_SCHEMA.names}
+    # Units are built a block at a time (one variant × point × seed over all prompts): ids by
+    # `unit_ids_block`, the other columns as numpy arrays, so a million units take seconds, not minutes.
+    prompt_bytes = [j.encode() for j in prompt_json]
+    prompt_cost = np.array([unit_cost(t, 0) for t in prompt_tokens], dtype=np.int64)
+    prompt_tokens_np = np.array(prompt_tokens, dtype=np.int64)
+    ids: list[str] = []
+    keys: list[str] = []
+    blocks: dict[str, list] = {"model": [], "variant": [], "point": [], "seed": [], "gen": [], "element": []}
     elements: list[Element] = []
     ex = spec.execution
     groups = max(1, ex.ranks_per_element // max(m.tensor_parallel for m in spec.models))
@@ -138,40 +147,75 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
         ref = refs[m.alias]
         model_json = canonical({"source": m.source, "fingerprint": ref.fingerprint, "dtype": m.dtype,
                                 "revision": m.revision})
-        start, tokens, n = len(elements), 0.0, 0
+        start, tokens, n = len(elements), 0, 0
         for vi, pi in itertools.product(model_variants[m.alias], range(len(points))):
             point = points[pi]
             point_seeds = seeds if (point is not None and point.do_sample) else [None]
             gen = (point.max_new_tokens * max(point.num_beams, point.num_return_sequences)
                    if point is not None else 1)
             for seed in point_seeds:
-                for qi in range(len(prompts)):
-                    uid, key = unit_ids(model_json, variant_json[vi], prompt_json[qi], point_json[pi], seed)
-                    cost = unit_cost(prompt_tokens[qi], gen)
-                    if n and (tokens + cost > budget or (ex.max_units_per_element and n >= ex.max_units_per_element)):
-                        elements.append(Element(len(elements), m.alias, n, tokens / ex.tokens_per_second))
-                        tokens, n = 0.0, 0
-                    cols["unit_id"].append(uid)
-                    cols["unit_key"].append(key)
-                    cols["element"].append(len(elements))
-                    cols["model"].append(m.alias)
-                    cols["prompt_index"].append(qi)
-                    cols["variant"].append(vi)
-                    cols["point"].append(pi)
-                    cols["seed"].append(seed)
-                    cols["est_tokens"].append(prompt_tokens[qi] + gen)
-                    tokens += cost
-                    n += 1
+                block_ids, block_keys = unit_ids_block(model_json, variant_json[vi], prompt_bytes, point_json[pi],
+                                                       seed)
+                ids += block_ids
+                keys += block_keys
+                element, tokens, n = _split(prompt_cost + unit_cost(0, gen), elements, m.alias, tokens, n,
+                                            budget, ex.max_units_per_element, ex.tokens_per_second)
+                for name, value in zip(blocks, (m.alias, vi, pi, seed, gen, element)):
+                    blocks[name].append(value)
         if n or len(elements) == start:
             elements.append(Element(len(elements), m.alias, n, tokens / ex.tokens_per_second))
-    check_units(spec, facts, prompts, cols["model"], cols["prompt_index"])
-    units = pa.table(cols, schema=UNIT_SCHEMA)
+    per_block = len(prompts)
+
+    def repeat(values: list, dtype) -> np.ndarray:
+        return np.repeat(np.array(values, dtype=dtype), per_block)
+
+    model_col = [alias for alias in blocks["model"] for _ in range(per_block)]
+    prompt_col = np.tile(np.arange(per_block, dtype=np.int32), len(blocks["model"]))
+    check_units(spec, facts, prompts, model_col, prompt_col.tolist() if spec.task.type == "attention" else [])
+    no_seed = [s is None for s in blocks["seed"]]
+    units = pa.table({
+        "unit_id": ids, "unit_key": keys,
+        "element": np.concatenate(blocks["element"] or [np.zeros(0, np.int32)]),
+        "model": model_col, "prompt_index": prompt_col,
+        "variant": repeat(blocks["variant"], np.int32), "point": repeat(blocks["point"], np.int32),
+        "seed": pa.array(repeat([0 if s is None else s for s in blocks["seed"]], np.int64),
+                         mask=repeat(no_seed, bool)),
+        "est_tokens": (np.tile(prompt_tokens_np, len(blocks["gen"])) + repeat(blocks["gen"], np.int64)
+                       ).astype(np.int32),
+    }, schema=UNIT_SCHEMA)
     models = {m.alias: {**m.model_dump(mode="json"), "path": refs[m.alias].path,
                         "fingerprint": refs[m.alias].fingerprint, "kind": refs[m.alias].kind}
               for m in spec.models}
     return Plan(experiment=spec.name, spec_hash=spec.spec_hash(), spec=spec.canonical(), spec_file=spec_file,
                 models=models, task=spec.task.canonical_params(), variants=variants, points=[p for p in points if p is not None],
                 prompts=prompts, units=units, elements=elements)
+
+
+def _split(costs: np.ndarray, elements: list[Element], alias: str, tokens: int, n: int, budget: float,
+           max_units: int | None, tokens_per_second: float) -> tuple[np.ndarray, int, int]:
+    """Greedy element packing of one block of units, in order: a unit opens a new element when it would
+    push the open one past `budget` tokens or `max_units` units (an element always takes its first unit).
+    Appends the elements it closes; returns each unit's element index and the open element's (tokens, n)."""
+    out = np.empty(len(costs), dtype=np.int32)
+    cum = np.cumsum(costs)
+    limit = math.floor(budget)
+    pos = 0
+    while pos < len(costs):
+        done = int(cum[pos - 1]) if pos else 0          # cost of this block's units already placed
+        room = int(np.searchsorted(cum[pos:], limit - tokens + done, side="right"))
+        if max_units:
+            room = min(room, max_units - n)
+        if n == 0:
+            room = max(room, 1)
+        take = min(room, len(costs) - pos)
+        out[pos:pos + take] = len(elements)
+        tokens += int(cum[pos + take - 1]) - done if take else 0
+        n += take
+        pos += take
+        if pos < len(costs):
+            elements.append(Element(len(elements), alias, n, tokens / tokens_per_second))
+            tokens, n = 0, 0
+    return out, tokens, n
 
 
 def plan_spec(spec: ExperimentSpec) -> Plan:
