@@ -61,6 +61,8 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
     from runner import backends, distributed, loading, locks, signals
     from runner.tasks import TASKS, model_class_for
 
+    started = time.perf_counter()        # cheap timers for the sidecar: where the element's time went
+    timers = {"setup_s": 0.0, "load_s": 0.0, "task_s": 0.0, "model_s": 0.0, "write_s": 0.0}
     plan = read_plan(exp_dir)
     spec = plan.meta["spec"]
     task_name = plan.meta["task"]["type"]
@@ -96,6 +98,7 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
     if pending is None:                  # SIGTERM while waiting for the lock
         return signals.EXIT_PREEMPTED
     todo = layout.share([units[i] for i in pending], group)
+    timers["setup_s"] = time.perf_counter() - started
     total = len(todo) + (len(units) - len(pending) if group == 0 else 0)
     if leader:
         progress(total - len(todo), total, f"element {element} rank {rank}")
@@ -104,15 +107,18 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
 
     import torch
     torch.set_num_threads(threads)
-    loaded, backend_info = None, {}
+    loaded, backend_info, loads = None, {}, 0
     if todo or settings.tp > 1:          # a TP group with no share still joins the collective model set-up
         unit0 = todo[0] if todo else units[pending[0]]
         signals.test_point("load")
+        load_start = time.perf_counter()
         loaded = loading.load(model_info, model_class_for(task, variants[unit0.variant]), task.ATTN)
+        loads += 1
         model, backend_info = (backends.wrap(loaded.model, settings, tp_group, binding["device"],
                                              spec_file=plan.meta.get("spec_file"), where=where)
                                if loaded.model is not None else (None, {"backend": settings.backend}))
-        print(f"loaded model {model_alias} in {loaded.load_seconds:.1f}s (loads this rank: 1; backend "
+        timers["load_s"] = time.perf_counter() - load_start
+        print(f"loaded model {model_alias} in {loaded.load_seconds:.1f}s (loads this rank: {loads}; backend "
               f"{settings.backend}, tp {settings.tp}, {binding['device']})", file=sys.stderr, flush=True)
         ctx = TaskContext(model, loaded.tokenizer, variants[0], device=binding["device"])
     writer = PartWriter(exp_dir, task_name, element, rank, before_rename=signals.test_hook("write"))
@@ -125,7 +131,10 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
             preempted = True
             break
         ctx.params = variants[batch[0].variant]
+        task_start = time.perf_counter()
         rows, errors = _run_isolated(task, ctx, batch)
+        timers["task_s"] += time.perf_counter() - task_start
+        timers["model_s"] += sum({r["batch_latency_s"] for r in rows if r.get("batch_latency_s")})
         signals.test_point("batch")
         by_id = {u.unit_id: u for u in batch}
         now = datetime.now(timezone.utc)
@@ -133,11 +142,13 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
         failed += len(errors)
         if not leader:                   # the group's other ranks computed the same rows
             continue
+        write_start = time.perf_counter()
         writer.write([{**common, **_unit_columns(by_id[r["unit_id"]]), **r, "batch_size": len(batch),
                        "finished_at": now} for r in rows])
         writer.write_errors([{"unit_id": uid, "element": element, "rank": rank, "model": model_alias,
                               "error": msg, "host": common["host"], "failed_at": now}
                              for uid, msg in errors.items()])
+        timers["write_s"] += time.perf_counter() - write_start
         progress(finished, total, f"element {element} rank {rank}" + (f" failed {failed}" if failed else ""))
     if preempted:
         print(f"preempted: element {element} rank {rank} stopped after {finished} of {total} units; "
@@ -151,7 +162,10 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
                                              "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
              "accelerator": settings.accelerator, "backend_config": backend_info or None,
              "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR") if settings.backend == "deepspeed"
-             else None}
+             else None,
+             # model_s: inside model forward/generate (the tasks' batch_latency_s); task_s adds tokenizing
+             # and decoding; total_s runs from run_element's start to here, so total_s - load_s - model_s is overhead.
+             "model_loads": loads, "timers": {**timers, "total_s": time.perf_counter() - started}}
     meta = _write_sidecar(exp_dir, element, rank, world.size, model_alias, loaded, threads, len(todo), failed,
                           execution, extra)
     ranks = world.allgather(meta)        # also keeps every rank alive until the whole element is done
