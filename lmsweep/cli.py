@@ -1,6 +1,7 @@
 """The `lmsweep` command. Each stage registers its own subcommands (jobs/cli.py, submit/cli.py, ...).
 
-Exit codes: 0 success; 1 some units failed (or a regression); 2 bad input, nothing written.
+Exit codes: 0 success; 1 some units failed (or a regression); 2 bad input, nothing written;
+3 preempted (SIGTERM/SIGINT: finished batches are kept; rerun to continue).
 """
 from __future__ import annotations
 

@@ -19,6 +19,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from results.writer import COLUMNS_KEY
 
 # Dot- and underscore-prefixed names are in-flight temp files (or metadata); pyarrow skips them too.
 IGNORED_PREFIXES = (".", "_")
@@ -39,9 +42,13 @@ def part_files(directory: Path) -> list[Path]:
 def check_part(path: Path, schema: pa.Schema) -> str | None:
     """Why `path` cannot be read as a part with `schema`, or None if it reads in full."""
     try:
+        written = pq.read_schema(path)
         table = ds.dataset(path, schema=schema, format=PARQUET).to_table()
     except READ_ERRORS as e:
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:500]
+    recorded = (written.metadata or {}).get(COLUMNS_KEY)
+    if recorded is not None and recorded.decode(errors="replace").split(",") != written.names:
+        return "damaged footer: its column names differ from the ones the writer recorded"
     if "unit_id" in schema.names and table.num_rows and table.column("unit_id").null_count:
         return "rows without a unit_id (not a part file of this task)"
     return None

@@ -23,6 +23,7 @@ def errors_dir(exp_dir: Path) -> Path:
     return exp_dir / "errors"
 
 
+COLUMNS_KEY = b"lmsweep.columns"
 _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 _SEQ = itertools.count()
 
@@ -40,7 +41,10 @@ def write_atomic(table: pa.Table, directory: Path, name: str,
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / name
     tmp = directory / f".{name}.tmp"
-    pq.write_table(table, tmp, write_page_checksum=True)
+    # The footer has no checksum of its own: record the column names a second time, in its key-value
+    # metadata, so a reader can tell a damaged schema (a column silently turned into nulls) from a good one.
+    meta = {**(table.schema.metadata or {}), COLUMNS_KEY: ",".join(table.schema.names).encode()}
+    pq.write_table(table.replace_schema_metadata(meta), tmp, write_page_checksum=True)
     with open(tmp, "rb") as f:       # the bytes must be on disk before the name says "done"
         os.fsync(f.fileno())
     if before_rename is not None:
