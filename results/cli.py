@@ -36,6 +36,11 @@ def cmd_results(args) -> int:
     from results.summary import summarize
 
     exp = Path(args.experiment)
+    if args.trace:
+        from results.report import trace
+
+        print_df(trace(exp, args.trace), f"trace {args.trace}")
+        return 0
     plan = read_plan(exp)
     df = load(exp)
     if args.summary:
@@ -180,6 +185,8 @@ def register(sub) -> None:
     s.add_argument("--csv", action="store_true", help="write CSV to stdout")
     s.add_argument("--columns", help="comma-separated column names")
     s.add_argument("--limit", type=int, default=20)
+    s.add_argument("--trace", metavar="UNIT_ID", help="where one unit's row came from: spec, model, host, "
+                                                     "package versions of the run that wrote it")
     s.set_defaults(func=cmd_results)
 
     s = sub.add_parser("status", help="done / failed / missing units per element")

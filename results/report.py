@@ -247,6 +247,64 @@ def provenance(exp: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def sidecar_history(exp: Path) -> list[dict]:
+    """Every run's rank sidecar (meta/history/), plus the current ones for runs from before history was kept."""
+    out, seen = [], set()
+    for f in sorted((Path(exp) / "meta" / "history").glob("element-*-rank-*.json")) + \
+            sorted((Path(exp) / "meta").glob("element-*-rank-*.json")):
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        key = (m.get("element"), m.get("rank"), m.get("finished_at"))
+        if key not in seen:
+            seen.add(key)
+            out.append({**m, "_file": str(f)})
+    return out
+
+
+def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
+    """Everything known about how one unit's row was made: the plan's spec and model, the row's own
+    columns, and the sidecar of the run that wrote it (same element and rank, the first to finish after
+    the row was written)."""
+    from jobs.errors import SpecError
+    from jobs.plan import read_plan
+    from results.load import load
+
+    exp = Path(exp)
+    plan = read_plan(exp)
+    rows = load(exp, filters=[("unit_id", "=", unit_id)])
+    if rows.empty:
+        raise SpecError(f"no result row for unit {unit_id!r} in {exp}", field="--trace")
+    r = rows.iloc[0]
+    model = plan.meta["models"].get(r["model"], {})
+    written = r["finished_at"].timestamp() if pd.notna(r["finished_at"]) else 0.0
+    runs = [m for m in sidecar_history(exp) if m.get("element") == r["element"] and m.get("rank") == r["rank"]
+            and (m.get("finished_at") or 0) >= written]
+    side = min(runs, key=lambda m: m["finished_at"]) if runs else {}
+    facts = [
+        ("unit_id", r["unit_id"]), ("unit_key", r["unit_key"]),
+        ("spec_hash", r["spec_hash"] + ("" if r["spec_hash"] == plan.meta["spec_hash"] else
+                                        f" (the plan is now {plan.meta['spec_hash']})")),
+        ("spec file", plan.meta.get("spec_file")), ("model", r["model"]), ("model_source", r["model_source"]),
+        ("model_fingerprint", r["model_fingerprint"]), ("dtype / revision", f"{model.get('dtype')} / "
+                                                                            f"{model.get('revision')}"),
+        ("model path", model.get("path")), ("task", json.dumps(plan.meta["task"])),
+        ("decoding", r.get("decoding")), ("seed", r.get("seed")), ("prompt", f"{r['prompt_set']}/{r['prompt_id']}"),
+        ("backend / device", f"{r['backend']} / {r.get('device')}"), ("host", r["host"]),
+        ("element / rank", f"{r['element']} / {r['rank']}"), ("finished_at", str(r["finished_at"])),
+        ("sidecar", side.get("_file", "none found (the run that wrote this row did not finish)")),
+    ]
+    if side:
+        facts += [("python", side.get("python")), ("accelerator", side.get("accelerator")),
+                  ("cuda / gpus", f"{side.get('cuda')} / {', '.join(side.get('gpus') or []) or '–'}"),
+                  ("lmsweep commit", side.get("lmsweep_commit")),
+                  ("packages", ", ".join(f"{k} {v}" for k, v in (side.get("packages") or {}).items())),
+                  ("backend config", json.dumps(side.get("backend_config"))),
+                  ("model load s", side.get("load_seconds"))]
+    return pd.DataFrame(facts, columns=["", "value"])
+
+
 def build_report(exp: str | Path) -> str:
     from jobs.plan import read_plan
     from results.load import load, status
@@ -276,6 +334,13 @@ def build_report(exp: str | Path) -> str:
     body += ["<h2>Provenance</h2>", "<p class='note'>every row also carries spec_hash, unit_id, model_source, "
              "model_fingerprint, backend, host, element and rank; these are the workers' sidecars "
              "(meta/element-*-rank-*.json)</p>", html_table(provenance(exp))]
+    if not df.empty:
+        have = {(m.get("element"), m.get("rank")) for m in sidecar_history(exp)}
+        pairs = df[["element", "rank"]].drop_duplicates()
+        orphans = pairs[[(int(e), int(r)) not in have for e, r in zip(pairs["element"], pairs["rank"])]]
+        if not orphans.empty:
+            body += ["<p class='note'>rows without a sidecar (a run stopped before it could write one; "
+                     "their rows still carry host, device and model fingerprint):</p>", html_table(orphans)]
     return page(f"lmsweep report: {meta['experiment']}", "\n".join(body))
 
 

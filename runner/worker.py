@@ -252,11 +252,28 @@ def _write_sidecar(exp_dir: Path, element: int, rank: int, world: int, alias: st
                                              "pandas", "pyarrow")},
         "torch_threads": torch.get_num_threads(), "threads_requested": threads,
         "accelerator": "cuda" if torch.cuda.is_available() else "cpu", "backend": execution["backend"],
+        "cuda": torch.version.cuda, "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available() else [], "lmsweep_commit": _source_commit(),
         "units_run": n_units, "units_failed": n_failed, "finished_at": time.time(),
         **(extra or {}),
     }
     _write_json(exp_dir / "meta", f"element-{element:05d}-rank-{rank:04d}.json", meta)
+    # The file above is rewritten when an element is resumed; each run also keeps its own copy, so rows
+    # an earlier run wrote stay traceable (same element and rank, finished_at before this one's).
+    _write_json(exp_dir / "meta" / "history", f"element-{element:05d}-rank-{rank:04d}-{time.time_ns()}.json", meta)
     return meta
+
+
+def _source_commit() -> str | None:
+    """The git commit of the lmsweep source this rank runs, when it runs from a checkout."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _write_element_sidecar(exp_dir: Path, element: int, ranks: list[dict]) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from conftest import lmsweep
 
-from results.report import attention_matrix, plot_accuracy_by_shots, plot_throughput
+from results.report import attention_matrix, plot_accuracy_by_shots, plot_throughput, trace
 
 SPEC = """
 name: rep
@@ -75,6 +75,32 @@ def test_report_renders_in_headless_chromium_with_tables_and_a_plot(report, tmp_
         return int((np.abs(pixels.astype(int) - rgb).max(axis=1) <= 3).sum())
     assert count(HEADER) > 2000, "no table headers on screen"
     assert count(PLOT_BLUE) > 2000, "no plot on screen"
+
+
+@pytest.mark.slow
+def test_trace_finds_the_sidecar_of_the_run_that_wrote_each_row_after_a_resume(report, tmp_path):
+    """A resumed element rewrites meta/element-E-rank-R.json; rows of the first run still trace to theirs."""
+    exp = tmp_path / "runs" / "rep"
+    shutil.copytree(report.parent, exp)
+    first_history = sorted((exp / "meta" / "history").glob("*.json"))
+    assert len(first_history) == 1
+    parts = sorted((exp / "results" / "task=generate").glob("part-*.parquet"))
+    lost = set(pd.read_parquet(parts[0])["unit_id"])
+    kept = set(pd.read_parquet(parts[-1])["unit_id"]) - lost
+    parts[0].unlink()
+    lmsweep("run", str(report.parents[2] / "spec.yaml"), "--output-dir", str(tmp_path / "runs"), "--quiet",
+            check=True)
+    history = sorted((exp / "meta" / "history").glob("*.json"))
+    assert len(history) == 2 and history[0] == first_history[0]
+
+    def sidecar_of(unit: str) -> str:
+        facts = dict(trace(exp, unit).values.tolist())
+        assert facts["model_fingerprint"].startswith("sha256:") and "torch 2." in facts["packages"]
+        return Path(facts["sidecar"]).name
+    assert {sidecar_of(u) for u in lost} == {history[1].name}
+    assert sidecar_of(next(iter(kept))) == history[0].name
+    proc = lmsweep("results", str(exp), "--trace", next(iter(kept)), check=True)
+    assert "model_fingerprint" in proc.stdout and "lmsweep commit" in proc.stdout
 
 
 def test_report_of_a_missing_experiment_is_exit_2(tmp_path):
