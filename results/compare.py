@@ -388,35 +388,55 @@ def _classify(both: pd.DataFrame, tol: Tolerances, checks: list[Check]) -> pd.Da
         "label": part.get("label_c")}).reset_index(drop=True)
 
 
+PROBABILITY_COLUMNS = {"attention", "attention_f32", "token_scores"}   # judged by max_prob_delta
+
+
 def _generic(both: pd.DataFrame, task: str, tol: Tolerances, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tasks without their own rules: exact columns must be equal, float columns are reported by max |Δ|."""
+    """Tasks without their own rules: exact columns must be equal; float columns holding probabilities
+    (attention weights, token scores) are judged by max_prob_delta, other floats only reported.
+    A predicted label is judged by accuracy when there are gold labels, else it must not change."""
     from results.schema import TASK_COLUMNS
 
+    gold = all(c in both.columns and both[c].notna().any() for c in ("correct_b", "correct_c"))
+    skip = {"correct", "predicted_label"} if gold else {"correct"}
     exact, numeric = [], []
     for name, typ in TASK_COLUMNS.get(task, []):
-        if name in TIMING or f"{name}_b" not in both.columns or name in ("correct", "predicted_label"):
+        if name in TIMING or f"{name}_b" not in both.columns or name in skip:
             continue
-        base_type = typ.value_type if hasattr(typ, "value_type") else typ
+        if both[f"{name}_b"].isna().all() and both[f"{name}_c"].isna().all():
+            continue                       # a column this configuration does not fill (e.g. pipeline-only)
+        base_type = typ
         while hasattr(base_type, "value_type"):
             base_type = base_type.value_type
         (numeric if str(base_type).startswith(("float", "double", "halffloat")) else exact).append(name)
-    cols = ["unit_id", "model", "prompt_id", "differs_in", "max_abs_delta"]
+    probs = [c for c in numeric if c in PROBABILITY_COLUMNS]
+    cols = ["unit_id", "model", "prompt_id", "differs_in", "max_abs_dp", "max_abs_delta"]
     if both.empty:
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
-    differs, deltas = [], []
-    for _, r in both.iterrows():
+    differs, dps, deltas = [], [], []
+    for r in both.to_dict("records"):
         differs.append(", ".join(c for c in exact if not _equal(r[f"{c}_b"], r[f"{c}_c"])))
-        deltas.append(max([_max_abs(r[f"{c}_b"], r[f"{c}_c"]) for c in numeric], default=0.0))
+        dps.append(max([_max_abs(r[f"{c}_b"], r[f"{c}_c"]) for c in probs], default=0.0))
+        deltas.append(max([_max_abs(r[f"{c}_b"], r[f"{c}_c"]) for c in numeric if c not in probs], default=0.0))
+    extra = [("layer", "layer_c"), ("head", "head_c")] if "layer_c" in both.columns or "layer" in both.columns else []
     out = pd.DataFrame({"unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
-                        "differs_in": differs, "max_abs_delta": deltas})
-    same = out["differs_in"] == ""
+                        **{k: both[v if v in both.columns else k] for k, v in extra},
+                        "differs_in": differs, "max_abs_dp": dps, "max_abs_delta": deltas})
+    same = (out["differs_in"] == "").to_numpy()
     if exact:
-        checks.append(Check(f"{task} outputs identical ({', '.join(exact)})", float(same.mean()),
-                            tol.min_exact_match, ">=", f"{int(same.sum())}/{len(out)} rows"))
-    if numeric:
-        checks.append(Check(f"{task} max |Δ| ({', '.join(numeric)})", float(out["max_abs_delta"].max()), None,
-                            "<=", "reported only"))
-    return out[~same].reset_index(drop=True), out[same & (out["max_abs_delta"] > 0)].reset_index(drop=True)
+        checks.append(Check(f"{task} outputs identical", float(same.mean()), tol.min_exact_match, ">=",
+                            f"{int(same.sum())}/{len(out)} rows equal in {', '.join(exact)}"))
+    bad = ~same
+    if probs:
+        checks.append(Check(f"{task} max |Δp|", float(out["max_abs_dp"].max()), tol.max_prob_delta, "<=",
+                            f"over {', '.join(probs)}"))
+        if tol.max_prob_delta is not None:
+            bad |= (out["max_abs_dp"] > tol.max_prob_delta).to_numpy()
+    if len(numeric) > len(probs):
+        checks.append(Check(f"{task} max |Δ|", float(out["max_abs_delta"].max()), None, "<=",
+                            f"over {', '.join(c for c in numeric if c not in probs)}; reported only"))
+    changed = (out["max_abs_dp"] > 0) | (out["max_abs_delta"] > 0)
+    return out[bad].reset_index(drop=True), out[~bad & changed].reset_index(drop=True)
 
 
 def _equal(a, b) -> bool:
@@ -430,6 +450,9 @@ def _equal(a, b) -> bool:
 
 
 def _max_abs(a, b) -> float:
+    a_none, b_none = _missing(a), _missing(b)
+    if a_none or b_none:
+        return 0.0 if a_none and b_none else math.inf
     try:
         x = np.asarray(_dense(a), dtype=float)
         y = np.asarray(_dense(b), dtype=float)
@@ -437,6 +460,10 @@ def _max_abs(a, b) -> float:
                                                                                       else math.inf)
     except (TypeError, ValueError):
         return math.inf
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
 
 
 def _dense(v):

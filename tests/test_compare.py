@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -289,3 +290,36 @@ def test_sampled_differences_are_informational_unless_a_tolerance_is_set():
     assert c.passed and c.diffs.empty and len(c.info_diffs) == 1
     c = compare_frames(frame("a"), frame("b"), side(), side(), tolerances=Tolerances(min_sampled_exact_match=1))
     assert not c.passed and list(c.diffs["first_diff_token"]) == [1]
+
+
+def rows_for(task: str, **cols) -> pd.DataFrame:
+    base = {"unit_id": ["u1", "u2"], "unit_key": ["k1", "k2"], "model": ["m", "m"], "prompt_set": ["p", "p"],
+            "prompt_id": ["q1", "q2"], "decoding": [None, None], "batch_size": [2, 2], "batch_latency_s": [1.0, 1.0]}
+    return pd.DataFrame({**base, **cols})
+
+
+def test_attention_weights_are_judged_by_max_prob_delta():
+    def frame(w: float) -> pd.DataFrame:
+        return rows_for("attention", layer=[0, 0], head=[0, 0], seq_len=[2, 2], tokens=[["a", "b"]] * 2,
+                        attention=[np.array([1, 0, 0.5, 0.5], dtype=np.float16),
+                                   np.array([1, 0, w, 1 - w], dtype=np.float16)], attention_f32=[None, None])
+    same = compare_frames(frame(0.5), frame(0.5), side(task="attention"), side(task="attention"))
+    assert same.passed and same.diffs.empty
+    moved = compare_frames(frame(0.5), frame(0.25), side(task="attention"), side(task="attention"))
+    assert not moved.passed and list(moved.diffs["unit_id"]) == ["u2"]
+    assert moved.diffs["max_abs_dp"].iloc[0] == pytest.approx(0.25)
+
+
+def test_classify_flips_count_against_accuracy_and_without_gold_labels_any_change_is_flagged():
+    def frame(pred: list[str], correct: list | None) -> pd.DataFrame:
+        return rows_for("classify", method=["label_likelihood"] * 2, predicted_label=pred,
+                        correct=correct if correct is not None else [None, None],
+                        label=["pos", "neg"] if correct is not None else [None, None],
+                        label_scores=[[-1.0, -2.0], [-2.0, -1.0]])
+    worse = compare_frames(frame(["pos", "neg"], [True, True]), frame(["pos", "pos"], [True, False]),
+                           side(task="classify"), side(task="classify"))
+    assert not worse.passed and [c.name for c in worse.failed_checks] == ["accuracy drop (baseline − current)"]
+    assert list(worse.diffs["flip"]) == ["right → wrong"] and list(worse.diffs["unit_id"]) == ["u2"]
+    unlabelled = compare_frames(frame(["pos", "neg"], None), frame(["pos", "pos"], None),
+                                side(task="classify"), side(task="classify"))
+    assert not unlabelled.passed and list(unlabelled.diffs["differs_in"]) == ["predicted_label"]
