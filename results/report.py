@@ -148,6 +148,9 @@ def plot_accuracy_by_shots(df: pd.DataFrame) -> list[str]:
     acc = df.assign(_c=df["correct"].astype(float)).groupby(["model", shots])["_c"].mean().unstack("model")
     fig, ax = plt.subplots(figsize=(7, 3.5))
     acc.plot(ax=ax, marker="o")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("few-shot examples")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
