@@ -1,15 +1,20 @@
 """`lmsweep regress SPEC --baseline DIR`: run a spec afresh, compare it with a baseline run, report,
 and optionally promote the run to be the next baseline.
 
-It runs locally (on a laptop, or inside the allocation of a cron/scrontab/PBS job that calls it), so a
-scheduled regression sweep is one command whose exit code says pass (0), regression (1) or bad input (2).
-Each run gets its own directory: a rerun in the same directory would skip every unit as already done.
+By default it runs locally (a laptop, or inside the allocation of a cron/scrontab/PBS job that calls
+it); with `--system NAME` it submits the spec to that system's scheduler (`lmsweep submit`) and waits for
+every task to end. Either way a scheduled regression sweep is one command whose exit code says pass (0),
+regression (1) or bad input (2). Each run gets its own directory: a rerun in the same directory would
+skip every unit as already done.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +64,41 @@ def _check_baseline(baseline: Path, task: str) -> bool:
     return True
 
 
+def submit_and_wait(spec_path: str, system: str, exp: Path, timeout: float, quiet: bool) -> int:
+    """`lmsweep submit` into `exp` (<parent>/<name>), then poll (backing off to once a minute) until the results are
+    complete or every recorded task has ended. 0 when it ended, submit's exit code if it failed, 1 on timeout."""
+    from results.load import status
+    from submit.tracking import current_submissions, query_states
+
+    cmd = [sys.executable, "-m", "lmsweep", "submit", spec_path, "--system", system, "--output-dir", str(exp.parent)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if not quiet or proc.returncode:
+        sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    if proc.returncode:
+        return proc.returncode
+    delays = itertools.chain([2, 4, 8, 15, 30], itertools.repeat(60))
+    deadline, shown = time.monotonic() + timeout, None
+    while True:
+        st = status(exp)
+        if st.complete:
+            return 0
+        states, problems = query_states(current_submissions(exp))
+        active = sum(t.active for t in states.values())
+        if states and not active:
+            return 0                       # every task ended; the results say what got done
+        if time.monotonic() > deadline:
+            err.print(f"gave up waiting after {timeout:.0f} s: {st.done}/{st.planned} units done, {active} task(s) "
+                      f"still queued or running; `lmsweep status {exp}`")
+            return 1
+        line = f"waiting for {system}: {st.done}/{st.planned} units done, {active} task(s) queued or running" + \
+            (f" ({'; '.join(problems)})" if problems else "")
+        if line != shown:
+            console.print(line, markup=False)
+            shown = line
+        time.sleep(next(delays))
+
+
 def cmd_regress(args) -> int:
     from jobs.cli import print_plan, validated
     from jobs.plan import write_plan
@@ -82,11 +122,17 @@ def cmd_regress(args) -> int:
                         "baseline", field="--baseline")
 
     exp = run_dir(Path(args.output_dir or spec.output_dir), spec.name)
-    write_plan(plan, exp)
-    print_plan(plan, exp)
-    ex = spec.execution
-    run_elements(exp, [e.index for e in plan.elements], concurrency=ex.concurrency, ranks=ex.ranks_per_element,
-                 threads=ex.threads_per_rank, show_progress=not args.quiet)
+    if args.system and args.system != "local":
+        exp = exp / spec.name
+        rc = submit_and_wait(args.spec, args.system, exp, args.wait_timeout, args.quiet)
+        if rc:
+            return rc
+    else:
+        write_plan(plan, exp)
+        print_plan(plan, exp)
+        ex = spec.execution
+        run_elements(exp, [e.index for e in plan.elements], concurrency=ex.concurrency,
+                     ranks=ex.ranks_per_element, threads=ex.threads_per_rank, show_progress=not args.quiet)
     complete = report(exp, quiet=args.quiet) == 0
 
     if not have_baseline:
@@ -116,6 +162,10 @@ def register(sub) -> None:
     s.add_argument("--baseline", help="baseline experiment directory (default: regression.baseline in the spec)")
     s.add_argument("--output-dir", help="parent of the run directory <name>-regress-<UTC time> "
                                         "(default: the spec's output_dir)")
+    s.add_argument("--system", help="submit to this system's scheduler (as `lmsweep submit --system`) and wait, "
+                                    "instead of running here; the experiment is then <run directory>/<name>")
+    s.add_argument("--wait-timeout", type=float, default=86_400, metavar="SECONDS",
+                   help="with --system: give up (exit 1) after this long (default: one day)")
     s.add_argument("--promote", action="store_true",
                    help="on success, copy the run to the baseline directory (creates it the first time)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary tables")

@@ -323,3 +323,42 @@ def test_classify_flips_count_against_accuracy_and_without_gold_labels_any_chang
     unlabelled = compare_frames(frame(["pos", "neg"], None), frame(["pos", "pos"], None),
                                 side(task="classify"), side(task="classify"))
     assert not unlabelled.passed and list(unlabelled.diffs["differs_in"]) == ["predicted_label"]
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_regress_submits_to_slurm_waits_and_compares(tmp_path, tiny_llama):
+    """`regress --system` goes through the real scheduler: submit, wait for the array to end, compare."""
+    import shutil
+    import subprocess
+
+    from conftest import REPO
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    up = subprocess.run(["bash", str(REPO / "tests/infra/slurm-up.sh")], capture_output=True, text=True, timeout=180)
+    if up.returncode != 0:
+        pytest.skip(f"Slurm could not start here (tests/infra/slurm-up.sh exited {up.returncode})")
+    conf = next(line.split("=", 1)[1] for line in up.stdout.splitlines() if line.startswith("slurm up: SLURM_CONF="))
+    spec = write(tmp_path, "sl.yaml", f"""
+name: sl
+models:
+  - {{alias: tiny, source: {tiny_llama}}}
+prompts: {PROMPTS[:3]}
+task: generate
+decoding: {{max_new_tokens: 4}}
+execution:
+  batch_size: 4
+  threads_per_rank: 1
+  slurm: {{partition: debug}}
+""")
+    baseline = run(spec, tmp_path / "local")                         # the same spec, run here
+    env = {"SLURM_CONF": conf.strip()}
+    proc = lmsweep("regress", str(spec), "--system", "slurm-generic", "--baseline", str(baseline),
+                   "--output-dir", str(tmp_path / "regress"), "--quiet", "--wait-timeout", "600", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (run_dir,) = (tmp_path / "regress").iterdir()
+    exp = run_dir / "sl"
+    assert (exp / "jobs").is_dir(), "not submitted through the scheduler"
+    assert "joined on unit_id" in proc.stdout
+    assert "3/3 sequences identical" in (exp / "reports" / "compare.md").read_text()
