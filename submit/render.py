@@ -13,7 +13,7 @@ from shlex import quote
 from submit.base import ArrayJob
 from submit.systems import SystemProfile
 
-EXIT_BAD_INDEX = 3
+EXIT_BAD_INDEX = 2          # bad input; 3 is the worker's "preempted"
 LOCAL_PATH = 'PATH="$(dirname "$PYTHON"):$PATH"   # local: the venv\'s mpiexec (mpich wheel) first'
 
 
@@ -71,7 +71,13 @@ def body(job: ArrayJob, profile: SystemProfile, index_expr: str, job_id_expr: st
         "export PYTHONUNBUFFERED=1",
         f'echo "lmsweep: job {job_id_expr} index $index -> element $element on $(hostname) at $(date -Is)"',
         'cd "$EXP" || exit 1',
-        launch_line(job, profile),
+        "# On preemption the launcher and workers get the signal themselves; workers finish their batch",
+        "# and exit 3. The script survives a signal aimed at it and still reports the workers' status.",
+        "trap ':' TERM INT",
+        launch_line(job, profile) + " &",
+        "child=$!",
+        'while kill -0 "$child" 2>/dev/null; do wait "$child"; done',
+        'wait "$child"',
         "status=$?",
         'echo "lmsweep: element $element exited $status at $(date -Is)"',
         'exit "$status"',

@@ -257,7 +257,7 @@ def test_body_refuses_an_index_outside_the_array(tmp_path):
     script = tmp_path / "job.pbs"
     script.write_text(PbsScheduler(profile).render(job))
     proc = run_body(script, pbs_env(make_shims(tmp_path / "shims"), tmp_path, 7, tmp_path))
-    assert proc.returncode == 3 and "out of range 0-1" in proc.stderr
+    assert proc.returncode == 2 and "out of range 0-1" in proc.stderr
 
 
 @pytest.mark.slow

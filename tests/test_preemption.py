@@ -205,7 +205,8 @@ def test_slurm_scancel_term_and_requeue_keep_every_unit_exactly_once(slurm_env, 
         return info if info["JobState"] in ("FAILED", "COMPLETED", "CANCELLED", "TIMEOUT") else None
 
     try:
-        # 1. scancel --signal=TERM (to the job's steps, i.e. the srun'd worker) once a batch is written
+        # 1. scancel --signal=TERM (to the job's steps, i.e. the srun'd worker) once a batch is written.
+        # (--full also signals srun, which then force-terminates the step: see docs/guarantees.md)
         wait_for("the first part", lambda: len(_parts(exp)) >= 1, 300)
         subprocess.run(["scancel", "--signal=TERM", job], env=env, check=True)
         sent = time.monotonic()
