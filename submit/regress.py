@@ -121,7 +121,10 @@ def cmd_regress(args) -> int:
         raise SpecError(f"baseline {baseline} does not exist; run once with --promote to make this run the "
                         "baseline", field="--baseline")
 
-    exp = run_dir(Path(args.output_dir or spec.output_dir), spec.name)
+    from jobs.cli import experiment_dir
+
+    # experiment_dir applies the output-directory rules (no '..', results root); regress runs beside it
+    exp = run_dir(experiment_dir(spec, args.output_dir).parent, spec.name)
     if args.system and args.system != "local":
         exp = exp / spec.name
         rc = submit_and_wait(args.spec, args.system, exp, args.wait_timeout, args.quiet)
