@@ -155,7 +155,7 @@ class SlurmSpec(Strict):
 class ExecutionSpec(Strict):
     backend: Literal["hf", "deepspeed"] = "hf"
     system: str = "local"
-    batch_size: int = Field(8, ge=1, le=4096)
+    batch_size: int | str = 8          # units per batch, or "auto": the runner picks and backs off on OOM
     ranks_per_element: int = Field(1, ge=1, le=100_000)
     threads_per_rank: int | None = Field(None, ge=1, le=1024)
     concurrency: int = Field(1, ge=1, le=64)          # local backend: elements run at once
@@ -167,6 +167,15 @@ class ExecutionSpec(Strict):
     ranks_per_node: int | None = Field(None, ge=1, le=1024)      # default: the system profile's
     pbs: PbsSpec | None = None
     slurm: SlurmSpec | None = None
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> int | str:
+        if isinstance(v, str) and v.strip().isdigit():
+            v = int(v)
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096):
+            return v
+        raise ValueError(f"must be an integer from 1 to 4096, or auto; got {v!r}")
 
     @property
     def walltime_seconds(self) -> int:

@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 import traceback
+from collections import deque
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
@@ -27,6 +28,13 @@ from results.writer import PartWriter
 from runner.units import TaskContext, Unit, UnitFailure
 
 EXIT_OK, EXIT_UNITS_FAILED = 0, 1
+# Where `batch_size: auto` starts. On CPU, generated tokens/s rose up to 64 and no further (runner.bench's
+# sweep, docs/performance.md); on a GPU start high and let out-of-memory halve it.
+AUTO_BATCH_SIZE = {"cpu": 64, "cuda": 256}
+
+
+class OutOfMemory(Exception):
+    """A batch did not fit: the worker halves the batch size and runs the batch again in pieces."""
 
 
 def progress(done: int, total: int, note: str = "") -> None:
@@ -126,13 +134,24 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
     common["device"] = binding["label"]
 
     finished, failed, preempted = total - len(todo), 0, False
-    for batch in make_batches(task, todo, batch_size):
+    auto = batch_size == "auto"
+    batches = deque(make_batches(task, todo, AUTO_BATCH_SIZE.get(settings.accelerator, 64) if auto else batch_size))
+    while batches:
+        batch = batches.popleft()
         if signals.stop_requested():     # SIGTERM/SIGINT: no new batch; what is written stays written
             preempted = True
             break
         ctx.params = variants[batch[0].variant]
         task_start = time.perf_counter()
-        rows, errors = _run_isolated(task, ctx, batch)
+        try:                             # auto: halve on out-of-memory (not with TP: peers would diverge)
+            rows, errors = _run_isolated(task, ctx, batch, oom_raises=auto and settings.tp == 1)
+        except OutOfMemory as e:
+            size = max(1, len(batch) // 2)
+            batches = deque(make_batches(task, [u for b in (batch, *batches) for u in b], size))
+            print(f"out of memory at batch size {len(batch)} ({e}); continuing with {size}",
+                  file=sys.stderr, flush=True)
+            _release_memory()
+            continue
         timers["task_s"] += time.perf_counter() - task_start
         timers["model_s"] += sum({r["batch_latency_s"] for r in rows if r.get("batch_latency_s")})
         signals.test_point("batch")
@@ -194,11 +213,15 @@ def _tp_layout(world_size: int, tp: int, spec_file: str | None):
                         field="execution.ranks_per_element") from None
 
 
-def _run_isolated(task, ctx: TaskContext, batch: list[Unit]) -> tuple[list[dict], dict[str, str]]:
-    """Run a batch; if it raises, run its units one by one so one bad unit fails alone."""
+def _run_isolated(task, ctx: TaskContext, batch: list[Unit], oom_raises: bool = False
+                  ) -> tuple[list[dict], dict[str, str]]:
+    """Run a batch; if it raises, run its units one by one so one bad unit fails alone. With `oom_raises`,
+    running out of memory on a batch of several units raises OutOfMemory instead (batch_size: auto)."""
     try:
         return task.run(ctx, batch)
-    except Exception as e:  # noqa: BLE001 - any model error must not stop the element
+    except Exception as e:
+        if oom_raises and len(batch) > 1 and _is_oom(e):
+            raise OutOfMemory(str(e)[:200]) from e
         if len(batch) == 1:
             kind = "" if isinstance(e, UnitFailure) else f"{type(e).__name__}: "
             return [], {batch[0].unit_id: f"{kind}{e}"[:2000] + _where(e)}
@@ -208,6 +231,20 @@ def _run_isolated(task, ctx: TaskContext, batch: list[Unit]) -> tuple[list[dict]
         rows += r
         errors |= err
     return rows, errors
+
+
+def _is_oom(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _where(e: BaseException) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from collections import Counter
 from pathlib import Path
 
@@ -43,7 +44,7 @@ MAX_NEW = 12
 BATCH = 4
 
 
-def write_spec(directory: Path, models: dict[str, Path], name: str) -> Path:
+def write_spec(directory: Path, models: dict[str, Path], name: str, batch: int | str = BATCH) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     spec = directory / f"{name}.yaml"
     spec.write_text(
@@ -53,7 +54,7 @@ def write_spec(directory: Path, models: dict[str, Path], name: str) -> Path:
         "task: generate\n"
         f"decoding: {{max_new_tokens: {MAX_NEW}, seeds: [0, 1], "
         f"include: {json.dumps([s.decoding for s in SETTINGS])}}}\n"
-        f"execution: {{batch_size: {BATCH}, threads_per_rank: 1}}\n")
+        f"execution: {{batch_size: {batch}, threads_per_rank: 1}}\n")
     return spec
 
 
@@ -134,3 +135,28 @@ def test_sampled_outputs_do_not_depend_on_the_batch_size(tmp_path, models, resto
     sampled = a["do_sample"]
     assert sampled.sum() == len(PROMPTS) * 2          # two seeds
     assert a["token_ids"].map(list).equals(b["token_ids"].map(list))
+
+
+def test_auto_batch_size_halves_on_out_of_memory_and_records_the_size_used(tmp_path, models, restore_environ):
+    """A real OOM cannot be provoked reliably here: the generate task is wrapped to raise MemoryError on
+    batches above 2 units, as an allocator would; the worker's back-off and the task itself are real."""
+    from runner import tasks
+    from runner.tasks import generate
+
+    def run(ctx, units):
+        if len(units) > 2:
+            raise MemoryError(f"can't allocate memory for {len(units)} sequences")
+        return generate.run(ctx, units)
+
+    one = {"tiny-a": models["tiny-a"]}
+    reference, _ = run_plan(write_spec(tmp_path / "ref", one, "oom"), tmp_path / "ref" / "runs")
+    mp = pytest.MonkeyPatch()
+    mp.setitem(tasks.TASKS, "generate", types.SimpleNamespace(**{**vars(generate), "run": run}))
+    try:
+        auto, _ = run_plan(write_spec(tmp_path / "auto", one, "oom", batch="auto"), tmp_path / "auto" / "runs")
+    finally:
+        mp.undo()
+    a, ref = (load(e).set_index("unit_id").sort_index() for e in (auto, reference))
+    assert set(a["batch_size"]) == {2}                 # 10 units per point: 10 → 5 → 2 (+ the rest in 2s)
+    assert a["token_ids"].map(list).equals(ref["token_ids"].map(list))
+    assert not (auto / "errors").exists() or not any((auto / "errors").iterdir())
