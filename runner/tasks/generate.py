@@ -4,8 +4,15 @@ from __future__ import annotations
 import time
 
 import torch
-from transformers import GenerationConfig
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+)
 
+from jobs.decoding import DecodingPoint
 from runner.sampling import sampling_processors, sequence_seed
 from runner.units import TaskContext, Unit, context_limit, render_prompt
 
@@ -14,52 +21,98 @@ ATTN = None
 
 
 def batch_key(unit: Unit) -> tuple:
-    return (unit.point_index,)        # one generation config per batch; seeds are per sequence
+    """Units with equal keys share one model.generate call. Beam search needs its own config per call;
+    greedy and sampled points differ only in how each row's logits are processed (done per row group,
+    seeds per sequence), so they share batches and the worker can fill them by prompt length across the
+    whole decoding grid: less padding, and a full batch where one point alone would leave a small one."""
+    p = unit.point
+    return (p.num_beams, p.max_new_tokens, unit.point_index if p.num_beams > 1 else -1)
+
+
+class RowGroupProcessors(LogitsProcessor):
+    """Logits processors per group of rows (one decoding point each), in transformers' order."""
+
+    def __init__(self, groups: list[tuple[torch.Tensor, LogitsProcessorList]]):
+        self.groups = groups
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for rows, procs in self.groups:
+            scores[rows] = procs(input_ids[rows], scores[rows])
+        return scores
+
+
+def _row_processors(point: DecodingPoint, seeds: list[int]) -> LogitsProcessorList:
+    """What GenerationConfig would add for this point (penalties), then our batch-invariant sampling."""
+    procs = LogitsProcessorList()
+    if point.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(point.repetition_penalty))
+    if point.no_repeat_ngram_size:
+        procs.append(NoRepeatNGramLogitsProcessor(point.no_repeat_ngram_size))
+    if point.do_sample:
+        procs.extend(sampling_processors(point.temperature, point.top_k, point.top_p, seeds))
+    return procs
 
 
 def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
     tok, model = ctx.tokenizer, ctx.model
-    point = units[0].point
     rendered = [render_prompt(tok, u.prompt) for u in units]
     add_special = rendered[0][1]
     encoded = [tok(text, add_special_tokens=add_special)["input_ids"] for text, _ in rendered]
     limit = context_limit(model)
     errors, keep = {}, []
     for u, ids in zip(units, encoded):
-        if limit and len(ids) + point.max_new_tokens > limit:
-            errors[u.unit_id] = (f"prompt is {len(ids)} tokens; with max_new_tokens={point.max_new_tokens} "
+        if limit and len(ids) + u.point.max_new_tokens > limit:
+            errors[u.unit_id] = (f"prompt is {len(ids)} tokens; with max_new_tokens={u.point.max_new_tokens} "
                                  f"it exceeds the model's context of {limit}")
         else:
             keep.append((u, ids))
     if not keep:
         return [], errors
     units = [u for u, _ in keep]
-    batch = tok.pad({"input_ids": [ids for _, ids in keep]}, return_tensors="pt").to(ctx.device)
-    n_seq = point.num_return_sequences
-    if point.do_sample and n_seq > 1:
-        # Our sampling runs generate greedily over noised logits; transformers only expands
-        # rows for num_return_sequences when sampling or beaming, so repeat the rows ourselves.
-        batch = {k: v.repeat_interleave(n_seq, dim=0) for k, v in batch.items()}
-    config = GenerationConfig(
-        max_new_tokens=point.max_new_tokens, do_sample=False, num_beams=point.num_beams,
-        num_return_sequences=1 if point.do_sample else n_seq, repetition_penalty=point.repetition_penalty,
-        no_repeat_ngram_size=point.no_repeat_ngram_size,
-        pad_token_id=tok.pad_token_id, eos_token_id=_eos_ids(model, tok), bos_token_id=tok.bos_token_id,
-    )
-    processors = None
-    if point.do_sample:
-        seeds = [sequence_seed(u.seed or 0, u.unit_key, j) for u in units for j in range(n_seq)]
-        processors = sampling_processors(point.temperature, point.top_k, point.top_p, seeds)
+    point = units[0].point
+    # Our sampling runs generate greedily over noised logits; transformers only expands rows for
+    # num_return_sequences when sampling or beaming, so sampled units get their rows repeated here.
+    n_rows = [u.point.num_return_sequences if u.point.do_sample else 1 for u in units]
+    batch = tok.pad({"input_ids": [ids for (_, ids), n in zip(keep, n_rows) for _ in range(n)]},
+                    return_tensors="pt").to(ctx.device)
+    eos_ids = _eos_ids(model, tok)
+    if point.num_beams > 1:              # one point per batch (batch_key): its penalties go in the config
+        config = GenerationConfig(
+            max_new_tokens=point.max_new_tokens, do_sample=False, num_beams=point.num_beams,
+            num_return_sequences=1 if point.do_sample else point.num_return_sequences,
+            repetition_penalty=point.repetition_penalty, no_repeat_ngram_size=point.no_repeat_ngram_size,
+            pad_token_id=tok.pad_token_id, eos_token_id=eos_ids, bos_token_id=tok.bos_token_id)
+        processors = None
+        if point.do_sample:
+            seeds = [sequence_seed(u.seed or 0, u.unit_key, j) for u, n in zip(units, n_rows) for j in range(n)]
+            processors = sampling_processors(point.temperature, point.top_k, point.top_p, seeds)
+        n_seq = [point.num_return_sequences] * len(units)
+    else:                                # rows of several points: penalties and sampling per row group
+        config = GenerationConfig(max_new_tokens=point.max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=eos_ids, bos_token_id=tok.bos_token_id)
+        groups: dict[int, tuple[list[int], list[int]]] = {}          # point index → (rows, seeds)
+        row = 0
+        for u, n in zip(units, n_rows):
+            members, seeds = groups.setdefault(u.point_index, ([], []))
+            members += range(row, row + n)
+            seeds += [sequence_seed(u.seed or 0, u.unit_key, j) for j in range(n)] if u.point.do_sample else []
+            row += n
+        by_index = {u.point_index: u.point for u in units}
+        row_groups = [(torch.tensor(members, device=batch["input_ids"].device), procs)
+                      for pi, (members, seeds) in groups.items() if (procs := _row_processors(by_index[pi], seeds))]
+        processors = LogitsProcessorList([RowGroupProcessors(row_groups)]) if row_groups else None
+        n_seq = n_rows
     start = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**batch, generation_config=config, logits_processor=processors)
     latency = time.perf_counter() - start
     new = out[:, batch["input_ids"].shape[1]:].tolist()
-    eos = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
-    rows, total_new = [], 0
-    for i, (u, ids) in enumerate(keep):
-        for j in range(n_seq):
-            seq = new[i * n_seq + j]
+    eos = set(eos_ids)
+    rows, total_new, row = [], 0, 0
+    for (u, ids), n in zip(keep, n_seq):
+        for j in range(n):
+            seq = new[row]
+            row += 1
             cut = next((k for k, t in enumerate(seq) if t in eos), None)
             ids_out = seq if cut is None else seq[:cut]
             total_new += len(ids_out)
