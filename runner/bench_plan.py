@@ -54,8 +54,20 @@ def measure(spec_path: Path, write: bool) -> dict:
         t = time.perf_counter()
         write_plan(plan, spec_path.parent / "exp")
         out["write_seconds"] = time.perf_counter() - t
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # Linux: KiB
+    out["peak_rss_mib"] = peak_rss_mib()
     return out
+
+
+def peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not getrusage: Linux carries ru_maxrss across fork+exec, so a child
+    of a process holding a model would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_subprocess(units: int, write: bool = True) -> dict:
