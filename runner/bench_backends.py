@@ -1,6 +1,6 @@
 """deepspeed vs hf backend: wall time of the quickstart workload, one run each, on this machine.
 
-    python -m runner.bench_backends [--spec configs/quickstart.yaml] [--tp2] [--json out.json]
+    python -m runner.bench_backends [--spec configs/quickstart.yaml] [--tp2] [--repeat N] [--json out.json]
 
 Each configuration is the quickstart spec with only `execution.backend` (and, with --tp2, the model's
 tensor_parallel and the ranks per element) changed, planned into a scratch directory and run as real
@@ -11,7 +11,9 @@ DeepSpeed is faster. Also checked: both backends give the same tokens for every 
 
 The model is converted from its GGUF file into the lmsweep cache before timing, so no run pays for
 it; on a first run with --tp2, DeepSpeed's CPU shared-memory op is compiled (~70 s) before timing too.
-One run each: timings on a shared machine are noisy, so read the ratio to a tenth, not further.
+One run each by default. On a shared machine other work skews a single run (OpenMP threads suffer most
+when a core is taken away mid-region), so each row also shows the load average before and after; with
+--repeat N the configurations run in N rounds of alternating order and each one's fastest round counts.
 """
 from __future__ import annotations
 
@@ -48,13 +50,13 @@ def variant_spec(spec: dict, config: dict) -> dict:
     return spec
 
 
-def run_config(spec: dict, config: dict, work: Path) -> dict:
+def run_config(spec: dict, config: dict, work: Path, round_: int = 0) -> dict:
     from jobs.plan import plan_spec, write_plan
     from jobs.spec import load_spec
 
-    path = work / f"{config['name']}.yaml"
+    path = work / f"{config['name']}-{round_}.yaml"
     path.write_text(yaml.safe_dump(variant_spec(spec, config), sort_keys=False))
-    exp = work / "runs" / config["name"]
+    exp = work / "runs" / f"{config['name']}-{round_}"
     plan = plan_spec(load_spec(path))
     write_plan(plan, exp)
     threads = max(1, (os.cpu_count() or 1) // config["ranks"])
@@ -64,12 +66,16 @@ def run_config(spec: dict, config: dict, work: Path) -> dict:
         cmd = [sys.executable, "-m", "lmsweep", "worker", "--plan", str(exp), "--element", str(element)]
         if config["ranks"] > 1:
             cmd = [str(Path(sys.executable).with_name("mpiexec")), "-n", str(config["ranks"])] + cmd
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         wall += time.perf_counter() - start
+        loads = (load_before, os.getloadavg()[0])
         if proc.returncode != 0:
             raise SystemExit(f"{config['name']}: element {element} exited {proc.returncode}\n{proc.stderr[-3000:]}")
-    return {**config, "threads_per_rank": threads, "wall_s": wall, **_measured(exp)}
+    # The machine's 1-minute load average before and after: other work on a shared machine skews a
+    # single run, and OpenMP threads suffer most when a core is taken away mid-region.
+    return {**config, "threads_per_rank": threads, "wall_s": wall, "load_avg": loads, **_measured(exp)}
 
 
 def _measured(exp: Path) -> dict:
@@ -106,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tp2", action="store_true", help="also run deepspeed with tensor_parallel=2 on 2 ranks")
     p.add_argument("--json", help="write the figures to this file")
     p.add_argument("--work-dir", help="keep the runs here (default: a temporary directory)")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="rounds, alternating the order (ABC, CBA, ...); each configuration's fastest round is "
+                        "reported, which filters out other work on a shared machine (default 1: one run)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
@@ -115,22 +124,30 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work_dir or tmp)
         work.mkdir(parents=True, exist_ok=True)
         warm_up(spec, spec_path.resolve().parent, args.tp2)
-        results = []
-        for config in configurations(args.tp2):
-            print(f"running {config['name']} ...", file=sys.stderr, flush=True)
-            results.append(run_config(spec, config, work))
+        runs: dict[str, list[dict]] = {}
+        for round_ in range(max(1, args.repeat)):
+            order = configurations(args.tp2)
+            for config in order if round_ % 2 == 0 else order[::-1]:
+                print(f"round {round_ + 1}: running {config['name']} ...", file=sys.stderr, flush=True)
+                runs.setdefault(config["name"], []).append(run_config(spec, config, work, round_))
+    results = [{**min(rs, key=lambda r: r["wall_s"]), "walls_s": [round(r["wall_s"], 1) for r in rs]}
+               for rs in runs.values()]
     base = results[0]
+    how = "one run each" if args.repeat <= 1 else f"fastest of {args.repeat} rounds each"
     print(f"workload: {spec_path} ({base['units']} units, {base['new_tokens']} new tokens), "
-          f"accelerator {os.environ['DS_ACCELERATOR']}, {os.cpu_count()} CPUs, one run each")
+          f"accelerator {os.environ['DS_ACCELERATOR']}, {os.cpu_count()} CPUs, {how}")
     print(f"{'config':<15}{'ranks':>6}{'threads':>8}{'wall s':>9}{'load s':>8}{'generate s':>12}"
-          f"{'wall ratio':>12}{'gen ratio':>11}{'same tokens':>13}")
+          f"{'wall ratio':>12}{'gen ratio':>11}{'same tokens':>13}{'load avg':>13}")
     for r in results:
         same = sum(r["tokens"].get(k) == v for k, v in base["tokens"].items()) / len(base["tokens"])
         r["same_tokens"] = same
         r["wall_ratio"] = r["wall_s"] / base["wall_s"]
         r["generate_ratio"] = r["generate_s"] / base["generate_s"]
         print(f"{r['name']:<15}{r['ranks']:>6}{r['threads_per_rank']:>8}{r['wall_s']:>9.1f}{r['load_s']:>8.1f}"
-              f"{r['generate_s']:>12.1f}{r['wall_ratio']:>12.2f}{r['generate_ratio']:>11.2f}{same:>13.0%}")
+              f"{r['generate_s']:>12.1f}{r['wall_ratio']:>12.2f}{r['generate_ratio']:>11.2f}{same:>13.0%}"
+              f"{r['load_avg'][0]:>7.1f}→{r['load_avg'][1]:<5.1f}")
+    if args.repeat > 1:
+        print("all rounds, wall s: " + "; ".join(f"{r['name']} {r['walls_s']}" for r in results))
     ds = next(r for r in results if r["name"] == "deepspeed")
     print(f"deepspeed/hf wall-time ratio: {ds['wall_ratio']:.2f}")
     if args.json:

@@ -29,7 +29,7 @@ from runner.units import TaskContext, Unit, UnitFailure
 
 EXIT_OK, EXIT_UNITS_FAILED = 0, 1
 # Where `batch_size: auto` starts. On CPU, generated tokens/s rose up to 64 and no further (runner.bench's
-# sweep, docs/performance.md); on a GPU start high and let out-of-memory halve it.
+# sweep, README, Performance); on a GPU start high and let out-of-memory halve it.
 AUTO_BATCH_SIZE = {"cpu": 64, "cuda": 256}
 
 

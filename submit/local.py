@@ -38,7 +38,7 @@ def run_elements(exp_dir: Path, elements: list[int], *, concurrency: int = 1, ra
         threads = max(1, (os.cpu_count() or 1) // (concurrency * ranks))
     env.setdefault("OMP_NUM_THREADS", str(threads))
     # A workstation is shared: OpenMP threads that spin while waiting collapse when another process holds
-    # a core (generate ran ~5x slower with 2 threads at load average 5; docs/performance.md). Sleep instead.
+    # a core (generate ran ~5x slower with 2 threads at load average 5; README, Performance). Sleep instead.
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     results: list[ElementResult] = []
     lock = threading.Lock()

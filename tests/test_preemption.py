@@ -206,7 +206,7 @@ def test_slurm_scancel_term_and_requeue_keep_every_unit_exactly_once(slurm_env, 
 
     try:
         # 1. scancel --signal=TERM (to the job's steps, i.e. the srun'd worker) once a batch is written.
-        # (--full also signals srun, which then force-terminates the step: see docs/guarantees.md)
+        # (--full also signals srun, which then force-terminates the step: see README, Guarantees)
         wait_for("the first part", lambda: len(_parts(exp)) >= 1, 300)
         subprocess.run(["scancel", "--signal=TERM", job], env=env, check=True)
         sent = time.monotonic()
