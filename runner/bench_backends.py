@@ -60,7 +60,9 @@ def run_config(spec: dict, config: dict, work: Path, round_: int = 0) -> dict:
     plan = plan_spec(load_spec(path))
     write_plan(plan, exp)
     threads = max(1, (os.cpu_count() or 1) // config["ranks"])
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # As `lmsweep run` runs workers (submit/local.py): spinning OpenMP threads collapse on a shared machine.
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
     wall = 0.0
     for element in range(len(plan.elements)):
         cmd = [sys.executable, "-m", "lmsweep", "worker", "--plan", str(exp), "--element", str(element)]
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     base = results[0]
     how = "one run each" if args.repeat <= 1 else f"fastest of {args.repeat} rounds each"
     print(f"workload: {spec_path} ({base['units']} units, {base['new_tokens']} new tokens), "
-          f"accelerator {os.environ['DS_ACCELERATOR']}, {os.cpu_count()} CPUs, {how}")
+          f"accelerator {os.environ['DS_ACCELERATOR']}, {os.cpu_count()} CPUs, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'PASSIVE')}, {how}")
     print(f"{'config':<15}{'ranks':>6}{'threads':>8}{'wall s':>9}{'load s':>8}{'generate s':>12}"
           f"{'wall ratio':>12}{'gen ratio':>11}{'same tokens':>13}{'load avg':>13}")
     for r in results:
