@@ -59,7 +59,8 @@ class Plan:
 
 UNIT_SCHEMA = pa.schema([
     ("unit_id", pa.string()), ("unit_key", pa.string()), ("element", pa.int32()), ("model", pa.string()),
-    ("prompt_index", pa.int32()), ("variant", pa.int32()), ("point", pa.int32()), ("seed", pa.int64()), ("est_tokens", pa.int32()),
+    ("prompt_index", pa.int32()), ("variant", pa.int32()), ("point", pa.int32()), ("seed", pa.int64()),
+    ("est_tokens", pa.int32()),
 ])
 
 
@@ -187,8 +188,8 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
                         "fingerprint": refs[m.alias].fingerprint, "kind": refs[m.alias].kind}
               for m in spec.models}
     return Plan(experiment=spec.name, spec_hash=spec.spec_hash(), spec=spec.canonical(), spec_file=spec_file,
-                models=models, task=spec.task.canonical_params(), variants=variants, points=[p for p in points if p is not None],
-                prompts=prompts, units=units, elements=elements)
+                models=models, task=spec.task.canonical_params(), variants=variants,
+                points=[p for p in points if p is not None], prompts=prompts, units=units, elements=elements)
 
 
 def _split(costs: np.ndarray, elements: list[Element], alias: str, tokens: int, n: int, budget: float,
