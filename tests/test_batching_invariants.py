@@ -160,3 +160,26 @@ def test_auto_batch_size_halves_on_out_of_memory_and_records_the_size_used(tmp_p
     assert set(a["batch_size"]) == {2}                 # 10 units per point: 10 → 5 → 2 (+ the rest in 2s)
     assert a["token_ids"].map(list).equals(ref["token_ids"].map(list))
     assert not (auto / "errors").exists() or not any((auto / "errors").iterdir())
+
+
+def test_repetition_penalty_ignores_left_padding(smollm2_dir):
+    """SmolLM2 pads with EOS. A penalty that counted the padding as seen text pushed padded rows away from
+    EOS, so with repetition_penalty a batched prompt ran on where the same prompt alone stopped (4 of 32
+    greedy units in the benchmark). This prompt stops after 19 tokens alone; batched, it is padded."""
+    from jobs.decoding import DecodingPoint
+    from runner.bench_workload import bench_prompts
+    from runner.tasks import generate
+    from runner.units import TaskContext, Unit
+
+    tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir, padding_side="left")
+    model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
+    ctx = TaskContext(model, tok, {"type": "generate"})
+    point = DecodingPoint(repetition_penalty=1.3, max_new_tokens=24)
+    texts = [bench_prompts(12)[11], bench_prompts(12)[11] + " Then it answers the question in plain words."]
+    units = [Unit(unit_id=f"u{i}", unit_key=f"u{i}", element=0, variant=0, point_index=0, point=point, seed=None,
+                  prompt={"prompt_set": "s", "prompt_id": f"q{i}", "prompt_text": t, "label": None, "meta": "{}",
+                          "system_prompt": None, "chat_template": False}) for i, t in enumerate(texts)]
+    alone = generate.run(ctx, units[:1])[0][0]
+    batched = {r["unit_id"]: r for r in generate.run(ctx, units)[0]}["u0"]
+    assert alone["finish_reason"] == "eos"
+    assert batched["token_ids"] == alone["token_ids"]

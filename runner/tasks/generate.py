@@ -41,11 +41,15 @@ class RowGroupProcessors(LogitsProcessor):
         return scores
 
 
-def _row_processors(point: DecodingPoint, seeds: list[int]) -> LogitsProcessorList:
-    """What GenerationConfig would add for this point (penalties), then our batch-invariant sampling."""
+def _row_processors(point: DecodingPoint, seeds: list[int], pads: torch.Tensor) -> LogitsProcessorList:
+    """What GenerationConfig would add for this point (penalties), then our batch-invariant sampling.
+
+    The repetition penalty skips each row's left padding (`pads` positions): transformers' own counts the
+    pad token as seen, and pad is EOS for many models (SmolLM2), so a padded row was pushed away from
+    EOS and batched greedy text differed from the same prompt run alone."""
     procs = LogitsProcessorList()
     if point.repetition_penalty != 1.0:
-        procs.append(RepetitionPenaltyLogitsProcessor(point.repetition_penalty))
+        procs.append(RepetitionPenaltyLogitsProcessor(point.repetition_penalty, prompt_ignore_length=pads))
     if point.no_repeat_ngram_size:
         procs.append(NoRepeatNGramLogitsProcessor(point.no_repeat_ngram_size))
     if point.do_sample:
@@ -76,16 +80,15 @@ def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]
     batch = tok.pad({"input_ids": [ids for (_, ids), n in zip(keep, n_rows) for _ in range(n)]},
                     return_tensors="pt").to(ctx.device)
     eos_ids = _eos_ids(model, tok)
-    if point.num_beams > 1:              # one point per batch (batch_key): its penalties go in the config
+    pads = (batch["attention_mask"] == 0).sum(dim=1)                 # left padding of each row
+    if point.num_beams > 1:              # one point per batch (batch_key); beams are rows to the processors
         config = GenerationConfig(
             max_new_tokens=point.max_new_tokens, do_sample=False, num_beams=point.num_beams,
             num_return_sequences=1 if point.do_sample else point.num_return_sequences,
-            repetition_penalty=point.repetition_penalty, no_repeat_ngram_size=point.no_repeat_ngram_size,
             pad_token_id=tok.pad_token_id, eos_token_id=eos_ids, bos_token_id=tok.bos_token_id)
-        processors = None
-        if point.do_sample:
-            seeds = [sequence_seed(u.seed or 0, u.unit_key, j) for u, n in zip(units, n_rows) for j in range(n)]
-            processors = sampling_processors(point.temperature, point.top_k, point.top_p, seeds)
+        seeds = [sequence_seed(u.seed or 0, u.unit_key, j) for u, n in zip(units, n_rows) for j in range(n)]
+        processors = _row_processors(point, seeds if point.do_sample else [],
+                                     pads.repeat_interleave(point.num_beams)) or None
         n_seq = [point.num_return_sequences] * len(units)
     else:                                # rows of several points: penalties and sampling per row group
         config = GenerationConfig(max_new_tokens=point.max_new_tokens, do_sample=False, num_beams=1,
@@ -98,8 +101,11 @@ def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]
             seeds += [sequence_seed(u.seed or 0, u.unit_key, j) for j in range(n)] if u.point.do_sample else []
             row += n
         by_index = {u.point_index: u.point for u in units}
-        row_groups = [(torch.tensor(members, device=batch["input_ids"].device), procs)
-                      for pi, (members, seeds) in groups.items() if (procs := _row_processors(by_index[pi], seeds))]
+        row_groups = []
+        for pi, (members, seeds) in groups.items():
+            index = torch.tensor(members, device=batch["input_ids"].device)
+            if procs := _row_processors(by_index[pi], seeds, pads[index]):
+                row_groups.append((index, procs))
         processors = LogitsProcessorList([RowGroupProcessors(row_groups)]) if row_groups else None
         n_seq = n_rows
     start = time.perf_counter()
