@@ -15,7 +15,6 @@ from transformers import (
     LogitsProcessorList,
     TemperatureLogitsWarper,
     TopKLogitsWarper,
-    TopPLogitsWarper,
 )
 
 
@@ -24,19 +23,51 @@ def sequence_seed(seed: int, unit_key: str, sequence_index: int) -> int:
     return int(digest[:15], 16)
 
 
+def generators(seeds: list[int]) -> list[torch.Generator]:
+    """One random stream per sequence; a stream's state carries over from step to step."""
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+class NucleusWarper(LogitsProcessor):
+    """Top-p: keep the most probable tokens until their probabilities reach `top_p` (at least one).
+
+    The rule of transformers' TopPLogitsWarper (a token stays when the mass of the tokens above it is below
+    `top_p`; they agree up to float rounding at the boundary), found without sorting the whole vocabulary:
+    that sort was a seventh of the generate task's time at batch 256 on SmolLM2. Candidates come from a
+    partial sort (`topk`); a row whose candidates hold less than `top_p` is sorted in full."""
+
+    def __init__(self, top_p: float, candidates: int = 1024):
+        self.top_p, self.candidates = float(top_p), candidates
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        probs = scores.softmax(dim=-1)
+        remove = torch.ones_like(scores, dtype=torch.bool)
+        top, index = probs.topk(min(self.candidates, scores.shape[-1]), dim=-1)
+        short = top.sum(dim=-1) < self.top_p
+        remove.scatter_(1, index, self._beyond(top))
+        if short.any():
+            top, index = probs[short].sort(dim=-1, descending=True)
+            remove[short] = remove[short].scatter(1, index, self._beyond(top))
+        return scores.masked_fill(remove, -float("inf"))
+
+    def _beyond(self, top: torch.Tensor) -> torch.Tensor:
+        """Of probabilities sorted high to low, those with at least `top_p` above them."""
+        return (top.cumsum(dim=-1) - top) >= self.top_p
+
+
 class PerSequenceGumbel(LogitsProcessor):
-    def __init__(self, seeds: list[int]):
-        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+    def __init__(self, streams: list[torch.Generator]):
+        self.generators = streams
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         vocab = scores.shape[-1]
-        u = torch.stack([torch.rand(vocab, generator=g) for g in self.generators])
-        gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
+        gumbel = torch.stack([torch.rand(vocab, generator=g) for g in self.generators])
+        gumbel.clamp_min_(1e-20).log_().neg_().log_().neg_()           # -log(-log(u)), in place
         return scores + gumbel.to(device=scores.device, dtype=scores.dtype)
 
 
 def sampling_processors(temperature: float | None, top_k: int | None, top_p: float | None,
-                        seeds: list[int]) -> LogitsProcessorList:
+                        streams: list[torch.Generator]) -> LogitsProcessorList:
     """The warpers in the order transformers applies them, then the per-sequence noise."""
     procs = LogitsProcessorList()
     if temperature is not None and temperature != 1.0:
@@ -44,6 +75,6 @@ def sampling_processors(temperature: float | None, top_k: int | None, top_p: flo
     if top_k is not None:
         procs.append(TopKLogitsWarper(top_k))
     if top_p is not None and top_p < 1.0:
-        procs.append(TopPLogitsWarper(top_p))
-    procs.append(PerSequenceGumbel(seeds))
+        procs.append(NucleusWarper(top_p))
+    procs.append(PerSequenceGumbel(streams))
     return procs
