@@ -28,10 +28,6 @@ from results.writer import PartWriter
 from runner.units import TaskContext, Unit, UnitFailure
 
 EXIT_OK, EXIT_UNITS_FAILED = 0, 1
-# Where `batch_size: auto` starts. On CPU, generated tokens/s rose up to 64 and no further (runner.bench's
-# sweep, README, Performance); on a GPU start high and let out-of-memory halve it.
-AUTO_BATCH_SIZE = {"cpu": 64, "cuda": 256}
-
 
 class OutOfMemory(Exception):
     """A batch did not fit: the worker halves the batch size and runs the batch again in pieces."""
@@ -66,7 +62,7 @@ def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
 
 
 def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> int:
-    from runner import backends, distributed, loading, locks, signals
+    from runner import autobatch, backends, distributed, loading, locks, signals
     from runner.tasks import TASKS, model_class_for
 
     started = time.perf_counter()        # cheap timers for the sidecar: where the element's time went
@@ -135,7 +131,10 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
 
     finished, failed, preempted = total - len(todo), 0, False
     auto = batch_size == "auto"
-    batches = deque(make_batches(task, todo, AUTO_BATCH_SIZE.get(settings.accelerator, 64) if auto else batch_size))
+    if auto and todo:
+        batch_size, why = autobatch.start_size(ctx.model, todo, settings.accelerator)
+        print(f"batch size {why}", file=sys.stderr, flush=True)
+    batches = deque(make_batches(task, todo, batch_size if todo else 1))
     while batches:
         batch = batches.popleft()
         if signals.stop_requested():     # SIGTERM/SIGINT: no new batch; what is written stays written

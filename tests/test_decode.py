@@ -151,3 +151,20 @@ def test_gpt2_decodes_like_model_generate(tmp_path):
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [5, 6, 7], [40]]
     out, _ = run_decode(model, prompts, [0], 0)
     assert out == [reference(model, p, [0], 0) for p in prompts]
+
+
+def test_auto_batch_size_starts_at_256_and_is_capped_by_memory(llama):
+    """A prompt of tens of millions of characters would need gigabytes of cache a row: fewer rows fit."""
+    from jobs.decoding import DecodingPoint
+    from runner import autobatch
+    from runner.units import Unit
+
+    def unit(text: str) -> Unit:
+        return Unit(unit_id="u", unit_key="u", element=0, variant=0, point_index=0,
+                    point=DecodingPoint(max_new_tokens=64), seed=None,
+                    prompt={"prompt_text": text, "system_prompt": None})
+
+    model, _ = llama
+    assert autobatch.start_size(model, [unit("Once upon a time")] * 3, "cpu")[0] == 256
+    size, why = autobatch.start_size(model, [unit("x" * 40_000_000)], "cpu")
+    assert 1 <= size < 256 and "capped from 256" in why
