@@ -66,7 +66,7 @@ def config(args) -> Config:
         threads=args.threads or os.cpu_count() or 1,
         expert_batch_size=args.expert_batch_size,
         batch_size=args.batch_size,
-        sweep_sizes=[int(s) for s in (args.sweep or ("1,8,32" if quick else "1,8,16,32,64")).split(",")],
+        sweep_sizes=[int(s) for s in (args.sweep or ("1,8,32,64" if quick else "1,16,64,128,256")).split(",")],
         sweep_prompts=args.sweep_prompts or (16 if quick else 64),
         plan_units=args.plan_units if args.plan_units is not None else (100_000 if quick else 1_000_000),
     )
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expert-batch-size", type=int, default=8)
     p.add_argument("--batch-size", default="auto", type=lambda s: s if s == "auto" else int(s),
                    help="lmsweep execution.batch_size (default auto)")
-    p.add_argument("--sweep", help="batch sizes for the roofline sweep, comma-separated (1,8,16,32,64)")
+    p.add_argument("--sweep", help="batch sizes for the roofline sweep, comma-separated (1,16,64,128,256; quick 1,8,32,64)")
     p.add_argument("--sweep-prompts", type=int, help="prompts in the sweep (64; quick 16)")
     p.add_argument("--plan-units", type=int,
                    help="units in the planning benchmark (1,000,000; quick 100,000; 0 skips)")
