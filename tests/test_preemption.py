@@ -45,14 +45,16 @@ def template(tmp_path_factory, tiny_llama) -> Path:
 
 @pytest.fixture(scope="module")
 def slow_llama(tmp_path_factory) -> Path:
-    """A 10M-parameter random Llama: a batch of 4 × 200 new tokens takes seconds on one thread."""
+    """A 50M-parameter random Llama, slow enough for a signal to land inside a batch: on one thread of this
+    2-core machine a batch of 4 × 200 new tokens takes ~4 s and 3 × 96 ~2 s (runner/decode.py made the
+    10M model of before finish such a batch inside the 1 s grace)."""
     import torch
     from tiny_models import make_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = tmp_path_factory.mktemp("models") / "slow-llama"
     tok = make_tokenizer(path)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
                       num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
                       initializer_range=0.5, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
                       pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
@@ -186,7 +188,7 @@ def test_slurm_scancel_term_and_requeue_keep_every_unit_exactly_once(slurm_env, 
     reruns it from where it stopped; `scontrol requeue` while it runs kills it (srun aborts the step) and
     the restart again skips what is written. Every unit exactly once at the end."""
     prompts = [f"{p} {i}" for i in range(2) for p in PROMPTS]          # 24 units, 8 batches of ~2 s
-    spec = write_spec(tmp_path / "spec.yaml", slow_llama, prompts=prompts, batch=3, max_new_tokens=48,
+    spec = write_spec(tmp_path / "spec.yaml", slow_llama, prompts=prompts, batch=3, max_new_tokens=96,
                       name="preempt")
     env = slurm_env
     proc = subprocess.run([sys.executable, "-m", "lmsweep", "submit", str(spec), "--system", "slurm-generic",
