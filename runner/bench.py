@@ -350,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expert-batch-size", type=int, default=8)
     p.add_argument("--batch-size", default="auto", type=lambda s: s if s == "auto" else int(s),
                    help="lmsweep execution.batch_size (default auto)")
-    p.add_argument("--sweep", help="batch sizes for the roofline sweep, comma-separated (1,16,64,128,256; quick 1,8,32,64)")
+    p.add_argument("--sweep", help="batch sizes for the roofline sweep, comma-separated "
+                                   "(1,16,64,128,256; quick 1,8,32,64)")
     p.add_argument("--sweep-prompts", type=int, help="prompts in the sweep (64; quick 16)")
     p.add_argument("--plan-units", type=int,
                    help="units in the planning benchmark (1,000,000; quick 100,000; 0 skips)")
