@@ -32,8 +32,11 @@ execution:
 """
 
 ARGV_CANARY = """#!/bin/bash
-# stands in for python: records its argv, NUL-separated, so newlines in arguments survive
-printf '%s\\0' "$@" >> "$CANARY_LOG"
+# stands in for python: records its argv, NUL-separated, so newlines in arguments survive; under a lock,
+# since the ranks of one launch append at once and bash's printf may write an argument at a time
+exec 9>>"$CANARY_LOG"
+flock 9
+printf '%s\\0' "$@" >&9
 """
 
 SRUN_SHIM = """#!/bin/bash
