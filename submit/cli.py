@@ -185,15 +185,19 @@ def _print_scripts(decision: list[str], jobs, scripts: list[str], sub_dir: Path,
     out.flush()
 
 
-def _submit_arrays(sched, sub, jobs, scripts) -> list[str]:
+def _submit_arrays(sched, sub, jobs, decision) -> list[str]:
+    """Print the packing decision, then write and submit each array's script, chained by dependency.
+    Scripts are rendered here under the submission's final name: scripts name their directory, and a
+    concurrent submit may have taken the name asked for."""
     from submit.base import SchedulerError
     from submit.jobs_dir import ArrayRecord
+    for line in decision:
+        console.print(line, markup=False)
     ids = []
     previous = None
-    for job, text in zip(jobs, scripts):
-        if job.depends_on or previous:
-            job = replace(job, depends_on=previous)
-            text = sched.render(job)
+    for job in jobs:
+        job = replace(job, submission=sub.name, depends_on=previous)     # the real id, not the dry run's placeholder
+        text = sched.render(job)
         name = f"array-{job.part:02d}{sched.script_suffix}"
         (sub.directory / name).write_text(text)
         record = ArrayRecord(job.part, name, list(job.elements), depends_on=job.depends_on)
@@ -284,17 +288,13 @@ def cmd_submit(args) -> int:
                         f"re-group the plan under them. Wait, or `lmsweep cancel {exp}` first", file=str(exp))
     write_plan(plan, exp)
     plan_created = plan.created
-    sub = jobs_dir.Submission(name=name, directory=jobs_dir.create(exp, name), kind="submit",
+    directory = jobs_dir.create(exp, name)          # a concurrent submit may have taken `name`: the next one
+    sub = jobs_dir.Submission(name=directory.name, directory=directory, kind="submit",
                               system=_system_ref(args.system or spec.execution.system, profile),
                               scheduler=profile.scheduler, plan_created=plan_created,
                               options={**opts, "nodes": packing.nodes, "ranks_per_node": packing.ranks_per_node},
                               packing=decision)
-    if sub.name != name:   # a concurrent submit took the name: scripts name their directory, so re-render
-        jobs = [replace(j, submission=sub.name) for j in jobs]
-        scripts = [sched.render(j) for j in jobs]
-    for line in decision:
-        console.print(line, markup=False)
-    ids = _submit_arrays(sched, sub, jobs, scripts)
+    ids = _submit_arrays(sched, sub, jobs, decision)
     for rec in sub.arrays:
         if rec.job_id:
             console.print(f"submitted {rec.job_id}: {len(rec.elements)} element(s) → {shown(sub.directory)}",
@@ -372,15 +372,11 @@ def cmd_resubmit(args) -> int:
     if args.dry_run:
         _print_scripts(decision, jobs, scripts, jobs_dir.jobs_root(exp) / name, sched.script_suffix)
         return 0
-    sub = jobs_dir.Submission(name=name, directory=jobs_dir.create(exp, name), kind="resubmit", system=last.system,
+    directory = jobs_dir.create(exp, name)          # a concurrent submit may have taken `name`: the next one
+    sub = jobs_dir.Submission(name=directory.name, directory=directory, kind="resubmit", system=last.system,
                               scheduler=profile.scheduler, plan_created=plan.meta["created"],
                               options={**opts, "nodes": nodes, "ranks_per_node": ppn}, packing=decision)
-    if sub.name != name:
-        jobs = [replace(j, submission=sub.name) for j in jobs]
-        scripts = [sched.render(j) for j in jobs]
-    for line in decision:
-        console.print(line, markup=False)
-    ids = _submit_arrays(sched, sub, jobs, scripts)
+    ids = _submit_arrays(sched, sub, jobs, decision)
     for rec in sub.arrays:
         if rec.job_id:
             console.print(f"submitted {rec.job_id}: element(s) {', '.join(map(str, rec.elements[:20]))} "

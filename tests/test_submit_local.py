@@ -69,3 +69,28 @@ def test_local_cancel_kills_the_process_group(tmp_path, tiny_llama):
     # resubmit picks up exactly the two unfinished elements again
     dry = lmsweep("resubmit", str(exp), "--dry-run", check=True)
     assert "resubmitting 2 element(s) with missing or failed units: 0, 1" in dry.stdout
+
+
+def test_a_submission_whose_name_was_taken_meanwhile_moves_to_the_next_name(tmp_path, tiny_llama, monkeypatch):
+    """Another submit creates sub-0001 between this one choosing the name and making its directory: this one
+    writes and records everything under sub-0002 and leaves the other's directory alone."""
+    from lmsweep.cli import main
+    from submit import jobs_dir
+
+    canary = tmp_path / "canary"
+    canary.write_text("#!/bin/bash\nexit 0\n")
+    canary.chmod(0o755)
+    real_create = jobs_dir.create
+
+    def raced(exp: Path, name: str) -> Path:
+        (jobs_dir.jobs_root(exp) / name).mkdir(parents=True)          # the concurrent submit wins the name
+        return real_create(exp, name)
+
+    monkeypatch.setattr(jobs_dir, "create", raced)
+    assert main(["submit", str(spec(tmp_path, tiny_llama, "race")), "--system", "local",
+                 "--python", str(canary)]) == 0
+    script = tmp_path / "runs" / "race" / "jobs" / "sub-0002" / "array-00.sh"
+    assert script.exists() and "lmsweep local array: 2 task(s)" in script.read_text()
+    assert not list((tmp_path / "runs" / "race" / "jobs" / "sub-0001").iterdir())
+    recorded = json.loads((script.parent / "submission.json").read_text())
+    assert recorded["name"] == "sub-0002"
