@@ -187,8 +187,9 @@ def _print_scripts(decision: list[str], jobs, scripts: list[str], sub_dir: Path,
 
 def _submit_arrays(sched, sub, jobs, decision) -> list[str]:
     """Print the packing decision, then write and submit each array's script, chained by dependency.
-    Scripts are rendered here under the submission's final name: scripts name their directory, and a
-    concurrent submit may have taken the name asked for."""
+    Scripts are rendered again here (the callers' render, before anything is written, is the dry run and
+    the check): a script names its submission, which a concurrent submit may have moved to the next name,
+    and the id it depends on is known only once the previous array is accepted."""
     from submit.base import SchedulerError
     from submit.jobs_dir import ArrayRecord
     for line in decision:
