@@ -10,15 +10,15 @@ from lmsweep.console import console, hms
 
 def experiment_dir(spec, output_dir: str | None) -> Path:
     """`<output_dir>/<name>`; a SpecError if that leaves the results root (see jobs.spec.experiment_path)."""
-    from jobs.spec import experiment_path
+    from lmsweep.jobs.spec import experiment_path
 
     return experiment_path(spec, output_dir)
 
 
 def validated(spec_path: str):
     """Everything that can be checked without running: spec, prompts, models, expansion."""
-    from jobs.plan import plan_spec
-    from jobs.spec import load_spec
+    from lmsweep.jobs.plan import plan_spec
+    from lmsweep.jobs.spec import load_spec
 
     spec = load_spec(spec_path)
     return spec, plan_spec(spec)
@@ -34,7 +34,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from jobs.plan import write_plan
+    from lmsweep.jobs.plan import write_plan
 
     spec, plan = validated(args.spec)
     exp = experiment_dir(spec, args.output_dir)

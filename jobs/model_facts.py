@@ -9,7 +9,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.model_sources import PACKAGES, ModelRef
+from lmsweep.jobs.model_sources import PACKAGES, ModelRef
 
 KINDS = ("causal_lm", "encoder", "sequence_classification", "token_classification")
 

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from jobs.errors import SpecError
+from lmsweep.jobs.errors import SpecError
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.decoding import DecodingPoint
-from jobs.errors import SpecError
-from jobs.model_sources import ModelRef, resolve
-from jobs.prompts import Prompt, load_prompt_set
-from jobs.spec import ExperimentSpec
-from jobs.task_checks import check_units, variants_per_model
-from jobs.units import canonical, unit_ids_block
-from jobs.yamlio import line_of
+from lmsweep.jobs.decoding import DecodingPoint
+from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.model_sources import ModelRef, resolve
+from lmsweep.jobs.prompts import Prompt, load_prompt_set
+from lmsweep.jobs.spec import ExperimentSpec
+from lmsweep.jobs.task_checks import check_units, variants_per_model
+from lmsweep.jobs.units import canonical, unit_ids_block
 
 PLAN_FORMAT = 1
 ELEMENT_FILL = 0.8       # plan elements to 80% of the walltime, leaving room for model load and noise
@@ -78,30 +77,25 @@ def unit_cost(prompt_tokens: int, generated_tokens: int) -> int:
 
 
 def resolve_models(spec: ExperimentSpec) -> dict[str, ModelRef]:
-    spec_dir = getattr(spec, "_spec_dir", None)
     out = {}
     for i, m in enumerate(spec.models):
         try:
-            out[m.alias] = resolve(m.source, spec_dir=spec_dir, allow_pickle=m.allow_pickle,
+            out[m.alias] = resolve(m.source, spec_dir=spec.source.directory, allow_pickle=m.allow_pickle,
                                    trust_remote_code=m.trust_remote_code, revision=m.revision)
         except SpecError as e:
-            lines = getattr(spec, "_lines", {})
-            raise SpecError(e.message, file=getattr(spec, "_spec_file", None),
-                            line=line_of(lines, ("models", i, "source")) or line_of(lines, ("models", i)),
-                            field=f"models[{i}].source") from None
+            raise spec.source.error(e.message, f"models[{i}].source", ("models", i, "source")) from None
     return out
 
 
 def load_prompts(spec: ExperimentSpec) -> list[Prompt]:
-    spec_file = getattr(spec, "_spec_file", "<spec>")
-    spec_dir = getattr(spec, "_spec_dir", Path.cwd())
-    lines = getattr(spec, "_lines", {})
-    return [p for i, ps in enumerate(spec.prompts) for p in load_prompt_set(ps, i, spec_file, spec_dir, lines)]
+    src = spec.source
+    return [p for i, ps in enumerate(spec.prompts)
+            for p in load_prompt_set(ps, i, src.file or "<spec>", src.directory, src.lines)]
 
 
 def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Prompt]) -> Plan:
     """Pure: the units and elements of a spec, given its resolved models and loaded prompts."""
-    spec_file = getattr(spec, "_spec_file", "<spec>")
+    spec_file = spec.source.file or "<spec>"
     # Refuse a huge grid before expanding it (expanding millions of points alone takes minutes): the raw
     # grid size bounds the count from above, since exclude rules and normalisation only remove points.
     raw = (spec.decoding.point_count() if spec.task.uses_decoding else 1) * len(prompts) \
@@ -113,7 +107,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
     try:
         points = spec.decoding.points() if spec.task.uses_decoding else [None]
     except ValueError as e:
-        raise SpecError(str(e), file=spec_file, line=line_of(getattr(spec, "_lines", {}), ("decoding",)),
+        raise SpecError(str(e), file=spec_file, line=spec.source.line(("decoding",)),
                         field="decoding") from None
     seeds = spec.decoding.seeds
     variants = spec.task.variants()

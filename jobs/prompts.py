@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from jobs.errors import SpecError
-from jobs.spec import PromptItem, PromptSetSpec
-from jobs.yamlio import line_of, load_yaml
+from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.spec import PromptItem, PromptSetSpec
+from lmsweep.jobs.yamlio import line_of, load_yaml
 
 MAX_PROMPT_CHARS = 1_000_000
 KNOWN = ("id", "text", "label")

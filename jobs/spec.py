@@ -8,12 +8,12 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from jobs.decoding import DecodingGrid
-from jobs.errors import SpecError
-from jobs.tasks import TASK_NAMES, TaskSpec
-from jobs.yamlio import dotted, line_of, load_yaml
+from lmsweep.jobs.decoding import DecodingGrid
+from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.tasks import TASK_NAMES, TaskSpec
+from lmsweep.jobs.yamlio import SpecSource, dotted, line_of, load_yaml
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_MAX_UNITS = 2_000_000
@@ -218,6 +218,12 @@ class ExperimentSpec(Strict):
     decoding: DecodingGrid = Field(default_factory=DecodingGrid)
     execution: ExecutionSpec = Field(default_factory=ExecutionSpec)
     regression: RegressionSpec | None = None
+    _source: SpecSource = PrivateAttr(default_factory=SpecSource)
+
+    @property
+    def source(self) -> SpecSource:
+        """The file this spec was loaded from and the line of each key (see `load_spec`)."""
+        return self._source
 
     @field_validator("name")
     @classmethod
@@ -291,7 +297,6 @@ def experiment_path(spec: ExperimentSpec, cli_output_dir: str | None = None) -> 
     The experiment directory must not be a symlink, and when LMSWEEP_RESULTS_ROOT is set (a shared
     installation running other people's specs should set it) it must resolve, symlinks followed,
     to a path inside that root."""
-    file = getattr(spec, "_spec_file", None)
     if cli_output_dir is not None:
         where = {"file": None, "line": None, "field": "--output-dir"}
         try:
@@ -299,7 +304,7 @@ def experiment_path(spec: ExperimentSpec, cli_output_dir: str | None = None) -> 
         except ValueError as e:
             raise SpecError(str(e), **where) from None
     else:
-        where = {"file": file, "line": line_of(getattr(spec, "_lines", {}), ("output_dir",)),
+        where = {"file": spec.source.file, "line": spec.source.line(("output_dir",)),
                  "field": "output_dir"}
     exp = Path(cli_output_dir or spec.output_dir) / spec.name
     if exp.is_symlink():
@@ -332,15 +337,12 @@ def load_spec(path: str | Path) -> ExperimentSpec:
                 and not isinstance(err["input"], (dict, list)):
             msg = f"{msg}, got {err['input']!r}"
         raise SpecError(msg, file=str(path), line=line_of(lines, loc), field=dotted(loc) or None) from None
-    spec_dir = path.resolve().parent
-    object.__setattr__(spec, "_spec_dir", spec_dir)
-    object.__setattr__(spec, "_spec_file", str(path))
-    object.__setattr__(spec, "_lines", lines)
-    _check_parallelism(spec, str(path), lines)
+    spec._source = SpecSource(file=str(path), directory=path.resolve().parent, lines=lines)
+    _check_parallelism(spec)
     return spec
 
 
-def _check_parallelism(spec: ExperimentSpec, file: str, lines: dict) -> None:
+def _check_parallelism(spec: ExperimentSpec) -> None:
     """Backend/tensor-parallel combinations that are wrong on any machine. What depends on the node's
     accelerator (float16 or kernel injection on CPU) is checked by the worker before it runs a unit."""
     ex = spec.execution
@@ -357,8 +359,7 @@ def _check_parallelism(spec: ExperimentSpec, file: str, lines: dict) -> None:
                                                 f"element's ranks form groups of {m.tensor_parallel}"))
         if problems:
             key, message = problems[0]
-            line = line_of(lines, ("models", i, key)) or line_of(lines, ("models", i))
-            raise SpecError(message, file=file, line=line, field=f"models[{i}].{key}")
+            raise spec.source.error(message, f"models[{i}].{key}", ("models", i, key))
 
 
 def _clean_loc(loc: tuple) -> tuple:

@@ -8,20 +8,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from jobs.errors import SpecError
-from jobs.model_facts import ModelFacts, model_facts
-from jobs.model_sources import ModelRef
-from jobs.prompts import Prompt
-from jobs.tasks import classify_kinds
-from jobs.yamlio import line_of
+from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.model_facts import ModelFacts, model_facts
+from lmsweep.jobs.model_sources import ModelRef
+from lmsweep.jobs.prompts import Prompt
+from lmsweep.jobs.tasks import classify_kinds
 
 DTYPE_BYTES = {"float16": 2, "float32": 4}
 
 
 def _error(spec, message: str, field: str, path: tuple | None = None) -> SpecError:
-    lines = getattr(spec, "_lines", {})
-    return SpecError(message, file=getattr(spec, "_spec_file", None),
-                     line=line_of(lines, path or tuple(field.split("."))), field=field)
+    return spec.source.error(message, field, path)
 
 
 def variants_per_model(spec, refs: dict[str, ModelRef], variants: list[dict]

@@ -1,12 +1,13 @@
 """Safe YAML loading that remembers the line of every key, so errors can point at it."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from jobs.errors import SpecError
+from lmsweep.jobs.errors import SpecError
 
 MAX_NODES = 200_000      # a spec is small; more nodes means an alias bomb or a mistake
 MAX_BYTES = 5_000_000
@@ -116,3 +117,20 @@ def dotted(path: Path_) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+@dataclass(frozen=True)
+class SpecSource:
+    """Where a spec came from: its file, the directory relative paths resolve against, and the line of
+    every key (so an error points at `spec.yaml:14`). A spec built in memory has no file and no lines."""
+
+    file: str | None = None
+    directory: Path = field(default_factory=Path.cwd)
+    lines: dict = field(default_factory=dict)
+
+    def line(self, path: Path_) -> int | None:
+        return line_of(self.lines, path)
+
+    def error(self, message: str, field: str, path: Path_ | None = None) -> SpecError:
+        """A SpecError at the line of `path` (default: the dotted `field` split on dots)."""
+        return SpecError(message, file=self.file, line=self.line(path or tuple(field.split("."))), field=field)

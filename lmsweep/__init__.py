@@ -1,2 +1,43 @@
-"""lmsweep: language-model inference sweeps as batch jobs (local, Slurm, PBS)."""
+"""lmsweep: language-model inference sweeps as batch jobs (local, Slurm, PBS).
+
+The notebook API, in one namespace:
+
+    import lmsweep
+    df = lmsweep.load("runs/quickstart")            # every row of an experiment, one pandas DataFrame
+    st = lmsweep.status("runs/quickstart")          # plan minus results: done / failed / missing
+    spec = lmsweep.load_spec("configs/quickstart.yaml")
+    plan = lmsweep.plan(spec)                       # units and elements, nothing written
+    diff = lmsweep.compare("runs/a", "runs/b")      # unit-by-unit comparison of two experiments
+
+The stages are subpackages: `lmsweep.jobs` (spec → plan), `lmsweep.submit` (schedulers), `lmsweep.runner`
+(workers and tasks), `lmsweep.results` (Parquet and analysis). Names are imported on first use, so
+`import lmsweep` (and the `lmsweep` command's start) stays cheap.
+"""
+from __future__ import annotations
+
 __version__ = "0.1.0"
+
+_API = {
+    "load": ("lmsweep.results.load", "load"),
+    "status": ("lmsweep.results.load", "status"),
+    "compare": ("lmsweep.results.compare", "compare"),
+    "load_spec": ("lmsweep.jobs.spec", "load_spec"),
+    "plan": ("lmsweep.jobs.plan", "plan_spec"),
+    "SpecError": ("lmsweep.jobs.errors", "SpecError"),
+}
+__all__ = [*_API, "__version__"]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        module, attr = _API[name]
+        value = getattr(importlib.import_module(module), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lmsweep' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -4,15 +4,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from jobs.errors import SpecError
 from lmsweep.console import console, err, print_df
+from lmsweep.jobs.errors import SpecError
 
 
 def report(exp: Path, quiet: bool = False) -> int:
     """Summary tables and the done/failed/missing line; exit 1 unless every unit is done."""
-    from jobs.plan import read_plan
-    from results.load import load, status
-    from results.summary import examples, next_token_examples, summarize
+    from lmsweep.jobs.plan import read_plan
+    from lmsweep.results.load import load, status
+    from lmsweep.results.summary import examples, next_token_examples, summarize
 
     st = status(exp)
     if not quiet:
@@ -31,13 +31,13 @@ def report(exp: Path, quiet: bool = False) -> int:
 
 
 def cmd_results(args) -> int:
-    from jobs.plan import read_plan
-    from results.load import load
-    from results.summary import summarize
+    from lmsweep.jobs.plan import read_plan
+    from lmsweep.results.load import load
+    from lmsweep.results.summary import summarize
 
     exp = Path(args.experiment)
     if args.trace:
-        from results.report import trace
+        from lmsweep.results.report import trace
 
         print_df(trace(exp, args.trace), f"trace {args.trace}")
         return 0
@@ -61,12 +61,12 @@ def cmd_results(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from results.load import status
+    from lmsweep.results.load import status
 
     st = status(Path(args.experiment))
     per, notes = st.per_element, []
     if (Path(args.experiment) / "jobs").is_dir():   # submitted: add the scheduler's view of each element
-        from submit.tracking import scheduler_view
+        from lmsweep.submit.tracking import scheduler_view
         per, notes = scheduler_view(Path(args.experiment), per)
     print_df(per if len(per) <= args.elements else per.query("done < planned"),
              f"status per element: {args.experiment}")
@@ -116,9 +116,9 @@ def tolerance_overrides(args) -> dict:
 
 def run_compare(baseline: Path, current: Path, args, regression: dict | None = None) -> int:
     """Compare, print the checks, write the reports; 0 within tolerance, 1 otherwise."""
-    from jobs.plan import read_plan
-    from jobs.spec import load_spec
-    from results.compare import checks_frame, compare, tolerances_from, verdict, write_reports
+    from lmsweep.jobs.plan import read_plan
+    from lmsweep.jobs.spec import load_spec
+    from lmsweep.results.compare import checks_frame, compare, tolerances_from, verdict, write_reports
 
     if regression is None:
         if getattr(args, "spec", None):
@@ -144,7 +144,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from results.report import write_report
+    from lmsweep.results.report import write_report
 
     out = write_report(Path(args.experiment), args.output)
     console.print(f"report: {out}")
@@ -159,7 +159,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_plot_attention(args) -> int:
-    from results.plots import plot_attention
+    from lmsweep.results.plots import plot_attention
 
     png, page = plot_attention(Path(args.experiment), args.unit, Path(args.out) if args.out else None,
                                layers=_int_list(args.layers) if args.layers else None,

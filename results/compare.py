@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from jobs.errors import SpecError
-from jobs.spec import Tolerances
-from results.schema import row_key
+from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.spec import Tolerances
+from lmsweep.results.schema import row_key
 
 # Columns the comparison reads, when the task's schema has them (so big task columns stay on disk).
 BASE_COLUMNS = ["unit_id", "unit_key", "model", "prompt_set", "prompt_id", "decoding", "do_sample",
@@ -103,8 +103,8 @@ class Comparison:
 # ---- reading -------------------------------------------------------------------------------------------
 
 def side_info(exp: Path) -> SideInfo:
-    from jobs.plan import read_plan
-    from results.load import status
+    from lmsweep.jobs.plan import read_plan
+    from lmsweep.results.load import status
 
     plan = read_plan(exp)
     st = status(exp)
@@ -135,8 +135,8 @@ def sidecars(exp: Path) -> list[dict]:
 
 
 def read_rows(exp: Path, task: str) -> pd.DataFrame:
-    from results.load import load
-    from results.schema import schema_for
+    from lmsweep.results.load import load
+    from lmsweep.results.schema import schema_for
 
     names = schema_for(task).names
     wanted = BASE_COLUMNS + TASK_READ.get(task, [c for c in names if c not in BASE_COLUMNS])
@@ -147,7 +147,7 @@ def read_rows(exp: Path, task: str) -> pd.DataFrame:
 
 
 def plan_units(exp: Path) -> pd.DataFrame:
-    from jobs.plan import read_plan
+    from lmsweep.jobs.plan import read_plan
 
     return read_plan(exp).units(columns=["unit_id", "unit_key", "model"]).to_pandas()
 
@@ -395,7 +395,7 @@ def _generic(both: pd.DataFrame, task: str, tol: Tolerances, checks: list[Check]
     """Tasks without their own rules: exact columns must be equal; float columns holding probabilities
     (attention weights, token scores) are judged by max_prob_delta, other floats only reported.
     A predicted label is judged by accuracy when there are gold labels, else it must not change."""
-    from results.schema import TASK_COLUMNS
+    from lmsweep.results.schema import TASK_COLUMNS
 
     gold = all(c in both.columns and both[c].notna().any() for c in ("correct_b", "correct_c"))
     skip = {"correct", "predicted_label"} if gold else {"correct"}
@@ -590,7 +590,7 @@ def to_markdown(c: Comparison) -> str:
 
 
 def to_html(c: Comparison) -> str:
-    from results.report import html_table, page
+    from lmsweep.results.report import html_table, page
 
     body = [f"<p class='verdict {'pass' if c.passed else 'fail'}'>{_esc(verdict(c))}</p>"]
     for title, table, note in sections(c):

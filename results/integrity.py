@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from results.writer import COLUMNS_KEY
+from lmsweep.results.writer import COLUMNS_KEY
 
 # Dot- and underscore-prefixed names are in-flight temp files (or metadata); pyarrow skips them too.
 IGNORED_PREFIXES = (".", "_")

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.plan import read_plan
-from results.integrity import read_parts
-from results.schema import ERROR_SCHEMA, row_key, schema_for
-from results.writer import errors_dir, results_dir
+from lmsweep.jobs.plan import read_plan
+from lmsweep.results.integrity import read_parts
+from lmsweep.results.schema import ERROR_SCHEMA, row_key, schema_for
+from lmsweep.results.writer import errors_dir, results_dir
 
 
 def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=None,

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from jobs.errors import SpecError
+from lmsweep.jobs.errors import SpecError
 
 
 def attention_matrix(row) -> np.ndarray:
@@ -28,7 +28,7 @@ def attention_matrix(row) -> np.ndarray:
 
 def find_unit(exp_dir: Path, unit: str) -> str:
     """A full unit id from an id or a unique prefix of one."""
-    from results.load import load_table
+    from lmsweep.results.load import load_table
 
     ids = sorted(set(load_table(exp_dir, columns=["unit_id"]).column("unit_id").to_pylist()))
     matches = [u for u in ids if u.startswith(unit)]
@@ -41,8 +41,8 @@ def find_unit(exp_dir: Path, unit: str) -> str:
 
 
 def load_unit(exp_dir: Path, unit: str) -> pd.DataFrame:
-    from jobs.plan import read_plan
-    from results.load import load
+    from lmsweep.jobs.plan import read_plan
+    from lmsweep.results.load import load
 
     task = read_plan(exp_dir).meta["task"]["type"]
     if task != "attention":

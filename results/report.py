@@ -217,7 +217,7 @@ def spec_tables(meta: dict) -> str:
                            for a, m in meta["models"].items()])
     points = pd.DataFrame(meta.get("points") or [])
     if not points.empty:
-        from jobs.decoding import DecodingPoint
+        from lmsweep.jobs.decoding import DecodingPoint
 
         points.insert(0, "label", [DecodingPoint(**p).label() for p in meta["points"]])
     ex = spec.get("execution", {})
@@ -237,7 +237,7 @@ def spec_tables(meta: dict) -> str:
 
 def provenance(exp: Path) -> pd.DataFrame:
     """One row per worker sidecar: where and with what each element ran."""
-    from results.compare import sidecars
+    from lmsweep.results.compare import sidecars
 
     rows = []
     for m in sidecars(exp):
@@ -270,9 +270,9 @@ def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
     """Everything known about how one unit's row was made: the plan's spec and model, the row's own
     columns, and the sidecar of the run that wrote it (same element and rank, the first to finish after
     the row was written)."""
-    from jobs.errors import SpecError
-    from jobs.plan import read_plan
-    from results.load import load
+    from lmsweep.jobs.errors import SpecError
+    from lmsweep.jobs.plan import read_plan
+    from lmsweep.results.load import load
 
     exp = Path(exp)
     plan = read_plan(exp)
@@ -309,9 +309,9 @@ def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
 
 
 def build_report(exp: str | Path) -> str:
-    from jobs.plan import read_plan
-    from results.load import load, status
-    from results.summary import examples, next_token_examples, summarize
+    from lmsweep.jobs.plan import read_plan
+    from lmsweep.results.load import load, status
+    from lmsweep.results.summary import examples, next_token_examples, summarize
 
     exp = Path(exp)
     plan = read_plan(exp)

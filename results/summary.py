@@ -12,7 +12,7 @@ def summarize(df: pd.DataFrame, task: str) -> pd.DataFrame:
     if task == "next_token":
         return next_token_summary(df)
     if task == "classify":
-        from results.metrics import classification_summary
+        from lmsweep.results.metrics import classification_summary
 
         return classification_summary(df)
     if task == "attention":

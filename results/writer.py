@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from results.schema import ERROR_SCHEMA, schema_for
+from lmsweep.results.schema import ERROR_SCHEMA, schema_for
 
 
 def results_dir(exp_dir: Path, task: str) -> Path:

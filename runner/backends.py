@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from jobs.errors import SpecError
+from lmsweep.jobs.errors import SpecError
 
 BACKENDS = ("hf", "deepspeed")
 
@@ -108,7 +108,7 @@ def extensions_dir() -> str:
     """Where DeepSpeed's JIT-built ops go: once per machine and version set, not once per job (~70 s)."""
     import importlib.metadata as md
 
-    from runner.model_cache import cache_root
+    from lmsweep.runner.model_cache import cache_root
 
     try:
         ds = md.version("deepspeed")

@@ -5,8 +5,8 @@ from pathlib import Path
 
 
 def cmd_worker(args) -> int:
-    from runner import signals
-    from runner.worker import run_element
+    from lmsweep.runner import signals
+    from lmsweep.runner.worker import run_element
 
     signals.install()        # SIGTERM/SIGINT: finish or abandon the current batch, then exit 3
     return run_element(Path(args.plan), args.element, batch_size=args.batch_size)

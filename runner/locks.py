@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from results.integrity import sweep_temp_files, verify_element_parts
-from results.schema import schema_for
-from results.writer import results_dir
+from lmsweep.results.integrity import sweep_temp_files, verify_element_parts
+from lmsweep.results.schema import schema_for
+from lmsweep.results.writer import results_dir
 
 POLL_SECONDS = 1.0
 

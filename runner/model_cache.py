@@ -14,7 +14,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from runner import signals
+from lmsweep.runner import signals
 
 
 def cache_root() -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from jobs.decoding import DecodingPoint
+from lmsweep.jobs.decoding import DecodingPoint
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
 
-from jobs.decoding import DecodingPoint
-from jobs.errors import SpecError
-from jobs.plan import PlanFiles, read_plan
-from results.load import done_unit_ids
-from results.schema import SCHEMA_VERSION
-from results.writer import PartWriter
-from runner.units import TaskContext, Unit, UnitFailure
+from lmsweep.jobs.decoding import DecodingPoint
+from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.plan import PlanFiles, read_plan
+from lmsweep.results.load import done_unit_ids
+from lmsweep.results.schema import SCHEMA_VERSION
+from lmsweep.results.writer import PartWriter
+from lmsweep.runner.units import TaskContext, Unit, UnitFailure
 
 EXIT_OK, EXIT_UNITS_FAILED = 0, 1
 
@@ -62,8 +62,8 @@ def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
 
 
 def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> int:
-    from runner import autobatch, backends, distributed, loading, locks, signals
-    from runner.tasks import TASKS, model_class_for
+    from lmsweep.runner import autobatch, backends, distributed, loading, locks, signals
+    from lmsweep.runner.tasks import TASKS, model_class_for
 
     started = time.perf_counter()        # cheap timers for the sidecar: where the element's time went
     timers = {"setup_s": 0.0, "load_s": 0.0, "task_s": 0.0, "model_s": 0.0, "write_s": 0.0}
@@ -203,7 +203,7 @@ def _model_field(spec: dict, alias: str) -> str:
 
 
 def _tp_layout(world_size: int, tp: int, spec_file: str | None):
-    from runner.distributed import TPLayout
+    from lmsweep.runner.distributed import TPLayout
 
     try:
         return TPLayout(world_size, tp)

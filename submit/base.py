@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from submit.systems import SystemProfile
+from lmsweep.submit.systems import SystemProfile
 
 State = Literal["queued", "held", "running", "finished", "failed", "cancelled", "unknown"]
 ACTIVE_STATES: frozenset[str] = frozenset({"queued", "held", "running"})
@@ -170,10 +170,10 @@ def run(cmd: list[str], cwd: Path | None = None, timeout: float = 60) -> subproc
 def scheduler_for(profile: SystemProfile) -> Scheduler:
     """The backend of a system profile."""
     if profile.scheduler == "pbs":
-        from submit.pbs import PbsScheduler
+        from lmsweep.submit.pbs import PbsScheduler
         return PbsScheduler(profile)
     if profile.scheduler == "slurm":
-        from submit.slurm import SlurmScheduler
+        from lmsweep.submit.slurm import SlurmScheduler
         return SlurmScheduler(profile)
-    from submit.local_scheduler import LocalScheduler
+    from lmsweep.submit.local_scheduler import LocalScheduler
     return LocalScheduler(profile)

@@ -14,16 +14,16 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from jobs.cli import experiment_dir, print_plan, validated
-from jobs.errors import SpecError
 from lmsweep.console import console, err
+from lmsweep.jobs.cli import experiment_dir, print_plan, validated
+from lmsweep.jobs.errors import SpecError
 
 
 def cmd_run(args) -> int:
-    from jobs.plan import write_plan
-    from results.cli import report
-    from results.load import status
-    from submit.local import run_elements
+    from lmsweep.jobs.plan import write_plan
+    from lmsweep.results.cli import report
+    from lmsweep.results.load import status
+    from lmsweep.submit.local import run_elements
 
     spec, plan = validated(args.spec)
     exp = experiment_dir(spec, args.output_dir)
@@ -50,7 +50,7 @@ def cmd_run(args) -> int:
 # ---- options ---------------------------------------------------------------------------------------------
 
 def _flag_name(value: str | None, flag: str) -> str | None:
-    from jobs.spec import scheduler_name
+    from lmsweep.jobs.spec import scheduler_name
     if value is None:
         return None
     try:
@@ -70,14 +70,14 @@ def check_flags(args) -> None:
 
 
 def _flag_walltime(value: str | None) -> str | None:
-    from jobs.spec import WALLTIME_PATTERN
+    from lmsweep.jobs.spec import WALLTIME_PATTERN
     if value is not None and not re.match(WALLTIME_PATTERN, value):
         raise SpecError(f"expected HH:MM:SS, got {value!r}", field="--walltime")
     return value
 
 
 def load_profile(name: str, field: str):
-    from submit.systems import ProfileError, load_system
+    from lmsweep.submit.systems import ProfileError, load_system
     try:
         return load_system(name)
     except ProfileError as e:
@@ -131,7 +131,7 @@ def resolve_options(spec, profile, args) -> dict:
 
 
 def pack_request(profile, opts: dict, spec, tensor_parallel: int, live: dict):
-    from submit.packing import PackRequest
+    from lmsweep.submit.packing import PackRequest
     q = profile.queues.get(opts["queue"]) if opts["queue"] else None
     max_array = min(x for x in (profile.max_array_size, live.get("max_array_size")) if x) \
         if (profile.max_array_size or live.get("max_array_size")) else None
@@ -148,7 +148,7 @@ def pack_request(profile, opts: dict, spec, tensor_parallel: int, live: dict):
 
 def array_jobs(exp: Path, experiment: str, submission: str, arrays, throttle, opts: dict, nodes: int,
                ranks_per_node: int):
-    from submit.base import ArrayJob
+    from lmsweep.submit.base import ArrayJob
     return [ArrayJob(experiment=experiment, exp_dir=str(exp), submission=submission, part=i, elements=tuple(els),
                      nodes=nodes, ranks_per_node=ranks_per_node, cpus_per_rank=opts["cpus_per_rank"],
                      walltime=opts["walltime"], queue=opts["queue"], account=opts["account"], throttle=throttle,
@@ -159,8 +159,8 @@ def array_jobs(exp: Path, experiment: str, submission: str, arrays, throttle, op
 
 def _active_jobs(exp: Path) -> list[str]:
     """Job tasks of this experiment still queued or running (any grouping): a new plan must wait for them."""
-    from submit.jobs_dir import load_submissions
-    from submit.tracking import query_states
+    from lmsweep.submit.jobs_dir import load_submissions
+    from lmsweep.submit.tracking import query_states
     subs = load_submissions(exp)
     if not subs:
         return []
@@ -190,8 +190,8 @@ def _submit_arrays(sched, sub, jobs, decision) -> list[str]:
     Scripts are rendered again here (the callers' render, before anything is written, is the dry run and
     the check): a script names its submission, which a concurrent submit may have moved to the next name,
     and the id it depends on is known only once the previous array is accepted."""
-    from submit.base import SchedulerError
-    from submit.jobs_dir import ArrayRecord
+    from lmsweep.submit.base import SchedulerError
+    from lmsweep.submit.jobs_dir import ArrayRecord
     for line in decision:
         console.print(line, markup=False)
     ids = []
@@ -220,15 +220,14 @@ def _submit_arrays(sched, sub, jobs, decision) -> list[str]:
 
 def packing_error(e, spec, args, profile) -> SpecError:
     """Point at the flag or the spec line that asked for what the queue cannot take."""
-    from jobs.yamlio import line_of
     flags = {"execution.nodes": "nodes", "execution.walltime": "walltime", "array_limit": "array_limit"}
     flag = flags.get(e.field)
     if flag and getattr(args, flag, None):
         return SpecError(str(e), field="--" + flag.replace("_", "-"))
     block = "pbs" if profile.scheduler == "pbs" else "slurm"
     path = tuple(e.field.split(".")) if e.field != "array_limit" else ("execution", block, "array_limit")
-    line = line_of(getattr(spec, "_lines", {}), path) or line_of(getattr(spec, "_lines", {}), ("execution",))
-    return SpecError(str(e), file=getattr(spec, "_spec_file", None), line=line, field=".".join(path))
+    line = spec.source.line(path) or spec.source.line(("execution",))
+    return SpecError(str(e), file=spec.source.file, line=line, field=".".join(path))
 
 
 def _system_ref(asked: str, profile) -> str:
@@ -238,11 +237,11 @@ def _system_ref(asked: str, profile) -> str:
 
 
 def cmd_submit(args) -> int:
-    from jobs.plan import write_plan
-    from results.load import done_unit_ids
-    from submit import jobs_dir
-    from submit.base import scheduler_for
-    from submit.packing import PackingError, apply_packing, pack, plan_unit_costs, split_arrays
+    from lmsweep.jobs.plan import write_plan
+    from lmsweep.results.load import done_unit_ids
+    from lmsweep.submit import jobs_dir
+    from lmsweep.submit.base import scheduler_for
+    from lmsweep.submit.packing import PackingError, apply_packing, pack, plan_unit_costs, split_arrays
 
     check_flags(args)
     spec, plan = validated(args.spec)
@@ -304,12 +303,12 @@ def cmd_submit(args) -> int:
 
 
 def cmd_resubmit(args) -> int:
-    from jobs.plan import read_plan
-    from results.load import status
-    from submit import jobs_dir
-    from submit.base import scheduler_for
-    from submit.packing import PackingError, PackRequest, choose_nodes, split_arrays
-    from submit.tracking import current_submissions, query_states
+    from lmsweep.jobs.plan import read_plan
+    from lmsweep.results.load import status
+    from lmsweep.submit import jobs_dir
+    from lmsweep.submit.base import scheduler_for
+    from lmsweep.submit.packing import PackingError, PackRequest, choose_nodes, split_arrays
+    from lmsweep.submit.tracking import current_submissions, query_states
 
     check_flags(args)
     exp = Path(args.experiment).resolve()
@@ -356,7 +355,7 @@ def cmd_resubmit(args) -> int:
         console.print("nothing to resubmit: every element is done or still has a live job", markup=False)
         return 0
     try:
-        from submit.systems import walltime_seconds
+        from lmsweep.submit.systems import walltime_seconds
         if q is not None and walltime_seconds(opts["walltime"]) > q.max_walltime_seconds:
             raise PackingError(f"walltime {opts['walltime']} is above queue {q.name}'s maximum {q.max_walltime}")
         nodes, ppn, _ = choose_nodes(req)
@@ -386,10 +385,10 @@ def cmd_resubmit(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from submit.base import run, scheduler_for
-    from submit.jobs_dir import load_submissions
-    from submit.systems import load_system
-    from submit.tracking import query_states
+    from lmsweep.submit.base import run, scheduler_for
+    from lmsweep.submit.jobs_dir import load_submissions
+    from lmsweep.submit.systems import load_system
+    from lmsweep.submit.tracking import query_states
 
     exp = Path(args.experiment).resolve()
     subs = load_submissions(exp)

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from submit.base import RecordedJob
+from lmsweep.submit.base import RecordedJob
 
 JOBS_DIR = "jobs"
 

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from shlex import quote
 
-from submit.base import ArrayJob, RecordedJob, Scheduler, SchedulerError, TaskState
-from submit.render import body
+from lmsweep.submit.base import ArrayJob, RecordedJob, Scheduler, SchedulerError, TaskState
+from lmsweep.submit.render import body
 
 
 class LocalScheduler(Scheduler):

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import pyarrow as pa
 
-from jobs.plan import ELEMENT_FILL, Element, Plan, prompt_token_estimate, unit_cost
 from lmsweep.console import hms
-from submit.systems import QueueLimits, walltime_seconds
+from lmsweep.jobs.plan import ELEMENT_FILL, Element, Plan, prompt_token_estimate, unit_cost
+from lmsweep.submit.systems import QueueLimits, walltime_seconds
 
 
 class PackingError(ValueError):

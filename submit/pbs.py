@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from shlex import quote
 
-from submit import pbs_parse
-from submit.base import ArrayJob, RecordedJob, Scheduler, TaskState, run
-from submit.render import body
+from lmsweep.submit import pbs_parse
+from lmsweep.submit.base import ArrayJob, RecordedJob, Scheduler, TaskState, run
+from lmsweep.submit.render import body
 
 _STATE_MAP = {"exiting": "running"}
 

@@ -19,8 +19,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from jobs.errors import SpecError
 from lmsweep.console import console, err
+from lmsweep.jobs.errors import SpecError
 
 
 def run_dir(parent: Path, name: str) -> Path:
@@ -55,7 +55,7 @@ def _check_baseline(baseline: Path, task: str) -> bool:
     """True if a usable baseline exists; SpecError if something is there but is not one."""
     if not baseline.exists():
         return False
-    from jobs.plan import read_plan
+    from lmsweep.jobs.plan import read_plan
 
     meta = read_plan(baseline).meta
     if meta["task"]["type"] != task:
@@ -67,8 +67,8 @@ def _check_baseline(baseline: Path, task: str) -> bool:
 def submit_and_wait(spec_path: str, system: str, exp: Path, timeout: float, quiet: bool) -> int:
     """`lmsweep submit` into `exp` (<parent>/<name>), then poll (backing off to once a minute) until the results are
     complete or every recorded task has ended. 0 when it ended, submit's exit code if it failed, 1 on timeout."""
-    from results.load import status
-    from submit.tracking import current_submissions, query_states
+    from lmsweep.results.load import status
+    from lmsweep.submit.tracking import current_submissions, query_states
 
     cmd = [sys.executable, "-m", "lmsweep", "submit", spec_path, "--system", system, "--output-dir", str(exp.parent)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -100,12 +100,12 @@ def submit_and_wait(spec_path: str, system: str, exp: Path, timeout: float, quie
 
 
 def cmd_regress(args) -> int:
-    from jobs.cli import print_plan, validated
-    from jobs.plan import write_plan
-    from results.cli import report, run_compare, tolerance_overrides
-    from results.compare import tolerances_from
-    from results.load import status
-    from submit.local import run_elements
+    from lmsweep.jobs.cli import print_plan, validated
+    from lmsweep.jobs.plan import write_plan
+    from lmsweep.results.cli import report, run_compare, tolerance_overrides
+    from lmsweep.results.compare import tolerances_from
+    from lmsweep.results.load import status
+    from lmsweep.submit.local import run_elements
 
     # Everything that can be wrong with the input is checked before anything is written.
     spec, plan = validated(args.spec)
@@ -121,7 +121,7 @@ def cmd_regress(args) -> int:
         raise SpecError(f"baseline {baseline} does not exist; run once with --promote to make this run the "
                         "baseline", field="--baseline")
 
-    from jobs.cli import experiment_dir
+    from lmsweep.jobs.cli import experiment_dir
 
     # experiment_dir applies the output-directory rules (no '..', results root); regress runs beside it
     exp = run_dir(experiment_dir(spec, args.output_dir).parent, spec.name)
@@ -157,7 +157,7 @@ def cmd_regress(args) -> int:
 
 
 def register(sub) -> None:
-    from results.cli import add_compare_options
+    from lmsweep.results.cli import add_compare_options
 
     s = sub.add_parser("regress", help="run a spec afresh and compare it with a baseline run (exit 1 on a "
                                        "regression); --promote makes a passing run the new baseline")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from shlex import quote
 
-from submit.base import ArrayJob
-from submit.systems import SystemProfile
+from lmsweep.submit.base import ArrayJob
+from lmsweep.submit.systems import SystemProfile
 
 EXIT_BAD_INDEX = 2          # bad input; 3 is the worker's "preempted"
 LOCAL_PATH = 'PATH="$(dirname "$PYTHON"):$PATH"   # local: the venv\'s mpiexec (mpich wheel) first'

@@ -12,8 +12,8 @@ import re
 from pathlib import Path
 from shlex import quote
 
-from submit.base import ArrayJob, RecordedJob, Scheduler, SchedulerError, State, TaskState, run
-from submit.render import body
+from lmsweep.submit.base import ArrayJob, RecordedJob, Scheduler, SchedulerError, State, TaskState, run
+from lmsweep.submit.render import body
 
 _STATES: dict[str, State] = {
     "PENDING": "queued", "REQUEUED": "queued", "REQUEUE_FED": "queued", "REQUEUE_HOLD": "held",

@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO_ROOT / "configs" / "systems"
+from lmsweep.configs import SYSTEMS as CONFIG_DIR
+
+PACKAGE_ROOT = CONFIG_DIR.parents[1]      # error messages name shipped profiles as configs/systems/<name>.yaml
 
 Scheduler = Literal["pbs", "slurm", "local"]
 SCHEDULERS: tuple[str, ...] = ("pbs", "slurm", "local")
@@ -143,7 +144,7 @@ def parse_profile(text: str, path: Path) -> SystemProfile:
 
 def _display(path: Path) -> str:
     try:
-        return str(Path(path).resolve().relative_to(REPO_ROOT))
+        return str(Path(path).resolve().relative_to(PACKAGE_ROOT))
     except ValueError:
         return str(path)
 

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from submit.base import RecordedJob, SchedulerError, TaskState, run, scheduler_for
-from submit.jobs_dir import Submission, latest_tasks, load_submissions
-from submit.systems import load_system
+from lmsweep.submit.base import RecordedJob, SchedulerError, TaskState, run, scheduler_for
+from lmsweep.submit.jobs_dir import Submission, latest_tasks, load_submissions
+from lmsweep.submit.systems import load_system
 
 
 def current_submissions(exp: Path) -> list[Submission]:
     """Submissions made for the plan as it is now (a later submit may have re-grouped elements)."""
-    from jobs.plan import read_plan
+    from lmsweep.jobs.plan import read_plan
 
     created = read_plan(exp).meta["created"]
     return [s for s in load_submissions(exp) if s.plan_created == created]

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmsweep.cli import build_parser
-from results.schema import COMMON, TASK_COLUMNS
+from lmsweep.results.schema import COMMON, TASK_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -110,7 +110,7 @@ def tiny_spec(tmp_path: Path, model: Path) -> Path:
 
 
 def test_a_pickle_next_to_safetensors_is_never_unpickled(tmp_path, tiny_llama):
-    from runner.worker import run_element
+    from lmsweep.runner.worker import run_element
 
     model = Path(shutil.copytree(tiny_llama, tmp_path / "model"))
     marker = tmp_path / "UNPICKLED"
@@ -123,7 +123,7 @@ def test_a_pickle_next_to_safetensors_is_never_unpickled(tmp_path, tiny_llama):
 def test_remote_code_added_after_planning_is_not_run(tmp_path, tiny_llama):
     """trust_remote_code reaches transformers only from the plan's model entry: code dropped into the
     model directory later (auto_map + a .py file) is refused at load, never imported."""
-    from runner.worker import run_element
+    from lmsweep.runner.worker import run_element
 
     model = Path(shutil.copytree(tiny_llama, tmp_path / "model"))
     assert main(["plan", str(tiny_spec(tmp_path, model)), "--output-dir", str(tmp_path / "runs")]) == 0

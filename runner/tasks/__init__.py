@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from runner.tasks import attention, classify, generate, next_token, tokenize
+from lmsweep.runner.tasks import attention, classify, generate, next_token, tokenize
 
 TASKS: dict[str, ModuleType] = {"generate": generate, "next_token": next_token, "attention": attention,
                                 "classify": classify, "tokenize": tokenize}

@@ -13,8 +13,8 @@ import time
 import numpy as np
 import torch
 
-from jobs.task_checks import selected
-from runner.units import TaskContext, Unit, UnitFailure, render_prompt
+from lmsweep.jobs.task_checks import selected
+from lmsweep.runner.units import TaskContext, Unit, UnitFailure, render_prompt
 
 MODEL_CLASS = "AutoModel"
 ATTN = "eager"

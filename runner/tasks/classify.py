@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
+from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
 
 MODEL_CLASS = "AutoModelForCausalLM"
 ATTN = None

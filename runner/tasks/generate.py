@@ -12,10 +12,10 @@ from transformers import (
     RepetitionPenaltyLogitsProcessor,
 )
 
-from jobs.decoding import DecodingPoint
-from runner import decode
-from runner.sampling import generators, sampling_processors, sequence_seed
-from runner.units import TaskContext, Unit, context_limit, render_prompt
+from lmsweep.jobs.decoding import DecodingPoint
+from lmsweep.runner import decode
+from lmsweep.runner.sampling import generators, sampling_processors, sequence_seed
+from lmsweep.runner.units import TaskContext, Unit, context_limit, render_prompt
 
 MODEL_CLASS = "AutoModelForCausalLM"
 ATTN = None

@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from runner.units import TaskContext, Unit, render_prompt
+from lmsweep.runner.units import TaskContext, Unit, render_prompt
 
 MODEL_CLASS = "AutoModelForCausalLM"
 ATTN = None

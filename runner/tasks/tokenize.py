@@ -4,7 +4,7 @@ Needs no weights: MODEL_CLASS None makes the worker load the tokenizer only.
 """
 from __future__ import annotations
 
-from runner.units import TaskContext, Unit, render_prompt
+from lmsweep.runner.units import TaskContext, Unit, render_prompt
 
 MODEL_CLASS = None
 ATTN = None

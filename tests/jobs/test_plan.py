@@ -1,0 +1,73 @@
+"""Planning: content-addressed unit ids, seeds on sampled points only, elements sized by cost."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from lmsweep.jobs.plan import plan_spec, read_plan, write_plan
+from lmsweep.jobs.spec import load_spec
+
+SPEC = """
+name: planned
+models:
+  - {{alias: a, source: {model}}}
+prompts:
+  - name: p
+    items: {items}
+task: generate
+decoding:
+  max_new_tokens: 16
+  seeds: [0, 1, 2]
+  include: [{{}}, {{temperature: 0.7}}]
+execution:
+  walltime: "00:00:10"
+  tokens_per_second: 20
+"""
+
+
+def plan_for(tmp_path: Path, model: Path, items: str, name: str = "spec.yaml"):
+    path = tmp_path / name
+    path.write_text(SPEC.format(model=model, items=items))
+    return plan_spec(load_spec(path))
+
+
+def test_units_are_prompts_times_points_with_seeds_only_when_sampling(tmp_path, tiny_llama):
+    plan = plan_for(tmp_path, tiny_llama, '["one", "two"]')
+    units = plan.units.to_pylist()
+    assert len(units) == 2 * (1 + 3)
+    greedy = [u for u in units if u["point"] == 0]
+    assert {u["seed"] for u in greedy} == {None}
+    assert {u["seed"] for u in units if u["point"] == 1} == {0, 1, 2}
+    assert len({u["unit_id"] for u in units}) == len(units)
+
+
+def test_unit_ids_depend_only_on_what_decides_the_output(tmp_path, tiny_llama):
+    a = plan_for(tmp_path, tiny_llama, '["one", "two"]', "a.yaml")
+    b = plan_for(tmp_path, tiny_llama, '["one", "changed"]', "b.yaml")
+    ids_a = {(u["prompt_index"], u["point"], u["seed"]): u["unit_id"] for u in a.units.to_pylist()}
+    ids_b = {(u["prompt_index"], u["point"], u["seed"]): u["unit_id"] for u in b.units.to_pylist()}
+    same = {k for k in ids_a if ids_a[k] == ids_b[k]}
+    assert same == {k for k in ids_a if k[0] == 0}          # prompt 0 unchanged, prompt 1 changed
+    again = plan_for(tmp_path, tiny_llama, '["one", "two"]', "c.yaml")
+    assert again.units.column("unit_id").to_pylist() == a.units.column("unit_id").to_pylist()
+
+
+def test_elements_fit_the_walltime_budget(tmp_path, tiny_llama):
+    plan = plan_for(tmp_path, tiny_llama, "[" + ", ".join(f'"prompt {i}"' for i in range(40)) + "]")
+    budget = 10 * 0.8 * 20    # walltime s × fill × tokens/s
+    assert len(plan.elements) > 1
+    assert sum(e.n_units for e in plan.elements) == plan.n_units
+    for e in plan.elements:
+        assert e.est_seconds * 20 <= budget or e.n_units == 1
+
+
+def test_written_plan_round_trips(tmp_path, tiny_llama):
+    plan = plan_for(tmp_path, tiny_llama, '["one", "two"]')
+    write_plan(plan, tmp_path / "exp")
+    files = read_plan(tmp_path / "exp")
+    assert files.meta["spec_hash"] == plan.spec_hash
+    assert files.units().num_rows == plan.n_units
+    assert pq.read_table(tmp_path / "exp" / "prompts.parquet").column("prompt_text").to_pylist() == ["one", "two"]
+    assert [p.label() for p in files.points] == ["greedy", "sample t=0.7"]
+    assert not list((tmp_path / "exp").glob(".*.tmp"))

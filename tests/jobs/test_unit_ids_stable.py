@@ -1,0 +1,32 @@
+"""Unit ids are content addresses: a refactor must not move them, or every finished experiment would rerun.
+
+tests/fixtures/unit_ids.json was recorded from the example specs at main 10de86a (before the package
+became one `lmsweep` namespace). Each spec must still plan to exactly those unit ids, unit keys,
+elements and spec hash. A change that means to change ids (a new sampling derivation, say) versions
+them and re-records this file in the same commit, saying why.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers.cli import FIXTURES, REPO
+
+import lmsweep
+
+RECORDED = json.loads((FIXTURES / "unit_ids.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED))
+def test_example_spec_plans_to_the_recorded_unit_ids(name):
+    plan = lmsweep.plan(lmsweep.load_spec(REPO / "configs" / name))
+    units = plan.units.to_pydict()
+    got = sorted(map(list, zip(units["unit_id"], units["unit_key"], units["element"])))
+    want = RECORDED[name]
+    assert plan.spec_hash == want["spec_hash"]
+    assert (plan.n_units, len(plan.elements)) == (want["n_units"], want["n_elements"])
+    assert got == want["units"]
+
+
+def test_every_example_spec_is_recorded():
+    assert sorted(p.name for p in (REPO / "configs").glob("*.yaml")) == sorted(RECORDED)

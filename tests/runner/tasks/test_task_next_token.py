@@ -1,0 +1,25 @@
+"""The next_token task: stored top-k probabilities equal a direct, unbatched transformers computation."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from helpers.task_runs import rows, run_spec
+
+
+def test_topk_probabilities_match_transformers(tiny_llama, tmp_path):
+    spec = f"""name: nt
+models: [{{alias: tiny, source: {tiny_llama}}}]
+prompts: ["Shakespeare was a", "I skip across the street and the park every"]
+task: {{type: next_token, top_k: 10}}
+execution: {{batch_size: 2}}
+"""
+    df = rows(run_spec(tmp_path, spec))
+    tok, model = AutoTokenizer.from_pretrained(tiny_llama), AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    for _, r in df.iterrows():
+        with torch.no_grad():
+            probs = torch.softmax(model(**tok(r["prompt_text"], return_tensors="pt")).logits[0, -1].float(), -1)
+        top = probs.topk(10)
+        assert list(r["topk_ids"]) == top.indices.tolist()
+        assert max(abs(a - b) for a, b in zip(r["topk_probs"], top.values.tolist())) < 1e-4
+        assert abs(r["entropy"] - float(-(probs * probs.log()).sum())) < 1e-4
