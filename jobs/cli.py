@@ -1,4 +1,4 @@
-"""`lmsweep validate` and `lmsweep plan`."""
+"""`lmsweep validate`, `lmsweep plan` and `lmsweep examples`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -55,6 +55,24 @@ def print_plan(plan, exp: Path) -> None:
     console.print(f"{plan.n_units} units, {len(plan.elements)} elements, estimated {hms(total)} of rank time")
 
 
+def cmd_examples(args) -> int:
+    from lmsweep.jobs.examples import copy_out, find, shipped
+
+    if args.name is None:
+        table = Table(title="example specs (lmsweep examples NAME copies one here)")
+        table.add_column("name")
+        table.add_column("description")
+        for e in shipped():
+            table.add_row(e.name, e.description)
+        console.print(table)
+        return 0
+    written = copy_out(find(args.name), Path(args.to), force=args.force)
+    for path in written:
+        console.print(f"wrote {path}")
+    console.print(f"next: lmsweep validate {written[0]}")
+    return 0
+
+
 def register(sub) -> None:
     s = sub.add_parser("validate", help="check a spec, its prompt files and models; write nothing")
     s.add_argument("spec")
@@ -64,3 +82,9 @@ def register(sub) -> None:
     s.add_argument("spec")
     s.add_argument("--output-dir", help="parent of the experiment directory (default: the spec's output_dir)")
     s.set_defaults(func=cmd_plan)
+
+    s = sub.add_parser("examples", help="list the example specs shipped with lmsweep, or copy one out to start from")
+    s.add_argument("name", nargs="?", help="example to copy (with the prompt files it reads)")
+    s.add_argument("--to", default=".", help="directory to copy into (default: the current directory)")
+    s.add_argument("--force", action="store_true", help="overwrite files that exist")
+    s.set_defaults(func=cmd_examples)
