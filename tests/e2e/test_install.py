@@ -16,6 +16,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from helpers.cli import REPO
 
 pytestmark = pytest.mark.slow
