@@ -9,6 +9,7 @@ running the `.pth` files there — so the test venv's editable install of lmswee
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -43,8 +44,12 @@ def run(cmd: list[str], cwd: Path, env: dict, timeout: int = 600) -> subprocess.
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
-    # No build isolation: the build backend (setuptools) is the test venv's, nothing is downloaded.
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+    # Built from a copy, so setuptools' build/ and egg-info land outside the checkout; no build isolation:
+    # the build backend (setuptools) is the test venv's, nothing is downloaded.
+    source = tmp_path_factory.mktemp("source") / "lmsweep"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info",
+                                                                 "__pycache__", ".*_cache"))
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         cwd=out, env=dict(os.environ))
     (whl,) = out.glob("lmsweep-*.whl")
     return whl
