@@ -17,7 +17,7 @@ from lmsweep.jobs.errors import SpecError
 from lmsweep.runner import backends
 from lmsweep.runner.distributed import TPLayout, default_threads, discover, export_env, threads_for_rank
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # ---- tensor-parallel groups --------------------------------------------------------------------------
 

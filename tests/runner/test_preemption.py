@@ -30,7 +30,7 @@ from test_kill_resume import (
 import lmsweep
 from lmsweep.runner import locks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
