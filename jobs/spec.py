@@ -100,59 +100,22 @@ class PromptSetSpec(Strict):
         return self
 
 
-SCHEDULER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 WALLTIME_PATTERN = r"^\d{1,3}:[0-5]\d:[0-5]\d$"
 
 
-def scheduler_name(value: str, what: str) -> str:
-    """Accounts, queues, partitions, QOS: they go into #PBS/#SBATCH lines, so only a plain charset passes."""
-    if not SCHEDULER_NAME.match(value):
-        raise ValueError(f"{what} {value!r} must be 1-64 letters, digits, '.', '_', '-', starting with a "
-                         "letter or digit")
-    return value
-
-
-class PbsSpec(Strict):
-    """`execution.pbs`: PBS directives (ALCF Polaris/Aurora); unset values come from the system profile."""
-
-    account: str | None = None                   # -A project
-    queue: str | None = None                     # -q
-    filesystems: list[str] | None = Field(None, min_length=1)   # -l filesystems=a:b
-    place: str = Field("scatter", pattern=r"^(scatter|pack|free)(:(excl|exclhost|shared|group=[A-Za-z0-9_]+))*$")
-    walltime: str | None = Field(None, pattern=WALLTIME_PATTERN)   # overrides execution.walltime
-    array_limit: int | None = Field(None, ge=1)  # -J ...%K
-
-    @field_validator("account", "queue")
-    @classmethod
-    def _names(cls, v: str | None, info) -> str | None:
-        return v if v is None else scheduler_name(v, info.field_name)
-
-    @field_validator("filesystems")
-    @classmethod
-    def _filesystems(cls, v: list[str] | None) -> list[str] | None:
-        for fs in v or []:
-            if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", fs):
-                raise ValueError(f"filesystem {fs!r} must be lowercase letters, digits, '_'")
-        return v
-
-
-class SlurmSpec(Strict):
-    """`execution.slurm`: sbatch options; unset values come from the system profile."""
-
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
-    gpus_per_node: int | None = Field(None, ge=0, le=64)
-    time: str | None = Field(None, pattern=WALLTIME_PATTERN)       # overrides execution.walltime
-    array_limit: int | None = Field(None, ge=1)  # --array=...%K
-
-    @field_validator("partition", "account", "qos")
-    @classmethod
-    def _names(cls, v: str | None, info) -> str | None:
-        return v if v is None else scheduler_name(v, info.field_name)
-
-
 class ExecutionSpec(Strict):
+    """`execution:` how and where the plan runs.
+
+    `execution.<scheduler>` blocks (`pbs:`, `slurm:`, and any other registered backend's) belong to the
+    scheduler backends: each backend in submit/backends/ declares its block's model, and
+    `_scheduler_blocks` validates a block with it (imported on first use: jobs loads no scheduler code
+    until a spec names a block). `pbs` and `slurm` stay declared fields because every recorded spec hash
+    holds their `null`; another backend's block is kept as an extra key, present only when given, so
+    adding a backend changes no existing spec hash. Any other unknown key is refused as before.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
     backend: Literal["hf", "deepspeed"] = "hf"
     system: str = "local"
     batch_size: int | str = 8          # units per batch, or "auto": the runner picks and backs off on OOM
@@ -165,8 +128,32 @@ class ExecutionSpec(Strict):
     max_units: int = Field(DEFAULT_MAX_UNITS, ge=1)
     nodes: int | None = Field(None, ge=1, le=100_000)            # per element on a cluster; default: packing
     ranks_per_node: int | None = Field(None, ge=1, le=1024)      # default: the system profile's
-    pbs: PbsSpec | None = None
-    slurm: SlurmSpec | None = None
+    pbs: Any = None        # PbsBlock (submit/backends/pbs.py)
+    slurm: Any = None      # SlurmBlock (submit/backends/slurm.py)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _scheduler_blocks(cls, data: Any, handler):
+        if not isinstance(data, dict) or not any(
+                k not in cls.model_fields or (cls.model_fields[k].annotation is Any and v is not None)
+                for k, v in data.items()):
+            return handler(data)
+        from lmsweep.submit.backends import block_models  # lazy: scheduler code only for a block
+        models, blocks, errors = block_models(), {}, []
+        for key, value in data.items():
+            if key in cls.model_fields and key not in models:
+                continue
+            if key not in models:
+                errors.append({"type": "extra_forbidden", "loc": (key,), "input": value})
+            elif value is not None:
+                try:
+                    blocks[key] = models[key].model_validate(value)
+                except ValidationError as e:
+                    errors += [{"type": d["type"], "loc": (key, *d["loc"]), "input": d["input"],
+                                **({"ctx": d["ctx"]} if "ctx" in d else {})} for d in e.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return handler({**data, **blocks})
 
     @field_validator("batch_size", mode="before")
     @classmethod

@@ -1,9 +1,12 @@
 """The one small interface every scheduler implements (submitit's shape: a backend is a few hooks).
 
-A backend knows four things: the text of a job script (a pure function of an `ArrayJob`), the
-command that submits it, how to read the job id from that command's output, and how to ask the
-scheduler about many jobs in one call. Everything else — packing, recording, status, resubmit —
-is written once against this interface in `submit/cli.py`.
+A backend (one module in `submit/backends/`, registered with `@register`) knows: its `execution.<name>`
+block and the defaults it adds to the common options, the text of a job script (a pure function of an
+`ArrayJob`), the command that submits it, how to read the job id from that command's output, how to ask
+the scheduler about many jobs in one call, how to cancel, and the limits the running scheduler reports.
+Everything else — options, packing, recording, status, resubmit — is written once against this
+interface (`submit/options.py`, `submit/cli.py`, `submit/tracking.py`) and never asks which scheduler
+it serves. docs/adding-a-scheduler.md lists the hooks.
 
 An `ArrayJob` runs `len(elements)` array tasks; task `i` runs plan element `elements[i]`. Indices are
 always 0..n-1 (so `--array=0-(n-1)` / `-J 0-(n-1)` stay within MaxArraySize / max_array_size);
@@ -16,9 +19,12 @@ import subprocess
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from lmsweep.submit.systems import SystemProfile
+
+if TYPE_CHECKING:
+    from lmsweep.submit.options import SchedulerBlock
 
 State = Literal["queued", "held", "running", "finished", "failed", "cancelled", "unknown"]
 ACTIVE_STATES: frozenset[str] = frozenset({"queued", "held", "running"})
@@ -105,11 +111,20 @@ class RecordedJob:
 class Scheduler(ABC):
     """A backend: render, submit, parse the id, query states in one batched call, cancel."""
 
-    name: ClassVar[str]
-    script_suffix: ClassVar[str]
+    name: ClassVar[str]                      # `scheduler:` in a system profile; the spec block execution.<name>
+    script_suffix: ClassVar[str]             # array-00<suffix> under EXP/jobs/<submission>/
+    block: ClassVar[type[SchedulerBlock] | None] = None   # the model of execution.<name>; None: no block
+    uses_queues: ClassVar[bool] = True       # False: the profile has no queues and jobs get none
+    one_machine: ClassVar[bool] = False      # True: every rank runs on this machine (packing: one node)
+    account_directive: ClassVar[str | None] = None   # set: an account is required (named in the error)
 
     def __init__(self, profile: SystemProfile):
         self.profile = profile
+
+    def defaults(self, execution) -> dict[str, Any]:
+        """Common options this backend fills in below the spec's block and the flags (profile facts
+        such as PBS filesystems or Slurm GPUs per node). `execution` is the spec's ExecutionSpec."""
+        return {}
 
     # -- the four hooks ------------------------------------------------------------------------------
     @abstractmethod
@@ -137,8 +152,9 @@ class Scheduler(ABC):
         """argv that cancels single tasks (used for tasks pending forever)."""
         return self.cancel_command([t.task_id for t in tasks])
 
-    def live_limits(self) -> dict[str, int]:
-        """Limits read from the running scheduler (e.g. Slurm MaxArraySize); {} when unknown."""
+    def live_limits(self, queue: str | None) -> dict[str, int]:
+        """Limits read from the running scheduler for `queue`: `max_array_size`, `max_queued`
+        (e.g. Slurm MaxArraySize / MaxJobCount); {} when unknown or unreachable."""
         return {}
 
     # -- shared plumbing -----------------------------------------------------------------------------
@@ -168,12 +184,6 @@ def run(cmd: list[str], cwd: Path | None = None, timeout: float = 60) -> subproc
 
 
 def scheduler_for(profile: SystemProfile) -> Scheduler:
-    """The backend of a system profile."""
-    if profile.scheduler == "pbs":
-        from lmsweep.submit.pbs import PbsScheduler
-        return PbsScheduler(profile)
-    if profile.scheduler == "slurm":
-        from lmsweep.submit.slurm import SlurmScheduler
-        return SlurmScheduler(profile)
-    from lmsweep.submit.local_scheduler import LocalScheduler
-    return LocalScheduler(profile)
+    """The backend of a system profile, from the registry of `submit/backends/`."""
+    from lmsweep.submit.backends import backend_class
+    return backend_class(profile.scheduler)(profile)

@@ -1,14 +1,13 @@
 """`lmsweep run` (plan and run here, in the foreground) and `lmsweep submit / resubmit / cancel`.
 
-submit: validate → plan → pick the system profile and options (spec `execution`, then its
-`pbs:`/`slurm:` block, then flags) → pack for the queue → re-group the plan → render one script
+submit: validate → plan → pick the system profile and its backend (submit/backends/) → resolve the
+options (submit/options.py: profile, spec `execution` and its `execution.<scheduler>` block, flags; resubmit
+uses the same function on the recorded options) → pack for the queue → re-group the plan → render one script
 per array → (dry run: print and stop) → write the plan → record and submit. Every check runs before
 anything is written, so bad input exits 2 with nothing on disk.
 """
 from __future__ import annotations
 
-import os
-import re
 import sys
 import time
 from dataclasses import replace
@@ -49,33 +48,6 @@ def cmd_run(args) -> int:
 
 # ---- options ---------------------------------------------------------------------------------------------
 
-def _flag_name(value: str | None, flag: str) -> str | None:
-    from lmsweep.jobs.spec import scheduler_name
-    if value is None:
-        return None
-    try:
-        return scheduler_name(value, flag.lstrip("-"))
-    except ValueError as e:
-        raise SpecError(str(e), field=flag) from None
-
-
-def check_flags(args) -> None:
-    """Flags are checked before anything is planned: a bad value costs nothing and writes nothing."""
-    _flag_name(args.queue, "--queue")
-    _flag_name(args.account, "--account")
-    _flag_walltime(args.walltime)
-    for flag in ("nodes", "array_limit"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise SpecError(f"must be >= 1, got {getattr(args, flag)}", field="--" + flag.replace("_", "-"))
-
-
-def _flag_walltime(value: str | None) -> str | None:
-    from lmsweep.jobs.spec import WALLTIME_PATTERN
-    if value is not None and not re.match(WALLTIME_PATTERN, value):
-        raise SpecError(f"expected HH:MM:SS, got {value!r}", field="--walltime")
-    return value
-
-
 def load_profile(name: str, field: str):
     from lmsweep.submit.systems import ProfileError, load_system
     try:
@@ -84,76 +56,32 @@ def load_profile(name: str, field: str):
         raise SpecError(str(e), field=field) from None
 
 
-def _python(flag: str | None) -> str:
-    """The worker's interpreter: this one by default; a relative path is made absolute (jobs cd elsewhere)."""
-    if not flag:
-        return sys.executable
-    return os.path.abspath(flag) if "/" in flag else flag
-
-
-def resolve_options(spec, profile, args) -> dict:
-    """ArrayJob fields shared by every array of this submission: spec, then its scheduler block, then flags."""
-    ex = spec.execution
-    block = ex.pbs if profile.scheduler == "pbs" else ex.slurm if profile.scheduler == "slurm" else None
-    where = "execution.pbs" if profile.scheduler == "pbs" else "execution.slurm"
-    queue = _flag_name(args.queue, "--queue") or (getattr(block, "queue", None) or getattr(block, "partition", None)) \
-        or profile.default_queue
-    if profile.scheduler != "local" and queue not in profile.queues:
-        key = "queue" if profile.scheduler == "pbs" else "partition"
-        raise SpecError(f"system {profile.name!r} has no queue {queue!r} (known: {', '.join(profile.queues)})",
-                        field="--queue" if args.queue else f"{where}.{key}")
-    account = _flag_name(args.account, "--account") or getattr(block, "account", None)
-    if profile.scheduler == "pbs" and not account:
-        raise SpecError(f"{profile.name} needs a project for `#PBS -A`: set execution.pbs.account or pass --account",
-                        field="execution.pbs.account")
-    walltime = _flag_walltime(args.walltime) or getattr(block, "walltime", None) or getattr(block, "time", None) \
-        or ex.walltime
-    ppn = ex.ranks_per_node or profile.ranks_per_node
-    return {
-        "queue": queue if profile.scheduler != "local" else None,
-        "account": account,
-        "walltime": walltime,
-        "nodes": args.nodes or ex.nodes,
-        "ranks": ex.ranks_per_element if "ranks_per_element" in ex.model_fields_set else None,
-        "ranks_per_node": ppn,
-        "cpus_per_rank": ex.threads_per_rank or max(1, profile.cpus_per_node // ppn),
-        "array_limit": args.array_limit or getattr(block, "array_limit", None)
-        or (ex.concurrency if profile.scheduler == "local" else None),
-        "filesystems": list(getattr(block, "filesystems", None) or profile.filesystems)
-        if profile.scheduler == "pbs" else [],
-        "place": getattr(block, "place", "scatter"),
-        "qos": getattr(block, "qos", None),
-        "gpus_per_node": (getattr(block, "gpus_per_node", None) if getattr(block, "gpus_per_node", None) is not None
-                          else profile.gpus_per_node) if profile.scheduler == "slurm" else 0,
-        "python": _python(args.python),
-        "preemptable": bool(queue in profile.queues and profile.queues[queue].preemptable),
-    }
-
-
-def pack_request(profile, opts: dict, spec, tensor_parallel: int, live: dict):
+def pack_request(sched, opts, *, tokens_per_second: float = 1.0, tensor_parallel: int = 1,
+                 live: dict | None = None, max_units_per_element: int | None = None, ranks: int | None = None):
+    """What packing needs from the options, the profile's queue and the scheduler's live limits."""
     from lmsweep.submit.packing import PackRequest
-    q = profile.queues.get(opts["queue"]) if opts["queue"] else None
-    max_array = min(x for x in (profile.max_array_size, live.get("max_array_size")) if x) \
-        if (profile.max_array_size or live.get("max_array_size")) else None
+    profile, live = sched.profile, live or {}
+    q = profile.queues.get(opts.queue) if opts.queue else None
+    max_array = min((x for x in (profile.max_array_size, live.get("max_array_size")) if x), default=None)
     max_queued = live.get("max_queued")
     if max_queued and q is not None and q.max_queued:
         max_queued = min(max_queued, q.max_queued)
-    return PackRequest(system=profile.name, scheduler=profile.scheduler, queue=q, ranks_per_node=opts["ranks_per_node"],
-                       walltime=opts["walltime"], tokens_per_second=spec.execution.tokens_per_second,
-                       nodes=opts["nodes"], ranks=opts["ranks"], tensor_parallel=tensor_parallel,
-                       max_units_per_element=spec.execution.max_units_per_element, max_array_size=max_array,
-                       max_queued=max_queued, array_limit=opts["array_limit"],
-                       other_queues=tuple(v for k, v in profile.queues.items() if k != opts["queue"]))
+    return PackRequest(system=profile.name, queue=q, ranks_per_node=opts.ranks_per_node, walltime=opts.walltime,
+                       tokens_per_second=tokens_per_second, nodes=opts.nodes, ranks=ranks,
+                       tensor_parallel=tensor_parallel, max_units_per_element=max_units_per_element,
+                       max_array_size=max_array, max_queued=max_queued, array_limit=opts.array_limit,
+                       other_queues=tuple(v for k, v in profile.queues.items() if k != opts.queue),
+                       one_machine=sched.one_machine)
 
 
-def array_jobs(exp: Path, experiment: str, submission: str, arrays, throttle, opts: dict, nodes: int,
-               ranks_per_node: int):
+def array_jobs(exp: Path, experiment: str, submission: str, arrays, throttle, opts) -> list:
+    """One ArrayJob per array; `opts` (SubmitOptions) already holds the packing's nodes and ranks per node."""
     from lmsweep.submit.base import ArrayJob
     return [ArrayJob(experiment=experiment, exp_dir=str(exp), submission=submission, part=i, elements=tuple(els),
-                     nodes=nodes, ranks_per_node=ranks_per_node, cpus_per_rank=opts["cpus_per_rank"],
-                     walltime=opts["walltime"], queue=opts["queue"], account=opts["account"], throttle=throttle,
-                     python=opts["python"], filesystems=tuple(opts["filesystems"]), place=opts["place"],
-                     qos=opts["qos"], gpus_per_node=opts["gpus_per_node"], preemptable=opts["preemptable"])
+                     nodes=opts.nodes, ranks_per_node=opts.ranks_per_node, cpus_per_rank=opts.cpus_per_rank,
+                     walltime=opts.walltime, queue=opts.queue, account=opts.account, throttle=throttle,
+                     python=opts.python, filesystems=opts.filesystems, place=opts.place,
+                     qos=opts.qos, gpus_per_node=opts.gpus_per_node, preemptable=opts.preemptable)
             for i, els in enumerate(arrays)]
 
 
@@ -218,14 +146,13 @@ def _submit_arrays(sched, sub, jobs, decision) -> list[str]:
     return ids
 
 
-def packing_error(e, spec, args, profile) -> SpecError:
+def packing_error(e, spec, flags, sched) -> SpecError:
     """Point at the flag or the spec line that asked for what the queue cannot take."""
-    flags = {"execution.nodes": "nodes", "execution.walltime": "walltime", "array_limit": "array_limit"}
-    flag = flags.get(e.field)
-    if flag and getattr(args, flag, None):
-        return SpecError(str(e), field="--" + flag.replace("_", "-"))
-    block = "pbs" if profile.scheduler == "pbs" else "slurm"
-    path = tuple(e.field.split(".")) if e.field != "array_limit" else ("execution", block, "array_limit")
+    option = {"execution.nodes": "nodes", "execution.walltime": "walltime", "array_limit": "array_limit"}.get(e.field)
+    if option and getattr(flags, option) is not None:
+        return SpecError(str(e), field="--" + option.replace("_", "-"))
+    key = sched.block.key_of("array_limit") if sched.block else "array_limit"
+    path = tuple(e.field.split(".")) if e.field != "array_limit" else ("execution", sched.name, key)
     line = spec.source.line(path) or spec.source.line(("execution",))
     return SpecError(str(e), file=spec.source.file, line=line, field=".".join(path))
 
@@ -241,24 +168,27 @@ def cmd_submit(args) -> int:
     from lmsweep.results.load import done_unit_ids
     from lmsweep.submit import jobs_dir
     from lmsweep.submit.base import scheduler_for
+    from lmsweep.submit.options import Flags, resolve_options, with_packing
     from lmsweep.submit.packing import PackingError, apply_packing, pack, plan_unit_costs, split_arrays
 
-    check_flags(args)
+    flags = Flags.from_args(args)
     spec, plan = validated(args.spec)
     exp = experiment_dir(spec, args.output_dir).resolve()
     profile = load_profile(args.system or spec.execution.system, "--system" if args.system else "execution.system")
     sched = scheduler_for(profile)
-    opts = resolve_options(spec, profile, args)
-    live = sched.live_limits() if profile.scheduler == "slurm" else {}
+    opts = resolve_options(sched, flags, execution=spec.execution)
+    live = sched.live_limits(opts.queue)
     tp = max(int(m.get("tensor_parallel") or 1) for m in plan.models.values())
-    req = pack_request(profile, opts, spec, tp, live)
+    req = pack_request(sched, opts, tokens_per_second=spec.execution.tokens_per_second, tensor_parallel=tp,
+                       live=live, max_units_per_element=spec.execution.max_units_per_element, ranks=opts.ranks)
     try:
         packing = pack(plan.units.column("model").to_pylist(), plan_unit_costs(plan), req,
                        model_order=list(plan.models))
     except PackingError as e:
-        raise packing_error(e, spec, args, profile) from None
+        raise packing_error(e, spec, flags, sched) from None
     plan = apply_packing(plan, packing)
     decision = packing.describe() + [f"live limits from the scheduler: {live}"] * bool(live)
+    opts = with_packing(opts, packing.nodes, packing.ranks_per_node)
 
     # a rerun submits only elements with units not yet done (the worker skips finished units anyway)
     done = done_unit_ids(exp, plan.task["type"]) if (exp / "results").is_dir() else set()
@@ -271,7 +201,7 @@ def cmd_submit(args) -> int:
         decision += more
     name = jobs_dir.next_name(exp)
     sub_dir = jobs_dir.jobs_root(exp) / name
-    jobs = array_jobs(exp, spec.name, name, arrays, throttle, opts, packing.nodes, packing.ranks_per_node)
+    jobs = array_jobs(exp, spec.name, name, arrays, throttle, opts)
     # split arrays start one after another; the real id is known only once the previous one is accepted
     jobs = [replace(j, depends_on=f"JOBID_OF_ARRAY_{j.part - 1:02d}") if j.part else j for j in jobs]
     scripts = [sched.render(j) for j in jobs]
@@ -292,8 +222,7 @@ def cmd_submit(args) -> int:
     sub = jobs_dir.Submission(name=directory.name, directory=directory, kind="submit",
                               system=_system_ref(args.system or spec.execution.system, profile),
                               scheduler=profile.scheduler, plan_created=plan_created,
-                              options={**opts, "nodes": packing.nodes, "ranks_per_node": packing.ranks_per_node},
-                              packing=decision)
+                              options=opts.record(), packing=decision)
     ids = _submit_arrays(sched, sub, jobs, decision)
     for rec in sub.arrays:
         if rec.job_id:
@@ -307,10 +236,12 @@ def cmd_resubmit(args) -> int:
     from lmsweep.results.load import status
     from lmsweep.submit import jobs_dir
     from lmsweep.submit.base import scheduler_for
-    from lmsweep.submit.packing import PackingError, PackRequest, choose_nodes, split_arrays
+    from lmsweep.submit.options import Flags, resolve_options, with_packing
+    from lmsweep.submit.packing import PackingError, choose_nodes, split_arrays
+    from lmsweep.submit.systems import walltime_seconds
     from lmsweep.submit.tracking import current_submissions, query_states
 
-    check_flags(args)
+    flags = Flags.from_args(args)
     exp = Path(args.experiment).resolve()
     plan = read_plan(exp)
     subs = current_submissions(exp)
@@ -319,26 +250,8 @@ def cmd_resubmit(args) -> int:
     last = subs[-1]
     profile = load_profile(last.system, "system")
     sched = scheduler_for(profile)
-    opts = dict(last.options)
-    if args.queue:
-        opts["queue"] = _flag_name(args.queue, "--queue")
-    if args.account:
-        opts["account"] = _flag_name(args.account, "--account")
-    if args.walltime:
-        opts["walltime"] = _flag_walltime(args.walltime)
-    if args.array_limit:
-        opts["array_limit"] = args.array_limit
-    if args.nodes:
-        opts["nodes"] = args.nodes
-    if args.python:
-        opts["python"] = _python(args.python)
-    q = profile.queues.get(opts["queue"]) if opts["queue"] else None
-    if opts["queue"] and q is None:
-        raise SpecError(f"system {profile.name!r} has no queue {opts['queue']!r}", field="--queue")
-    req = PackRequest(system=profile.name, scheduler=profile.scheduler, queue=q,
-                      ranks_per_node=opts["ranks_per_node"], walltime=opts["walltime"], tokens_per_second=1.0,
-                      nodes=opts["nodes"], max_array_size=profile.max_array_size, array_limit=opts["array_limit"],
-                      other_queues=tuple(v for k, v in profile.queues.items() if k != opts["queue"]))
+    opts = resolve_options(sched, flags, recorded=last.options)
+    req = pack_request(sched, opts)
     st = status(exp)
     todo = [int(e) for e in st.per_element.query("done < planned")["element"]]
     states, problems = ({}, []) if args.dry_run else query_states(subs)
@@ -355,19 +268,20 @@ def cmd_resubmit(args) -> int:
         console.print("nothing to resubmit: every element is done or still has a live job", markup=False)
         return 0
     try:
-        from lmsweep.submit.systems import walltime_seconds
-        if q is not None and walltime_seconds(opts["walltime"]) > q.max_walltime_seconds:
-            raise PackingError(f"walltime {opts['walltime']} is above queue {q.name}'s maximum {q.max_walltime}")
+        q = req.queue
+        if q is not None and walltime_seconds(opts.walltime) > q.max_walltime_seconds:
+            raise PackingError(f"walltime {opts.walltime} is above queue {q.name}'s maximum {q.max_walltime}")
         nodes, ppn, _ = choose_nodes(req)
         arrays, throttle, notes = split_arrays(todo, req, nodes)
     except PackingError as e:
         raise SpecError(str(e), file=str(exp)) from None
+    opts = with_packing(opts, nodes, ppn)
     decision = [f"resubmitting {len(todo)} element(s) with missing or failed units: "
                 f"{', '.join(map(str, todo[:20]))}{' ...' if len(todo) > 20 else ''}",
-                f"per element: {nodes} node(s) x {ppn} rank(s); queue {opts['queue'] or '(none)'}; "
-                f"walltime {opts['walltime']}", *notes]
+                f"per element: {nodes} node(s) x {ppn} rank(s); queue {opts.queue or '(none)'}; "
+                f"walltime {opts.walltime}", *notes]
     name = jobs_dir.next_name(exp)
-    jobs = array_jobs(exp, plan.experiment, name, arrays, throttle, opts, nodes, ppn)
+    jobs = array_jobs(exp, plan.experiment, name, arrays, throttle, opts)
     scripts = [sched.render(j) for j in jobs]
     if args.dry_run:
         _print_scripts(decision, jobs, scripts, jobs_dir.jobs_root(exp) / name, sched.script_suffix)
@@ -375,7 +289,7 @@ def cmd_resubmit(args) -> int:
     directory = jobs_dir.create(exp, name)          # a concurrent submit may have taken `name`: the next one
     sub = jobs_dir.Submission(name=directory.name, directory=directory, kind="resubmit", system=last.system,
                               scheduler=profile.scheduler, plan_created=plan.meta["created"],
-                              options={**opts, "nodes": nodes, "ranks_per_node": ppn}, packing=decision)
+                              options=opts.record(), packing=decision)
     ids = _submit_arrays(sched, sub, jobs, decision)
     for rec in sub.arrays:
         if rec.job_id:

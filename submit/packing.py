@@ -44,8 +44,7 @@ class PackingError(ValueError):
 @dataclass(frozen=True)
 class PackRequest:
     system: str
-    scheduler: str                       # pbs | slurm | local
-    queue: QueueLimits | None            # None: no queue (local)
+    queue: QueueLimits | None            # None: no queue (a backend running on this machine)
     ranks_per_node: int
     walltime: str
     tokens_per_second: float
@@ -57,6 +56,7 @@ class PackRequest:
     max_queued: int | None = None        # overrides the queue's (e.g. live Slurm MaxJobCount)
     array_limit: int | None = None       # asked-for throttle %K
     other_queues: tuple[QueueLimits, ...] = ()   # the system's other queues, to suggest one in errors
+    one_machine: bool = False            # the backend runs every rank on this machine (Scheduler.one_machine)
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ def _queue_text(req: PackRequest) -> str:
 def choose_nodes(req: PackRequest) -> tuple[int, int, bool]:
     """(nodes, ranks per node, may grow) from the request and queue; refuses what the queue won't run."""
     q, ppn = req.queue, req.ranks_per_node
-    if req.scheduler == "local":          # one machine: every rank on it
+    if req.one_machine:                   # one machine: every rank on it
         return 1, req.ranks or (req.nodes or 1) * ppn, False
     if req.ranks is not None and req.nodes is None:
         nodes = max(1, math.ceil(req.ranks / ppn))
@@ -304,7 +304,7 @@ def split_arrays(elements: list[int], req: PackRequest,
         raise PackingError(f"array limit %{req.array_limit} is above the {cap} subjobs {_queue_text(req)} runs at "
                            f"once; a wider throttle can leave the array never running", "array_limit")
     throttle = req.array_limit or cap
-    if req.scheduler == "local":
+    if req.one_machine:                   # one machine: one task at a time unless asked for more
         throttle = req.array_limit or 1
     size = req.max_array_size or len(elements) or 1
     arrays = tuple(tuple(elements[i:i + size]) for i in range(0, len(elements), size))

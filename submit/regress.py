@@ -64,6 +64,13 @@ def _check_baseline(baseline: Path, task: str) -> bool:
     return True
 
 
+def _runs_here(system: str) -> bool:
+    """A system whose backend runs every rank on this machine is run here, in the foreground."""
+    from lmsweep.submit.base import scheduler_for
+    from lmsweep.submit.cli import load_profile
+    return scheduler_for(load_profile(system, "--system")).one_machine
+
+
 def submit_and_wait(spec_path: str, system: str, exp: Path, timeout: float, quiet: bool) -> int:
     """`lmsweep submit` into `exp` (<parent>/<name>), then poll (backing off to once a minute) until the results are
     complete or every recorded task has ended. 0 when it ended, submit's exit code if it failed, 1 on timeout."""
@@ -125,7 +132,7 @@ def cmd_regress(args) -> int:
 
     # experiment_dir applies the output-directory rules (no '..', results root); regress runs beside it
     exp = run_dir(experiment_dir(spec, args.output_dir).parent, spec.name)
-    if args.system and args.system != "local":
+    if args.system and not _runs_here(args.system):
         exp = exp / spec.name
         rc = submit_and_wait(args.spec, args.system, exp, args.wait_timeout, args.quiet)
         if rc:

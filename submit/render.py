@@ -1,4 +1,4 @@
-"""The script body shared by the PBS, Slurm and local backends: pure text from an ArrayJob.
+"""The script body every backend shares: pure text from an ArrayJob (the backend adds its directives).
 
 Safety rule: the only values written into a script unquoted are integers, names validated to a
 plain charset (experiment, queue, account) and the system profile's own lines (launcher, GPU
@@ -14,7 +14,6 @@ from lmsweep.submit.base import ArrayJob
 from lmsweep.submit.systems import SystemProfile
 
 EXIT_BAD_INDEX = 2          # bad input; 3 is the worker's "preempted"
-LOCAL_PATH = 'PATH="$(dirname "$PYTHON"):$PATH"   # local: the venv\'s mpiexec (mpich wheel) first'
 
 
 def element_lookup(job: ArrayJob, index_expr: str) -> list[str]:
@@ -36,13 +35,14 @@ def element_lookup(job: ArrayJob, index_expr: str) -> list[str]:
     return lines
 
 
-def launch_line(job: ArrayJob, profile: SystemProfile) -> str:
-    """The profile's launcher around the worker; the GPU binding runs inside each rank."""
+def launch_line(job: ArrayJob, profile: SystemProfile, launcher_for_one_rank: bool = True) -> str:
+    """The profile's launcher around the worker; the GPU binding runs inside each rank.
+    `launcher_for_one_rank=False` (a backend running on this machine): one rank runs the worker bare."""
     launcher = profile.launcher.format(nranks=job.ranks, ppn=job.ranks_per_node, depth=job.cpus_per_rank,
                                        nnodes=job.nodes)
     worker = '"$PYTHON" -m lmsweep worker --plan "$EXP" --element "$element"'
-    if profile.scheduler == "local" and job.ranks == 1:
-        return worker                       # one rank on this machine: no launcher needed
+    if not launcher_for_one_rank and job.ranks == 1:
+        return worker
     if profile.gpu_bind.strip():
         # per rank: bind this rank to its GPU, then become the worker (argv passes through untouched)
         per_rank = profile.gpu_bind.strip() + '; exec "$@"'
@@ -50,8 +50,10 @@ def launch_line(job: ArrayJob, profile: SystemProfile) -> str:
     return f"{launcher} {worker}"
 
 
-def body(job: ArrayJob, profile: SystemProfile, index_expr: str, job_id_expr: str) -> list[str]:
-    """Environment setup, index → element, launch, and an exit status the scheduler can record."""
+def body(job: ArrayJob, profile: SystemProfile, index_expr: str, job_id_expr: str, *,
+         setup: tuple[str, ...] = (), launcher_for_one_rank: bool = True) -> list[str]:
+    """Environment setup, index → element, launch, and an exit status the scheduler can record.
+    `setup`: the backend's own lines after EXP and PYTHON are set."""
     first, last = job.elements[0], job.elements[-1]
     what = f"element {first}" if job.n_tasks == 1 else f"{job.n_tasks} elements ({first}..{last})"
     lines = [
@@ -65,7 +67,7 @@ def body(job: ArrayJob, profile: SystemProfile, index_expr: str, job_id_expr: st
     lines += [
         f"EXP={quote(job.exp_dir)}",
         f"PYTHON={quote(job.python)}",
-        *([LOCAL_PATH] if profile.scheduler == "local" else []),
+        *setup,
         *element_lookup(job, index_expr),
         f"export OMP_NUM_THREADS={job.cpus_per_rank}",
         "export PYTHONUNBUFFERED=1",
@@ -74,7 +76,7 @@ def body(job: ArrayJob, profile: SystemProfile, index_expr: str, job_id_expr: st
         "# On preemption the launcher and workers get the signal themselves; workers finish their batch",
         "# and exit 3. The script survives a signal aimed at it and still reports the workers' status.",
         "trap ':' TERM INT",
-        launch_line(job, profile) + " &",
+        launch_line(job, profile, launcher_for_one_rank) + " &",
         "child=$!",
         'while kill -0 "$child" 2>/dev/null; do wait "$child"; done',
         'wait "$child"',

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
@@ -23,8 +23,6 @@ from lmsweep.configs import SYSTEMS as CONFIG_DIR
 
 PACKAGE_ROOT = CONFIG_DIR.parents[1]      # error messages name shipped profiles as configs/systems/<name>.yaml
 
-Scheduler = Literal["pbs", "slurm", "local"]
-SCHEDULERS: tuple[str, ...] = ("pbs", "slurm", "local")
 LAUNCHER_FIELDS = frozenset({"nranks", "ppn", "depth", "nnodes"})
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 
@@ -81,7 +79,7 @@ class SystemProfile:
     """A validated system profile; see ``configs/systems/polaris.yaml`` for the field meanings."""
 
     name: str
-    scheduler: Scheduler
+    scheduler: str                      # a backend registered in submit/backends/
     gpus_per_node: int
     cpus_per_node: int
     ranks_per_node: int
@@ -250,9 +248,12 @@ class _Reader:
         assert name is not None
         if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
             raise self.error(("name",), f"expected lowercase letters, digits, '-' or '_', got {name!r}")
+        from lmsweep.submit.backends import backends  # lazy: the backends import this module
+
         scheduler = self.text(top, ("scheduler",))
-        if scheduler not in SCHEDULERS:
-            raise self.error(("scheduler",), f"expected one of {', '.join(SCHEDULERS)}, got {scheduler!r}")
+        if scheduler not in backends():
+            raise self.error(("scheduler",), f"expected one of {', '.join(backends())}, got {scheduler!r}")
+        uses_queues = backends()[scheduler].uses_queues
         gpus = self.integer(top, ("gpus_per_node",), 0)
         cpus = self.integer(top, ("cpus_per_node",), 1)
         assert gpus is not None and cpus is not None
@@ -261,11 +262,11 @@ class _Reader:
         queues_raw = self.mapping(self._get(top, ("queues",), False), ("queues",), None)
         queues = {str(q): self.queue(str(q), limits) for q, limits in queues_raw.items()}
         default_queue = self.text(top, ("default_queue",), optional=True)
-        if scheduler == "local":
+        if not uses_queues:
             if queues:
-                raise self.error(("queues",), "must be empty for scheduler local")
+                raise self.error(("queues",), f"must be empty for scheduler {scheduler}")
             if default_queue is not None:
-                raise self.error(("default_queue",), "must be null for scheduler local")
+                raise self.error(("default_queue",), f"must be null for scheduler {scheduler}")
         else:
             if not queues:
                 raise self.error(("queues",), f"scheduler {scheduler} needs at least one queue")
@@ -281,7 +282,7 @@ class _Reader:
         assert gpu_bind is not None
         return SystemProfile(
             name=name,
-            scheduler=scheduler,  # type: ignore[arg-type]
+            scheduler=scheduler,
             gpus_per_node=gpus,
             cpus_per_node=cpus,
             ranks_per_node=ranks,

@@ -15,6 +15,7 @@ import pytest
 
 import lmsweep
 from helpers.cli import REPO, cli
+from helpers.status_table import states, table, wait_status
 from lmsweep.submit.jobs_dir import ArrayRecord, Submission, load_submissions
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -58,18 +59,6 @@ execution:
     return path
 
 
-def wait_status(exp: Path, env: dict, until, timeout: float = 240) -> str:
-    """Poll `lmsweep status` (the user's view) until `until(exit code, output)` holds."""
-    deadline = time.time() + timeout
-    while True:
-        proc = cli("status", str(exp), env=env)
-        if until(proc.returncode, proc.stdout):
-            return proc.stdout
-        if time.time() > deadline:
-            raise AssertionError(f"status did not get there in {timeout}s:\n{proc.stdout}\n{proc.stderr}")
-        time.sleep(5)
-
-
 def wait_slurm(job_ids: list[str], timeout: float = 300) -> None:
     """Until Slurm has nothing of these jobs pending or running (squeue is cheap; `lmsweep status` is not)."""
     deadline = time.time() + timeout
@@ -84,29 +73,8 @@ def scontrol_job(job: str, env: dict) -> str:
                           env={**os.environ, **env}).stdout
 
 
-def table(out: str) -> list[dict[str, str]]:
-    """The per-element status table (the first one printed) as a list of {column: text}."""
-    lines = out.splitlines()
-    start = next((i for i, line in enumerate(lines) if line.startswith("┃") and "scheduler" in line), None)
-    if start is None:
-        return []
-    cols = [c.strip() for c in lines[start].strip("┃").split("┃")]
-    rows = []
-    for line in lines[start + 1:]:
-        if line.startswith("└"):
-            break
-        if line.startswith("│"):
-            rows.append(dict(zip(cols, (c.strip() for c in line.strip("│").split("│")))))
-    return rows
-
-
 def row(out: str, element: int) -> dict[str, str]:
     return next(r for r in table(out) if r["element"] == str(element))
-
-
-def states(out: str) -> list[str]:
-    """The scheduler column, one entry per element."""
-    return [r["scheduler"] for r in table(out)]
 
 
 def settled(out: str) -> bool:

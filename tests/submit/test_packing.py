@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from lmsweep.jobs.plan import ELEMENT_FILL
+from lmsweep.submit.base import scheduler_for
 from lmsweep.submit.packing import PackingError, PackRequest, pack, split_arrays
 from lmsweep.submit.systems import load_system, walltime_seconds
 
@@ -12,7 +13,7 @@ from lmsweep.submit.systems import load_system, walltime_seconds
 def request(system: str, queue: str | None, **kw) -> PackRequest:
     p = load_system(system)
     q = p.queue(queue) if queue else None
-    base = dict(system=system, scheduler=p.scheduler, queue=q, ranks_per_node=p.ranks_per_node,
+    base = dict(system=system, one_machine=scheduler_for(p).one_machine, queue=q, ranks_per_node=p.ranks_per_node,
                 walltime="01:00:00", tokens_per_second=50.0, max_array_size=p.max_array_size,
                 other_queues=tuple(v for k, v in p.queues.items() if k != queue))
     return PackRequest(**(base | kw))

@@ -13,28 +13,24 @@ import re
 import pytest
 
 from helpers.cli import FIXTURES as REPO_FIXTURES
-from lmsweep.submit.pbs_parse import (
+from lmsweep.submit.backends.pbs import limits_from_qmgr, states_from_qstat, task_states
+from lmsweep.submit.backends.pbs_parse import (
     JobErrors,
     JobState,
     PbsParseError,
-    array_outcome,
-    array_summary,
     classify_qsub_error,
     normalize_state,
     parse_index_list,
     parse_job_errors,
     parse_job_id,
     parse_job_kill_message,
-    parse_qstat,
-    parse_qstat_dsv,
     parse_qstat_full,
-    parse_qstat_json,
-    parse_qstat_queues,
-    parse_qstat_table,
     parse_qsub_output,
     parse_queue_limits,
     parse_server_attributes,
+    state_from_attributes,
 )
+from lmsweep.submit.base import RecordedJob
 
 FIXTURES = REPO_FIXTURES / "pbs"
 
@@ -108,138 +104,92 @@ def test_qsub_without_id_is_an_error():
         parse_qsub_output("qsub: would exceed queue generic's per-user limit\n")
 
 
-# --------------------------------------------------------------------------- single job
+# --------------------------------------------------------------------------- qstat records
+#
+# The backend asks for `qstat -x -f -t` in text form (pbs.py), so that is the parser under test. Cases captured
+# only as `-F json` (qdel of an array, walltime kill, Can Never Run) go through the same attribute rules
+# (`state_from_attributes`) and the same per-task step the backend runs (`task_states`): the transcripts' real
+# attribute values, without a JSON parser in the product.
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "01_qstat_running.stdout.txt",
-        "01_qstat_a_running.stdout.txt",
-        "01_qstat_f_running.stdout.txt",
-        "01_qstat_f_json_running.stdout.json",
-    ],
-)
-def test_running_single_job_in_every_format(name):
-    [job] = parse_qstat(fixture(name))
+def records(name: str) -> list[JobState]:
+    """The job records of one transcript: `-f` text as the backend parses it, `-F json` as attribute maps."""
+    text = fixture(name)
+    if name.endswith(".json"):
+        return [state_from_attributes(jid, attrs) for jid, attrs in json.loads(text).get("Jobs", {}).items()]
+    return parse_qstat_full(text)
+
+
+def recorded(job_id: str, n_tasks: int, directory: str = "/nonexistent") -> RecordedJob:
+    return RecordedJob(job_id, n_tasks, "sub-0001", 0, list(range(n_tasks)), directory)
+
+
+def per_task(job_id: str, n_tasks: int, jobs: list[JobState]) -> dict[int, str]:
+    states = task_states([recorded(job_id, n_tasks)], jobs)
+    return {i: states[(job_id, i)].state for i in range(n_tasks)}
+
+
+@pytest.mark.parametrize("name", ["01_qstat_f_running.stdout.txt", "01_qstat_f_json_running.stdout.json"])
+def test_running_single_job(name):
+    [job] = records(name)
     assert (job.job_id, job.state, job.normalized, job.queue) == ("4.pbshost", "R", "running", "workq")
     assert job.array_index is None and not job.is_array_parent and job.exit_status is None
-    # qstat -a cuts names to 10 columns with '*'
-    assert job.name == ("polaris_s*" if "_a_" in name else "polaris_single")
+    assert job.name == "polaris_single"
 
 
-@pytest.mark.parametrize(
-    ("name", "parser"),
-    [
-        ("03_qstat_xf_finished.stdout.txt", parse_qstat_full),
-        ("03_qstat_xf_json_finished.stdout.json", parse_qstat_json),
-        ("03_qstat_xf_dsv_finished.stdout.txt", parse_qstat_dsv),
-    ],
-)
-def test_finished_single_job(name, parser):
-    [job] = parser(fixture(name))
+@pytest.mark.parametrize("name", ["03_qstat_xf_finished.stdout.txt", "03_qstat_xf_json_finished.stdout.json"])
+def test_finished_single_job(name):
+    [job] = records(name)
     assert (job.job_id, job.state, job.exit_status, job.substate) == ("4.pbshost", "F", 0, 92)
     assert job.normalized == "finished" and job.done
     assert job.comment == "Job run at Sun Nov 22 at 08:21 on (pbshost:ncpus=1) and finished"
-
-
-def test_short_form_cannot_tell_finished_from_failed():
-    [job] = parse_qstat(fixture("01_qstat_x_finished.stdout.txt"))
-    assert (job.state, job.normalized, job.done) == ("F", "unknown", True)
+    assert per_task("4.pbshost", 1, [job]) == {0: "finished"}
 
 
 # --------------------------------------------------------------------------- held, then deleted
 
 
-@pytest.mark.parametrize(
-    "name", ["03_qstat_held.stdout.txt", "03_qstat_f_held.stdout.txt", "03_qstat_f_json_held.stdout.json"]
-)
+@pytest.mark.parametrize("name", ["03_qstat_f_held.stdout.txt", "03_qstat_f_json_held.stdout.json"])
 def test_held_job(name):
-    [job] = parse_qstat(fixture(name))
+    [job] = records(name)
     assert (job.job_id, job.name, job.state, job.normalized) == ("12.pbshost", "held_job", "H", "held")
     assert not job.done
 
 
 def test_held_job_deleted_is_cancelled_without_exit_status():
-    [job] = parse_qstat(fixture("03_qstat_xf_json_after_qdel.stdout.json"))
+    [job] = records("03_qstat_xf_json_after_qdel.stdout.json")
     assert (job.state, job.substate, job.exit_status, job.normalized) == ("F", 91, None, "cancelled")
-    [short] = parse_qstat(fixture("03_qstat_x_after_qdel.stdout.txt"))
-    assert (short.job_id, short.state) == ("12.pbshost", "F")
+    assert per_task("12.pbshost", 1, [job]) == {0: "cancelled"}
 
 
 # --------------------------------------------------------------------------- array 5[]: -J 0-5%2, index 3 exits 3
 
 
-def test_array_while_running_json():
-    jobs = by_id(parse_qstat(fixture("02_qstat_f_json_t_running.stdout.json")))
-    parent = jobs["5[].pbshost"]
+def test_array_while_running():
+    jobs = records("02_qstat_f_json_t_running.stdout.json")
+    parent = by_id(jobs)["5[].pbshost"]
     assert (parent.state, parent.normalized, parent.is_array_parent) == ("B", "running", True)
     assert parent.array_indices == (0, 1, 2, 3, 4, 5)
     assert parent.array_id == "5[].pbshost"
-    # queued subjobs carry no array_index attribute in JSON; the index comes from the id
-    assert jobs["5[2].pbshost"].array_index == 2
-    assert array_summary(jobs.values()) == {
+    # queued subjobs carry no array_index attribute; the index comes from the id
+    assert by_id(jobs)["5[2].pbshost"].array_index == 2
+    assert per_task("5[].pbshost", 6, jobs) == {
         0: "running", 1: "running", 2: "queued", 3: "queued", 4: "queued", 5: "queued",
-    }  # fmt: skip
-    assert array_outcome(array_summary(jobs.values())) == "running"
-
-
-@pytest.mark.parametrize(
-    "name",
-    ["02_qstat_t_running.stdout.txt", "02_qstat_at_running.stdout.txt", "02_qstat_Jt_running.stdout.txt"],
-)
-def test_array_while_running_short_forms(name):
-    jobs = parse_qstat(fixture(name))
-    assert array_summary(jobs, "5[]") == {
-        0: "running",
-        1: "running",
-        2: "queued",
-        3: "queued",
-        4: "queued",
-        5: "queued",
-    }
-    parents = [j for j in jobs if j.is_array_parent]
-    # qstat -J -t lists subjobs only
-    assert [p.state for p in parents] == ([] if "Jt" in name else ["B"])
-
-
-def test_default_qstat_shows_parent_and_held_dependents():
-    jobs = by_id(parse_qstat(fixture("02_qstat_running.stdout.txt")))
-    assert jobs["5[].pbshost"].state == "B"
-    assert {jobs[f"{i}.pbshost"].name: jobs[f"{i}.pbshost"].normalized for i in (6, 7, 8)} == {
-        "dep_afterok": "held", "dep_afternotok": "held", "dep_afterany": "held",
     }  # fmt: skip
 
 
 def test_parent_record_while_running_text():
-    [parent] = parse_qstat(fixture("02_qstat_f_parent_running.stdout.txt"))
+    [parent] = records("02_qstat_f_parent_running.stdout.txt")
     assert (parent.job_id, parent.state, parent.substate) == ("5[].pbshost", "B", 70)
     assert parent.array_indices == (0, 1, 2, 3, 4, 5)
 
 
-@pytest.mark.parametrize("name", ["02_qstat_t_midway.stdout.txt", "02_qstat_xt_midway.stdout.txt"])
-def test_array_midway_finished_subjobs_show_x(name):
-    jobs = by_id(parse_qstat(fixture(name)))
-    letters = {j.array_index: j.state for j in jobs.values() if j.array_index is not None}
-    assert letters == {0: "X", 1: "X", 2: "R", 3: "R", 4: "Q", 5: "Q"}
-    assert jobs["5[].pbshost"].state == "B"
-    assert jobs["5[0].pbshost"].done and not jobs["5[2].pbshost"].done
-    assert array_outcome(array_summary(jobs.values(), "5[].pbshost")) == "running"
-
-
-@pytest.mark.parametrize(
-    ("name", "parser"),
-    [
-        ("02_qstat_xf_json_t_final.stdout.json", parse_qstat_json),
-        ("02_qstat_xf_t_final.stdout.txt", parse_qstat_full),
-    ],
-)
-def test_array_final_each_subjob_decides(name, parser):
-    jobs = by_id(parser(fixture(name)))
-    assert array_summary(jobs.values()) == {
+@pytest.mark.parametrize("name", ["02_qstat_xf_json_t_final.stdout.json", "02_qstat_xf_t_final.stdout.txt"])
+def test_array_final_each_subjob_decides(name):
+    jobs = by_id(records(name))
+    assert per_task("5[].pbshost", 6, list(jobs.values())) == {
         0: "finished", 1: "finished", 2: "finished", 3: "failed", 4: "finished", 5: "finished",
     }  # fmt: skip
-    assert array_outcome(array_summary(jobs.values())) == "failed"
     assert jobs["5[3].pbshost"].exit_status == 3
     assert jobs["5[3].pbshost"].comment == "Job run at Sun Nov 22 at 08:22 on (pbshost:ncpus=1) and failed"
     parent = jobs["5[].pbshost"]
@@ -249,82 +199,67 @@ def test_array_final_each_subjob_decides(name, parser):
 
 
 def test_parent_alone_says_exit_0_but_every_subjob_is_unknown():
-    jobs = parse_qstat(fixture("02_qstat_xf_json_parent_final.stdout.json"))
+    jobs = records("02_qstat_xf_json_parent_final.stdout.json")
     assert [(j.job_id, j.exit_status) for j in jobs] == [("5[].pbshost", 0)]
-    summary = array_summary(jobs)
-    assert summary == dict.fromkeys(range(6), "unknown") and array_outcome(summary) == "unknown"
+    assert per_task("5[].pbshost", 6, jobs) == dict.fromkeys(range(6), "unknown")
 
 
 def test_failing_subjob_alone():
-    [job] = parse_qstat(fixture("02_qstat_xf_json_subjob3_final.stdout.json"))
+    [job] = records("02_qstat_xf_json_subjob3_final.stdout.json")
     assert (job.job_id, job.array_index, job.exit_status, job.normalized) == ("5[3].pbshost", 3, 3, "failed")
     assert job.array_id == "5[].pbshost"
 
 
-@pytest.mark.parametrize("name", ["02_qstat_xt_final.stdout.txt", "02_qstat_xt_final_all.stdout.txt"])
-def test_array_final_short_form_all_f(name):
-    jobs = by_id(parse_qstat(fixture(name)))
-    assert {j.state for j in jobs.values()} == {"F"}
-    assert sorted(array_summary(jobs.values(), "5[]")) == [0, 1, 2, 3, 4, 5]
-
-
 def test_dependents_of_array_with_failed_subjob():
-    final = by_id(parse_qstat(fixture("06_qstat_x_deps_final.stdout.txt")))
-    assert sorted(final) == ["5[].pbshost", "6.pbshost", "7.pbshost", "8.pbshost"]
     # afterok ran although 5[3] failed; afternotok was removed without running
-    [afterok] = parse_qstat(fixture("06_qstat_xf_json_deps_final.stdout.json"))  # multi-id JSON: first only
+    [afterok] = records("06_qstat_xf_json_deps_final.stdout.json")  # multi-id JSON: first only
     assert (afterok.job_id, afterok.normalized, afterok.exit_status) == ("6.pbshost", "finished", 0)
-    [afternotok] = parse_qstat(fixture("06_qstat_xf_json_afternotok_never_ran.stdout.json"))
+    [afternotok] = records("06_qstat_xf_json_afternotok_never_ran.stdout.json")
     assert (afternotok.job_id, afternotok.state, afternotok.substate) == ("7.pbshost", "F", 92)
     assert (afternotok.exit_status, afternotok.normalized) == (None, "cancelled")
-    [afterany] = parse_qstat(fixture("06_qstat_xf_json_afterany.stdout.json"))
+    [afterany] = records("06_qstat_xf_json_afterany.stdout.json")
     assert (afterany.job_id, afterany.normalized) == ("8.pbshost", "finished")
 
 
 def test_control_array_9_parent_exit_1_when_failure_is_last():
-    jobs = by_id(parse_qstat(fixture("06b_qstat_xf_final.stdout.txt")))
+    jobs = by_id(records("06b_qstat_xf_final.stdout.txt"))
     assert jobs["9[].pbshost"].exit_status == 1 and jobs["9[].pbshost"].normalized == "unknown"
     assert (jobs["10.pbshost"].name, jobs["10.pbshost"].normalized) == ("dep2_afterok", "cancelled")
     assert (jobs["11.pbshost"].name, jobs["11.pbshost"].normalized) == ("dep2_afternotok", "finished")
-    short = by_id(parse_qstat(fixture("06b_qstat_x_final.stdout.txt")))
-    assert sorted(array_summary(short.values(), "9[]")) == [0, 1, 2, 3]
 
 
 def test_control_array_14_failed_subjob_and_missing_ones_are_unknown():
-    jobs = parse_qstat(fixture("06c_qstat_xf_final.stdout.txt"))
+    jobs = records("06c_qstat_xf_final.stdout.txt")
     ids = by_id(jobs)
     assert ids["14[].pbshost"].exit_status == 0
     assert (ids["14[3].pbshost"].exit_status, ids["14[3].pbshost"].normalized) == (3, "failed")
     assert ids["15.pbshost"].normalized == "finished"  # afterok ran despite 14[3]
-    summary = array_summary(jobs, "14[].pbshost")
-    assert summary == {0: "unknown", 1: "unknown", 2: "unknown", 3: "failed", 4: "unknown", 5: "unknown"}
-    assert array_outcome(summary) == "failed"
-    final = parse_qstat(fixture("06c_qstat_x_final.stdout.txt"))
-    assert [j.job_id for j in final][-1] == "15.pbshost"
+    assert per_task("14[].pbshost", 6, jobs) == {
+        0: "unknown", 1: "unknown", 2: "unknown", 3: "failed", 4: "unknown", 5: "unknown",
+    }  # fmt: skip
 
 
 def test_bare_array_id_is_unknown_but_other_operands_still_print():
-    jobs = parse_qstat(fixture("06c_qstat_x_bare_array_id.stdout.txt"))
     errors = parse_job_errors(fixture("06c_qstat_x_bare_array_id.stderr.txt"))
     assert errors == JobErrors(unknown=("14.pbshost",))
-    assert len(jobs) == 7 and jobs[0].job_id == "14[].pbshost"
+
+
+def test_forgotten_job_says_so_and_a_kill_notice_in_its_log_says_failed(tmp_path):
+    stderr = fixture("05_qstat_x_unknown_job.stderr.txt")
+    states = states_from_qstat([recorded("99999.pbshost", 1, str(tmp_path))], "", stderr)
+    assert (states[("99999.pbshost", 0)].state, states[("99999.pbshost", 0)].reason) == (
+        "unknown", "qstat: Unknown Job Id (history expired)")
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "job.err").write_text(fixture("11_walltime_killed_joboutput_stderr.txt"))
+    state = states_from_qstat([recorded("99999.pbshost", 1, str(tmp_path))], "", stderr)[("99999.pbshost", 0)]
+    assert (state.state, state.reason) == ("failed", "PBS: job killed: walltime 10 exceeded limit 5")
 
 
 # --------------------------------------------------------------------------- array 13[]: qdel while pending
 
 
-def test_pending_array_then_one_subjob_deleted():
-    before = parse_qstat(fixture("04_qstat_t_pending.stdout.txt"))
-    assert {j.state for j in before} == {"Q"} and len(before) == 6
-    for name in ("04_qstat_t_after_qdel_subjob.stdout.txt", "04_qstat_xt_after_qdel_subjob.stdout.txt"):
-        jobs = by_id(parse_qstat(fixture(name)))
-        assert jobs["13[2].pbshost"].state == "X"
-        assert jobs["13[].pbshost"].state == "Q"
-        assert jobs["13[2].pbshost"].queue == "pendq"
-
-
 def test_parent_after_one_subjob_deleted_json():
-    [parent] = parse_qstat(fixture("04_qstat_f_json_parent_after_qdel_subjob.stdout.json"))
+    [parent] = records("04_qstat_f_json_parent_after_qdel_subjob.stdout.json")
     assert (parent.job_id, parent.normalized, parent.array_indices) == (
         "13[].pbshost",
         "queued",
@@ -333,43 +268,29 @@ def test_parent_after_one_subjob_deleted_json():
 
 
 def test_qdeled_pending_array_every_subjob_cancelled():
-    jobs = parse_qstat(fixture("04_qstat_xf_json_t_after_qdel_array.stdout.json"))
+    jobs = records("04_qstat_xf_json_t_after_qdel_array.stdout.json")
     assert all(j.exit_status is None and j.substate == 91 for j in jobs)
-    assert array_summary(jobs) == dict.fromkeys(range(5), "cancelled")
-    assert array_outcome(array_summary(jobs)) == "cancelled"
+    assert per_task("13[].pbshost", 5, jobs) == dict.fromkeys(range(5), "cancelled")
     parent = by_id(jobs)["13[].pbshost"]
     assert (parent.normalized, parent.comment) == (
         "cancelled",
         "Not Running: Queue not started. and terminated",
     )
-    short = parse_qstat(fixture("04_qstat_xt_after_qdel_array.stdout.txt"))
-    assert {j.state for j in short} == {"F"}
 
 
 # --------------------------------------------------------------------------- array 28[] and job 29: qdel while running
 
 
-def test_running_array_before_qdel():
-    jobs = parse_qstat(fixture("10_qstat_t_running.stdout.txt"))
-    assert array_summary(jobs) == {0: "running", 1: "running", 2: "queued", 3: "queued"}
-    after = by_id(parse_qstat(fixture("10_qstat_t_after_qdel_running_subjob.stdout.txt")))
-    assert after["28[1].pbshost"].state == "X" and after["28[2].pbshost"].state == "R"
-
-
 def test_qdeled_running_array_is_cancelled_though_exit_status_is_0():
-    jobs = by_id(parse_qstat(fixture("10_qstat_xf_json_t_after_qdel_array.stdout.json")))
+    jobs = by_id(records("10_qstat_xf_json_t_after_qdel_array.stdout.json"))
     assert {j.exit_status for j in jobs.values()} == {0}
-    assert array_summary(jobs.values()) == dict.fromkeys(range(4), "cancelled")
+    assert per_task("28[].pbshost", 4, list(jobs.values())) == dict.fromkeys(range(4), "cancelled")
     assert jobs["28[0].pbshost"].comment.endswith("and terminated by root@pbshost")
     assert jobs["28[1].pbshost"].comment == "Subjob finished"  # deleted while running; substate says so
-    short = parse_qstat(fixture("10_qstat_xt_after_qdel_array.stdout.txt"))
-    assert [j.state for j in short] == ["F"] * 5
 
 
 def test_qdeled_running_single_job_and_wrapped_comment():
-    [running] = parse_qstat(fixture("10b_qstat_running.stdout.txt"))
-    assert (running.job_id, running.normalized) == ("29.pbshost", "running")
-    [job] = parse_qstat(fixture("10b_qstat_xf_after_qdel_running.stdout.txt"))
+    [job] = records("10b_qstat_xf_after_qdel_running.stdout.txt")
     assert (job.exit_status, job.substate, job.normalized) == (0, 91, "cancelled")
     # the text form wraps long values with a tab; pieces join without a separator
     assert job.comment == "Job run at Sun Nov 22 at 08:25 on (pbshost:ncpus=1) and terminated by root@pbshost"
@@ -379,10 +300,8 @@ def test_qdeled_running_single_job_and_wrapped_comment():
 
 
 def test_walltime_kill_is_failed():
-    [job] = parse_qstat(fixture("11_qstat_xf_json_walltime_exceeded.stdout.json"))
+    [job] = records("11_qstat_xf_json_walltime_exceeded.stdout.json")
     assert (job.job_id, job.exit_status, job.substate, job.normalized) == ("30.pbshost", -29, 93, "failed")
-    [short] = parse_qstat(fixture("11_qstat_x_walltime_exceeded.stdout.txt"))
-    assert (short.name, short.state) == ("wall_exceed", "F")
 
 
 def test_kill_notice_in_the_job_stderr_file():
@@ -394,30 +313,22 @@ def test_kill_notice_in_the_job_stderr_file():
 
 
 def test_job_that_can_never_run():
-    [job] = parse_qstat(fixture("09_qstat_f_json_never_runs.stdout.json"))
+    [job] = records("09_qstat_f_json_never_runs.stdout.json")
     assert job.normalized == "queued" and job.can_never_run
     assert job.comment == "Can Never Run: Insufficient amount of resource: system (aurora != polaris)"
-    [short] = parse_qstat(fixture("09_qstat_never_runs.stdout.txt"))
-    assert (short.job_id, short.state, short.can_never_run) == ("27.pbshost", "Q", False)
-    [with_s] = parse_qstat(fixture("09_qstat_s_never_runs.stdout.txt"))
-    assert with_s.can_never_run and with_s.name == "tiny.pbs"
+    [state] = task_states([recorded("27.pbshost", 1)], [job]).values()
+    assert state.active and state.never_runs
 
 
 def test_multi_id_json_prints_only_first_job_but_text_prints_all():
-    assert [j.job_id for j in parse_qstat(fixture("08_qstat_f_json_multi_id.stdout.json"))] == ["19.pbshost"]
+    """Why the backend asks for the text form: one batched call must list every job."""
+    assert [j.job_id for j in records("08_qstat_f_json_multi_id.stdout.json")] == ["19.pbshost"]
     text_ids = ["19.pbshost", "20.pbshost", "21.pbshost"]
-    assert [j.job_id for j in parse_qstat(fixture("08_qstat_f_multi_id_text.stdout.txt"))] == text_ids
-    assert [j.job_id for j in parse_qstat(fixture("08_qstat_multi_id_text.stdout.txt"))] == text_ids
-    every = by_id(parse_qstat(fixture("08_qstat_f_json_all.stdout.json")))
+    assert [j.job_id for j in records("08_qstat_f_multi_id_text.stdout.txt")] == text_ids
+    every = by_id(records("08_qstat_f_json_all.stdout.json"))
     assert sorted(every) == ["19.pbshost", "20.pbshost", "21.pbshost", "23.pbshost"]
     assert (every["23.pbshost"].state, every["23.pbshost"].normalized) == ("E", "exiting")
     assert every["19.pbshost"].queue == "limq"
-
-
-def test_exponent_queue_rank_does_not_break_json():
-    text = fixture("06_qstat_xf_json_afternotok_never_ran.stdout.json")
-    assert "1.79533571408586e+15" in text
-    assert len(parse_qstat_json(text)) == 1
 
 
 @pytest.mark.parametrize(
@@ -448,17 +359,6 @@ def test_normalize_live_letters(letter, expected):
     assert normalize_state(letter, exit_status=None) == expected
 
 
-def test_array_summary_needs_an_id_when_arrays_are_mixed():
-    jobs = parse_qstat(fixture("02_qstat_t_running.stdout.txt")) + parse_qstat(
-        fixture("10_qstat_t_running.stdout.txt")
-    )
-    with pytest.raises(ValueError, match="several arrays"):
-        array_summary(jobs)
-    assert list(array_summary(jobs, "28[]")) == [0, 1, 2, 3]
-    with pytest.raises(ValueError, match="not an array id"):
-        array_summary(jobs, "28")
-
-
 def test_index_lists():
     assert parse_index_list("0-1,3-4") == (0, 1, 3, 4)
     assert parse_index_list("0-9:3") == (0, 3, 6, 9)
@@ -466,11 +366,9 @@ def test_index_lists():
 
 
 def test_garbage_is_rejected():
-    with pytest.raises(PbsParseError, match="not valid JSON"):
-        parse_qstat("{ not json")
-    with pytest.raises(PbsParseError, match="columns"):
-        parse_qstat_table("Job id  Name\n----\n4.pbshost oops\n")
-    assert parse_qstat("") == []
+    with pytest.raises(PbsParseError, match="not 'key = value'"):
+        parse_qstat_full("Job Id: 4.pbshost\noops\n")
+    assert parse_qstat_full("") == []
 
 
 # --------------------------------------------------------------------------- stderr
@@ -562,10 +460,12 @@ def test_queue_limits_with_several_entries_and_resources_max():
     }
 
 
-def test_qstat_queue_summary():
-    queues = parse_qstat_queues(fixture("00_qstat_Q.stdout.txt"))
-    assert sorted(queues) == ["debug", "preemptable", "workq"]
-    assert queues["workq"].enabled and queues["workq"].started and queues["workq"].queue_type == "Exe"
+def test_live_limits_from_qmgr_print_server():
+    text = fixture("00_qmgr_print_server.stdout.txt")
+    assert limits_from_qmgr(text, "debug") == {"max_array_size": 10000, "max_queued": 1}
+    assert limits_from_qmgr(text, "preemptable") == {"max_array_size": 10000, "max_queued": 20}
+    assert limits_from_qmgr(text, "workq") == {"max_array_size": 10000}
+    assert limits_from_qmgr(fixture("05_qmgr_list_limq.stdout.txt"), "limq") == {"max_queued": 3}
 
 
 # --------------------------------------------------------------------------- completeness
@@ -578,7 +478,14 @@ def _captures() -> list[dict]:
 NOT_PARSED = {
     "00_qstat_version": "version banner",
     "00_qstat_B": "server summary, nothing lmsweep reads",
+    "00_qstat_Q": "queue summary, nothing lmsweep reads (limits come from qmgr)",
 }
+
+
+def _asks_for(command: str) -> bool:
+    """The qstat form the backend runs: full records (-f), text (not -F json / dsv)."""
+    words = command.split()
+    return any(w.startswith("-") and "f" in w and not w.startswith("-F") for w in words) and "-F" not in words
 
 
 @pytest.mark.parametrize("capture", _captures(), ids=lambda c: c["name"])
@@ -595,15 +502,14 @@ def test_every_capture_is_parsed(capture):
             assert parse_qsub_output(out) == out.strip()
         else:
             assert classify_qsub_error(err).kind != "unknown"
-    elif tool == "qstat" and "-Q" in command.split():
-        assert parse_qstat_queues(out)
     elif tool == "qstat":
-        jobs = parse_qstat(out)
         if out.startswith("{"):
-            printed = set(json.loads(out).get("Jobs", {}))
-        else:
-            printed = set(re.findall(r"^(?:Job Id: )?(\d+\[?\d*\]?\.pbshost)", out, re.MULTILINE))
-        assert {j.job_id for j in jobs} == printed
+            jobs = [state_from_attributes(jid, attrs) for jid, attrs in json.loads(out).get("Jobs", {}).items()]
+            assert {j.job_id for j in jobs} == set(json.loads(out).get("Jobs", {}))
+        elif _asks_for(command) or not out.strip():
+            jobs = parse_qstat_full(out)
+            printed = set(re.findall(r"^Job Id: (\d+\[?\d*\]?\.pbshost)", out, re.MULTILINE))
+            assert {j.job_id for j in jobs} == printed
         errors = parse_job_errors(err)
         assert not errors.other
         assert (capture["exit_code"] != 0) == bool(errors)

@@ -28,10 +28,10 @@ import lmsweep
 from helpers.cli import FIXTURES as REPO_FIXTURES
 from helpers.cli import cli
 from helpers.pbs_rules import check_pbs_script
+from lmsweep.submit.backends.pbs import PbsScheduler
 from lmsweep.submit.base import ArrayJob
 from lmsweep.submit.jobs_dir import load_submissions
 from lmsweep.submit.packing import PackingError, PackRequest, pack
-from lmsweep.submit.pbs import PbsScheduler
 from lmsweep.submit.systems import load_system
 
 FIXTURES = REPO_FIXTURES / "pbs"
@@ -105,7 +105,7 @@ def render(system: str, queue: str, n_units: int, *, ranks: int | None = None, n
            walltime: str = "01:00:00", tps: float = 50.0, account: str = "myproj", models: int = 1) -> str:
     profile = load_system(system)
     q = profile.queue(queue)
-    req = PackRequest(system, "pbs", q, profile.ranks_per_node, walltime, tps, nodes=nodes, ranks=ranks)
+    req = PackRequest(system, q, profile.ranks_per_node, walltime, tps, nodes=nodes, ranks=ranks)
     packing = pack([f"m{i % models}" for i in range(n_units)], np.full(n_units, 300.0), req)
     job = ArrayJob("sweep", "/eagle/myproj/runs/sweep", "sub-0001", 0, packing.arrays[0], packing.nodes,
                    packing.ranks_per_node, profile.cpus_per_rank, walltime, queue, account, packing.throttle,
@@ -307,8 +307,13 @@ def test_status_reads_every_subjob_not_the_array_parent(tmp_path, tiny_llama):
     assert "qstat -x -f -t 5[].pbshost" in (tmp_path / "shim.log").read_text()
     assert "lmsweep resubmit" in proc.stdout
 
-    # while the array runs (real `qstat -f -F json -t` transcript), cancel deletes the whole array
-    env["FAKE_QSTAT"] = str(FIXTURES / "02_qstat_f_json_t_running.stdout.json")
+    # while the array runs, cancel deletes the whole array. The running array was captured only as
+    # `qstat -f -F json -t`; its records are written out in the `-f` text form the backend asks for
+    running = json.loads((FIXTURES / "02_qstat_f_json_t_running.stdout.json").read_text())["Jobs"]
+    (tmp_path / "running.txt").write_text("".join(
+        f"Job Id: {jid}\n" + "".join(f"    {k} = {v}\n" for k, v in attrs.items() if not isinstance(v, dict)) + "\n"
+        for jid, attrs in running.items()))
+    env["FAKE_QSTAT"] = str(tmp_path / "running.txt")
     proc = cli("cancel", str(exp), env=env, check=True)
     assert "cancelled 5[].pbshost" in proc.stdout
     assert "qdel 5[].pbshost" in (tmp_path / "shim.log").read_text()

@@ -6,9 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
-from test_slurm_e2e import states, wait_status
 
 from helpers.cli import cli
+from helpers.status_table import states, wait_status
 
 pytestmark = pytest.mark.slow
 

@@ -99,8 +99,8 @@ def test_hostile_paths_and_prompts_render_inert_scripts(tmp_path, tiny_llama, ho
 
 def test_a_newline_in_a_path_stays_inside_its_quotes(tmp_path):
     """Specs refuse control characters in output_dir, but the renderer must not depend on that."""
+    from lmsweep.submit.backends.pbs import PbsScheduler
     from lmsweep.submit.base import ArrayJob
-    from lmsweep.submit.pbs import PbsScheduler
     from lmsweep.submit.systems import load_system
 
     pwned = tmp_path / "PWNED"

@@ -2,7 +2,14 @@
 which the CI cluster lacks (no slurmdbd): every task is read on its own, the last jobcomp line wins."""
 from __future__ import annotations
 
-from lmsweep.submit.slurm import SlurmScheduler, normalize, parse_config, parse_jobcomp, parse_sacct, parse_squeue
+from lmsweep.submit.backends.slurm import (
+    SlurmScheduler,
+    normalize,
+    parse_config,
+    parse_jobcomp,
+    parse_sacct,
+    parse_squeue,
+)
 from lmsweep.submit.systems import load_system
 
 SQUEUE = """\

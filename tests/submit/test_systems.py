@@ -179,7 +179,7 @@ def test_cpu_only_profile_defaults_to_one_rank(tmp_path):
         ("max_running: 10", "max_runing: 10", ("12: queues.prod.max_runing: unknown key (expected one of: "
          "min_nodes, max_nodes, max_walltime, max_queued, max_running, max_concurrent_subjobs, preemptable)")),
         ("preemptable: false", "preemptable: 0", "14: queues.prod.preemptable: expected true or false, got 0"),
-        ("scheduler: pbs", "scheduler: lsf", "2: scheduler: expected one of pbs, slurm, local, got 'lsf'"),
+        ("scheduler: pbs", "scheduler: lsf", "2: scheduler: expected one of local, pbs, slurm, got 'lsf'"),
         ("default_queue: prod", "default_queue: debug", "5: default_queue: 'debug' is not one of the queues (prod)"),
         ("name: site", "name: polaris", "1: name: 'polaris' does not match the file name 'site'"),
         ("filesystems: [home]", "filesystems: home", "15: filesystems: expected a list of strings, got 'home'"),

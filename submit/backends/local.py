@@ -11,17 +11,28 @@ import os
 import re
 from pathlib import Path
 from shlex import quote
+from typing import Any
 
+from lmsweep.submit.backends import register
 from lmsweep.submit.base import ArrayJob, RecordedJob, Scheduler, SchedulerError, TaskState
 from lmsweep.submit.render import body
 
+VENV_PATH = 'PATH="$(dirname "$PYTHON"):$PATH"   # local: the venv\'s mpiexec (mpich wheel) first'
 
+
+@register
 class LocalScheduler(Scheduler):
     name = "local"
     script_suffix = ".sh"
+    uses_queues = False
+    one_machine = True
+
+    def defaults(self, execution) -> dict[str, Any]:
+        return {"array_limit": execution.concurrency}     # elements at once, as `lmsweep run` runs them
 
     def render(self, job: ArrayJob) -> str:
-        task = "\n".join("    " + line for line in body(job, self.profile, "$1", "local"))
+        lines = body(job, self.profile, "$1", "local", setup=(VENV_PATH,), launcher_for_one_rank=False)
+        task = "\n".join("    " + line for line in lines)
         k = job.throttle or 1
         return "\n".join([
             "#!/bin/bash",

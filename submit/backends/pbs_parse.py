@@ -1,7 +1,9 @@
 """Parse what the PBS client commands print: job ids, job states, errors, queue limits.
 
 Everything here is a pure function of text, so the parsers are tested against real
-transcripts (``shared/fixtures/pbs/``, OpenPBS 23.06) without a PBS server.
+transcripts (``tests/fixtures/pbs/``, OpenPBS 23.06) without a PBS server. Only what the PBS
+backend (``pbs.py``) asks for is parsed: ``qsub``'s id and refusals, ``qstat -x -f -t`` (text form),
+``qstat``/``qdel`` stderr, a job's kill notice and ``qmgr -c "print server"`` for live limits.
 
 Why the rules below look the way they do (all observed in those transcripts):
 
@@ -12,7 +14,7 @@ Why the rules below look the way they do (all observed in those transcripts):
 * The array parent's ``Exit_status`` is *not* an aggregate: it is recomputed each time a
   subjob ends and reflects only the last one (0 if it exited 0, 1 if > 0, 2 if < 0).
   An array whose subjob 3 failed can end with ``Exit_status = 0``. So a parent never gets
-  ``finished``/``failed`` here; use :func:`array_summary` / :func:`array_outcome`.
+  ``finished``/``failed`` here; the backend reads each subjob.
 * A deleted job is recognised by ``substate = 91`` (JOB_SUBSTATE_TERMINATED) or a comment
   ending in ``and terminated``; its ``Exit_status`` is missing (deleted while queued/held)
   or, when it was killed while running, 0 on this sandbox server and 256+15 = 271
@@ -25,10 +27,9 @@ Why the rules below look the way they do (all observed in those transcripts):
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 NormalizedState = Literal[
@@ -70,7 +71,7 @@ class PbsParseError(ValueError):
 
 # Prefix of an id as printed in table columns, where the server part may be cut off with "*".
 _TABLE_ID = re.compile(r"^(?P<seq>\d+)(?:\[(?P<index>\d*)\])?")
-_JOB_ID = re.compile(r"^(?P<seq>\d+)(?:\[(?P<index>\d*)\])?(?:\.(?P<server>[A-Za-z0-9][A-Za-z0-9._-]*))?$")
+JOB_ID = re.compile(r"^(?P<seq>\d+)(?:\[(?P<index>\d*)\])?(?:\.(?P<server>[A-Za-z0-9][A-Za-z0-9._-]*))?$")
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class JobId:
 
 def parse_job_id(text: str) -> JobId:
     """Split ``123``, ``123.server``, ``123[]``, ``123[4].server`` into its parts."""
-    m = _JOB_ID.match(text.strip())
+    m = JOB_ID.match(text.strip())
     if not m:
         raise PbsParseError(f"not a PBS job id: {text.strip()!r}")
     idx = m.group("index")
@@ -115,7 +116,7 @@ def parse_qsub_output(stdout: str) -> str:
     """
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
-        if _JOB_ID.match(line) and "." in line:
+        if JOB_ID.match(line) and "." in line:
             return line
     raise PbsParseError(f"qsub printed no job id: {stdout.strip()!r}")
 
@@ -233,8 +234,8 @@ def parse_index_list(text: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def _state_from_attrs(job_id: str, attrs: Mapping[str, Any]) -> JobState:
-    """Build a JobState from one job's attributes (JSON object or ``key = value`` record)."""
+def state_from_attributes(job_id: str, attrs: Mapping[str, Any]) -> JobState:
+    """Build a JobState from one job's attributes (a ``qstat -f`` record as a mapping)."""
     try:
         jid = parse_job_id(job_id)
     except PbsParseError:
@@ -269,26 +270,6 @@ def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def parse_qstat_json(text: str) -> list[JobState]:
-    """Parse ``qstat -f [-x] [-t] -F json``.
-
-    Beware (fixture 08): some 23.06 builds print only the *first* job when several ids are
-    given with ``-F json``; query an array with ``-t <id>[]`` or use the text form.
-    """
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PbsParseError(
-            f"qstat -F json output is not valid JSON ({exc.msg} at line {exc.lineno})"
-        ) from None
-    if not isinstance(doc, dict):
-        raise PbsParseError("qstat -F json output is not a JSON object")
-    jobs = doc.get("Jobs", {})  # absent when no job matched
-    if not isinstance(jobs, dict):
-        raise PbsParseError("qstat -F json: 'Jobs' is not an object")
-    return [_state_from_attrs(jid, attrs) for jid, attrs in jobs.items()]
-
-
 def _full_records(text: str) -> list[tuple[str, dict[str, str]]]:
     """Split ``qstat -f`` text into (job id, {attribute: value}) records.
 
@@ -320,156 +301,9 @@ def _full_records(text: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def parse_qstat_full(text: str) -> list[JobState]:
-    """Parse the text form of ``qstat -f [-x] [-t]`` (for servers without ``-F json``)."""
-    return [_state_from_attrs(jid, attrs) for jid, attrs in _full_records(text)]
-
-
-def parse_qstat_dsv(text: str) -> list[JobState]:
-    """Parse ``qstat -f -F dsv``: one ``Job Id: X|key=value|...`` line per job."""
-    out = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        head, *fields = line.split("|")
-        if not head.startswith("Job Id:"):
-            raise PbsParseError(f"qstat -F dsv line {lineno} does not start with 'Job Id:': {line[:60]!r}")
-        attrs = dict(f.partition("=")[::2] for f in fields)
-        out.append(_state_from_attrs(head.split(":", 1)[1].strip(), attrs))
-    return out
-
-
-def parse_qstat_table(text: str) -> list[JobState]:
-    """Parse the short forms: ``qstat [-x] [-t] [-J]`` and ``qstat -a [-s]``.
-
-    They carry no exit status, so finished jobs come out ``unknown`` (letter kept in
-    ``state``); use the ``-f`` forms to learn outcomes. Columns are fixed width, so long
-    ids and names may be cut and end in ``*``; they are kept as printed.
-    """
-    out: list[JobState] = []
-    layout: str | None = None
-    for lineno, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        if not stripped or stripped.startswith(("---", "Req'd")):
-            continue
-        if stripped.startswith(("Job id", "Job ID")):
-            layout = "alternate" if "Username" in stripped else "default"
-            continue
-        if layout is None or (stripped.endswith(":") and " " not in stripped):
-            continue  # "pbshost:" server banner of -a
-        if line[:1].isspace():
-            # qstat -s prints the scheduler comment indented under its job
-            if out:
-                out[-1] = _with_comment(out[-1], stripped)
-            continue
-        cols = stripped.split()
-        if layout == "default" and len(cols) == 6:
-            jid, name, _user, _time, letter, queue = cols
-        elif layout == "alternate" and len(cols) == 11:
-            jid, _user, queue, name = cols[:4]
-            letter = cols[9]
-        else:
-            raise PbsParseError(f"qstat line {lineno} has {len(cols)} columns: {line!r}")
-        m = _TABLE_ID.match(jid)
-        if not m:
-            raise PbsParseError(f"qstat line {lineno}: not a job id: {jid!r}")
-        index = m.group("index")
-        is_parent = index == ""
-        out.append(
-            JobState(
-                job_id=jid,
-                array_index=int(index) if index else None,
-                is_array_parent=is_parent,
-                state=letter,
-                normalized=normalize_state(
-                    letter, exit_status=None, is_array_parent=is_parent, outcome_known=False
-                ),
-                exit_status=None,
-                name=name,
-                queue=queue,
-            )
-        )
-    return out
-
-
-def _with_comment(job: JobState, comment: str) -> JobState:
-    return replace(job, comment=comment if job.comment is None else f"{job.comment} {comment}")
-
-
-def parse_qstat(stdout: str) -> list[JobState]:
-    """Parse any ``qstat`` job listing, choosing the parser from the text's shape.
-
-    Prefer ``qstat -x -f -t -F json <ids>``; the text form of ``-f`` is the fallback for
-    servers without JSON. Empty output (nothing matched) gives an empty list.
-    """
-    text = stdout.strip()
-    if not text:
-        return []
-    if text.startswith("{"):
-        return parse_qstat_json(text)
-    if text.startswith("Job Id:"):
-        first = text.splitlines()[0]
-        return parse_qstat_dsv(text) if "|" in first else parse_qstat_full(text)
-    return parse_qstat_table(stdout)
-
-
-# --------------------------------------------------------------------------- arrays
-
-
-def _array_seq(job_id: str) -> int | None:
-    m = _TABLE_ID.match(job_id.strip())
-    return int(m.group("seq")) if m and m.group("index") is not None else None
-
-
-def _subjobs_of(states: Iterable[JobState], array_id: str | None) -> tuple[list[JobState], JobState | None]:
-    states = list(states)
-    if array_id is None:
-        seqs = {_array_seq(s.job_id) for s in states} - {None}
-        if len(seqs) > 1:
-            raise ValueError(f"states cover several arrays ({sorted(seqs)}); pass array_id")
-        seq = next(iter(seqs), None)
-    else:
-        seq = _array_seq(array_id)
-        if seq is None:
-            raise ValueError(f"not an array id (needs brackets, e.g. 5[] or 5[].server): {array_id!r}")
-    members = [s for s in states if seq is not None and _array_seq(s.job_id) == seq]
-    parent = next((s for s in members if s.is_array_parent), None)
-    return [s for s in members if not s.is_array_parent], parent
-
-
-def array_summary(states: Iterable[JobState], array_id: str | None = None) -> dict[int, NormalizedState]:
-    """Per-subjob outcome of one array: ``{index: normalized state}``, sorted by index.
-
-    This, not the parent's Exit_status, decides whether an array succeeded (ALCF: the
-    parent reflects only the last subjob; ``afterok`` on an array can run after a failed
-    subjob). Indices the parent says were submitted but that are missing from the listing
-    come out ``unknown``. ``array_id`` is needed only when ``states`` mixes arrays.
-    """
-    subjobs, parent = _subjobs_of(states, array_id)
-    summary: dict[int, NormalizedState] = {}
-    if parent is not None and parent.array_indices:
-        summary = {i: "unknown" for i in parent.array_indices}
-    for s in subjobs:
-        assert s.array_index is not None
-        summary[s.array_index] = s.normalized
-    return dict(sorted(summary.items()))
-
-
-def array_outcome(summary: Mapping[int, NormalizedState]) -> NormalizedState:
-    """One state for a whole array from :func:`array_summary`.
-
-    Still active if any subjob is; once all are done: ``failed`` beats ``cancelled`` beats
-    ``unknown`` beats ``finished``, so ``finished`` means every subjob exited 0.
-    """
-    values = set(summary.values())
-    if not values:
-        return "unknown"
-    precedence: tuple[NormalizedState, ...] = (
-        "running", "exiting", "queued", "held", "failed", "cancelled", "unknown",
-    )  # fmt: skip
-    for state in precedence:
-        if state in values:
-            return "running" if state == "exiting" else state
-    return "finished"
+    """Parse the text form of ``qstat -f [-x] [-t]``: the form the backend asks for (``-F json`` on
+    this OpenPBS build prints only the first of several ids). Empty output gives an empty list."""
+    return [state_from_attributes(jid, attrs) for jid, attrs in _full_records(text)]
 
 
 # --------------------------------------------------------------------------- errors
@@ -643,38 +477,3 @@ def parse_server_attributes(text: str) -> dict[str, Any]:
         if m := re.fullmatch(r"set server (\S+) ?\+?= (.*)", line.strip()):
             attrs[m.group(1)] = _qmgr_value(m.group(2))
     return attrs
-
-
-@dataclass(frozen=True)
-class QueueSummary:
-    """One row of ``qstat -Q``: the queue's job counts and whether it accepts/runs jobs."""
-
-    name: str
-    max_jobs: int
-    total: int
-    enabled: bool
-    started: bool
-    queued: int
-    running: int
-    held: int
-    waiting: int
-    transit: int
-    exiting: int
-    queue_type: str
-
-
-def parse_qstat_queues(text: str) -> dict[str, QueueSummary]:
-    """Parse ``qstat -Q`` (``Max 0`` means unlimited)."""
-    out: dict[str, QueueSummary] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
-        cols = line.split()
-        if not cols or cols[0] == "Queue" or set(cols[0]) == {"-"}:
-            continue
-        if len(cols) != 12:
-            raise PbsParseError(f"qstat -Q line {lineno} has {len(cols)} columns: {line!r}")
-        name, mx, tot, ena, stt, que, run, hld, wat, trn, ext, typ = cols
-        out[name] = QueueSummary(
-            name, int(mx), int(tot), ena == "yes", stt == "yes",
-            int(que), int(run), int(hld), int(wat), int(trn), int(ext), typ.rstrip("*"),
-        )  # fmt: skip
-    return out

@@ -1,4 +1,7 @@
-"""Slurm backend: `sbatch --parsable`, `squeue -r -t all` (one call), `scancel`.
+"""Slurm backend: `sbatch --parsable`, `squeue -r -t all` (one call), `scancel`, `scontrol show config`.
+
+Owns `execution.slurm` (`SlurmBlock`), its defaults, the script, the commands, the live limits
+(MaxArraySize, MaxJobCount) and the parsers of what those commands print (below, pure functions).
 
 Tasks that squeue no longer lists (finished longer than MinJobAge ago) are looked up in `sacct`
 when accounting is configured, else in the jobcomp/filetxt log. States come from every task,
@@ -11,8 +14,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from shlex import quote
+from typing import Any
 
+from pydantic import Field, field_validator
+
+from lmsweep.jobs.spec import WALLTIME_PATTERN
+from lmsweep.submit.backends import register
 from lmsweep.submit.base import ArrayJob, RecordedJob, Scheduler, SchedulerError, State, TaskState, run
+from lmsweep.submit.options import SchedulerBlock, scheduler_name
 from lmsweep.submit.render import body
 
 _STATES: dict[str, State] = {
@@ -37,9 +46,32 @@ def normalize(raw: str, reason: str | None = None) -> State:
     return state
 
 
+class SlurmBlock(SchedulerBlock):
+    """`execution.slurm`: sbatch options; unset values come from the system profile."""
+
+    renamed = {"partition": "queue", "time": "walltime"}
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int | None = Field(None, ge=0, le=64)
+    time: str | None = Field(None, pattern=WALLTIME_PATTERN)       # overrides execution.walltime
+    array_limit: int | None = Field(None, ge=1)  # --array=...%K
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _names(cls, v: str | None, info) -> str | None:
+        return v if v is None else scheduler_name(v, info.field_name)
+
+
+@register
 class SlurmScheduler(Scheduler):
     name = "slurm"
     script_suffix = ".sbatch"
+    block = SlurmBlock
+
+    def defaults(self, execution) -> dict[str, Any]:
+        return {"gpus_per_node": self.profile.gpus_per_node}
 
     def render(self, job: ArrayJob) -> str:
         d = ["#!/bin/bash", f"#SBATCH --job-name={quote(job.job_name)}"]
@@ -88,7 +120,7 @@ class SlurmScheduler(Scheduler):
             raise SchedulerError(f"scontrol show config: {proc.stderr.strip()}")
         return parse_config(proc.stdout)
 
-    def live_limits(self) -> dict[str, int]:
+    def live_limits(self, queue: str | None) -> dict[str, int]:
         try:
             cfg = self.config()
         except SchedulerError:
