@@ -159,15 +159,17 @@ def resolve_options(sched: Scheduler, flags: Flags, *, execution=None,
     base = spec_layers(sched, execution) if recorded is None else dict(recorded)
     values = {**base, **flags.given()}
     p = sched.profile
-    block_key = f"execution.{sched.name}." + (sched.block.key_of("queue") if sched.block else "queue")
+    def block_key(option: str) -> str:
+        return f"execution.{sched.name}." + (sched.block.key_of(option) if sched.block else option)
+
     if not sched.uses_queues:
         values["queue"] = None
     elif values["queue"] not in p.queues:
-        where = "--queue" if flags.queue else block_key if recorded is None else "system"
+        where = "--queue" if flags.queue else block_key("queue") if recorded is None else "system"
         raise SpecError(f"system {p.name!r} has no queue {values['queue']!r} (known: {', '.join(p.queues)})",
                         field=where)
     if sched.account_directive and not values["account"]:
-        key = f"execution.{sched.name}.account"
+        key = block_key("account")
         raise SpecError(f"{p.name} needs a project for `{sched.account_directive}`: set {key} or pass --account",
                         field=key)
     queue = p.queues.get(values["queue"]) if values["queue"] else None
