@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lmsweep.jobs.decoding import DecodingPoint
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.model_sources import ModelRef, resolve
 from lmsweep.jobs.prompts import Prompt, load_prompt_set
-from lmsweep.jobs.spec import ExperimentSpec
+from lmsweep.jobs.spec import ExecutionSpec, ExperimentSpec, ModelSpec
 from lmsweep.jobs.task_checks import check_units, variants_per_model
 from lmsweep.jobs.units import canonical, unit_ids_block
 
@@ -255,24 +256,60 @@ def _atomic_parquet(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-@dataclass
+class ModelInfo(ModelSpec):
+    """A model as the plan resolved it: the spec's fields (defaults and checks from ModelSpec) plus where
+    its files are and their fingerprint, so a worker never re-resolves a source or re-states a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str                # directory, or the GGUF file for GGUF packages
+    fingerprint: str         # part of every unit id
+    kind: str                # "dir" | "package" | "hub" (jobs/model_sources.ModelRef.kind)
+
+
+def _stored(model: type[BaseModel], data: dict) -> BaseModel:
+    """Validate a block plan.json stores with the spec model that wrote it. A plan is a record: a field a
+    later lmsweep no longer has is ignored (so older plans keep loading); one it added takes its default."""
+    return model.model_validate({k: v for k, v in data.items() if k in model.model_fields})
+
+
+def _run_settings(execution: dict) -> ExecutionSpec:
+    """`execution:` without its scheduler blocks (`pbs:`, `slurm:`, ...: the nested ones). Those are
+    submit's, read from the spec, never from a plan; leaving them out keeps a plan readable by workers and
+    the results stage whatever a scheduler backend's block model becomes, and loads no scheduler code."""
+    return _stored(ExecutionSpec, {k: v for k, v in execution.items() if not isinstance(v, dict)})
+
+
+@dataclass(frozen=True)
 class PlanFiles:
-    """A written plan, as a worker or the results stage sees it."""
+    """A written plan, as a worker or the results stage sees it: plan.json read and typed once by
+    `read_plan`; the unit and prompt tables stay on disk and are read per element (`units`, `prompts`)."""
 
     exp_dir: Path
-    meta: dict
+    meta: dict                           # plan.json as stored; the fields below are its typed views
+    experiment: str
+    spec_hash: str
+    spec_file: str | None
+    task_type: str
+    execution: ExecutionSpec             # run settings; scheduler blocks left out (see _run_settings)
+    models: dict[str, ModelInfo]         # alias → model
+    variants: list[dict]                 # task parameter sets, indexed by a unit's `variant`
+    points: list[DecodingPoint]          # decoding points, indexed by a unit's `point`
+    elements: list[Element]
 
-    @property
-    def experiment(self) -> str:
-        return self.meta["experiment"]
+    @classmethod
+    def from_meta(cls, exp_dir: Path, meta: dict) -> PlanFiles:
+        return cls(exp_dir=exp_dir, meta=meta, experiment=meta["experiment"], spec_hash=meta["spec_hash"],
+                   spec_file=meta.get("spec_file"), task_type=meta["task"]["type"],
+                   execution=_run_settings(meta["spec"].get("execution", {})),
+                   models={alias: _stored(ModelInfo, m) for alias, m in meta["models"].items()},
+                   variants=meta["variants"], points=[DecodingPoint(**p) for p in meta["points"]],
+                   elements=[Element(**e) for e in meta["elements"]])
 
-    @property
-    def elements(self) -> list[Element]:
-        return [Element(**e) for e in self.meta["elements"]]
-
-    @property
-    def points(self) -> list[DecodingPoint]:
-        return [DecodingPoint(**p) for p in self.meta["points"]]
+    def model_field(self, alias: str) -> str:
+        """Where a model's settings are in the spec (`models[i]`), for errors a worker raises about them."""
+        aliases = [m.get("alias") for m in self.meta["spec"].get("models", [])]
+        return f"models[{aliases.index(alias)}]" if alias in aliases else f"model {alias}"
 
     def units(self, element: int | None = None, columns: list[str] | None = None) -> pa.Table:
         filters = [("element", "=", element)] if element is not None else None
@@ -291,4 +328,8 @@ def read_plan(exp_dir: str | Path) -> PlanFiles:
     if meta.get("format") != PLAN_FORMAT:
         raise SpecError(f"plan format {meta.get('format')} is not {PLAN_FORMAT}; re-plan with this lmsweep",
                         file=str(meta_file))
-    return PlanFiles(exp_dir, meta)
+    try:
+        return PlanFiles.from_meta(exp_dir, meta)
+    except (KeyError, TypeError, ValidationError) as e:
+        raise SpecError(f"plan.json does not read as a plan ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                        "re-plan with this lmsweep", file=str(meta_file)) from None

@@ -4,7 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
+from helpers.cli import FIXTURES
+from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.plan import plan_spec, read_plan, write_plan
 from lmsweep.jobs.spec import load_spec
 
@@ -71,3 +74,39 @@ def test_written_plan_round_trips(tmp_path, tiny_llama):
     assert pq.read_table(tmp_path / "exp" / "prompts.parquet").column("prompt_text").to_pylist() == ["one", "two"]
     assert [p.label() for p in files.points] == ["greedy", "sample t=0.7"]
     assert not list((tmp_path / "exp").glob(".*.tmp"))
+
+
+def test_read_plan_types_the_execution_settings_and_models(tmp_path, tiny_llama):
+    """Workers read plan.json through typed views built once: the spec's own models, not raw dicts."""
+    plan = plan_for(tmp_path, tiny_llama, '["one"]')
+    write_plan(plan, tmp_path / "exp")
+    files = read_plan(tmp_path / "exp")
+    assert files.execution.walltime_seconds == 10 and files.execution.batch_size == 8
+    model = files.models["a"]
+    assert (model.path, model.fingerprint, model.dtype, model.tensor_parallel) == (
+        plan.models["a"]["path"], plan.models["a"]["fingerprint"], "float32", 1)
+    assert files.task_type == "generate" and files.variants == plan.variants
+    assert [e.model for e in files.elements] == ["a"] and files.model_field("a") == "models[0]"
+
+
+def test_a_plan_written_before_the_typed_reader_still_loads():
+    """tests/fixtures/plans/format1 was written by lmsweep (its spec.yaml beside it) before read_plan typed
+    plan.json: the plan on disk is unchanged, so an experiment planned then can still be run and loaded."""
+    files = read_plan(FIXTURES / "plans" / "format1")
+    ex = files.execution
+    assert (ex.backend, ex.batch_size, ex.threads_per_rank) == ("hf", "auto", 2)
+    assert ex.pbs is None and ex.slurm is None          # scheduler blocks are submit's; the plan view omits them
+    model = files.models["smol"]
+    assert (model.source, model.dtype, model.kind, model.kernel_inject) == (
+        "package:smollm2-135m-instruct", "bfloat16", "package", None)
+    assert files.spec_hash == "f5e0b5b164a78959" and files.task_type == "generate"
+    assert [e.n_units for e in files.elements] == [10] and files.units(0).num_rows == 10
+    assert [p.max_new_tokens for p in files.points] == [2, 4, 32, 32]
+
+
+def test_a_damaged_plan_json_is_a_spec_error(tmp_path):
+    for name in ("plan.json", "plan.parquet", "prompts.parquet"):
+        (tmp_path / name).write_bytes((FIXTURES / "plans" / "format1" / name).read_bytes())
+    (tmp_path / "plan.json").write_text((tmp_path / "plan.json").read_text().replace('"bfloat16"', '"float8"'))
+    with pytest.raises(SpecError, match="plan.json does not read as a plan"):
+        read_plan(tmp_path)
