@@ -175,11 +175,12 @@ def load_model(threads: int):
     import torch
 
     from lmsweep.jobs.model_sources import resolve
+    from lmsweep.jobs.plan import ModelInfo
     from lmsweep.runner import loading
 
     torch.set_num_threads(threads)
     ref = resolve(MODEL_SOURCE)
-    loaded = loading.load({"path": ref.path, "fingerprint": ref.fingerprint, "dtype": "float32"},
+    loaded = loading.load(ModelInfo(source=MODEL_SOURCE, path=ref.path, fingerprint=ref.fingerprint, kind=ref.kind),
                           "AutoModelForCausalLM")
     return loaded.model, loaded.tokenizer
 

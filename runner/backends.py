@@ -21,9 +21,12 @@ import socket
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmsweep.jobs.errors import SpecError
+
+if TYPE_CHECKING:
+    from lmsweep.jobs.spec import ModelSpec
 
 BACKENDS = ("hf", "deepspeed")
 
@@ -69,13 +72,11 @@ def detect_accelerator() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def resolve(execution: dict, model: dict, accelerator: str, *, spec_file: str | None = None,
+def resolve(backend: str, model: ModelSpec, accelerator: str, *, spec_file: str | None = None,
             where: str = "model") -> Settings:
-    """Check the model's backend request against the accelerator's profile; pure."""
-    backend = execution.get("backend", "hf")
-    dtype = model.get("dtype", "float32")
-    tp = int(model.get("tensor_parallel") or 1)
-    inject = model.get("kernel_inject")
+    """Check the model's backend request (`execution.backend`, the model's dtype, tensor_parallel and
+    kernel_inject) against the accelerator's profile; pure."""
+    dtype, tp, inject = model.dtype, model.tensor_parallel, model.kernel_inject
 
     def fail(key: str, message: str) -> SpecError:
         return SpecError(message, file=spec_file, field=f"{where}.{key}")

@@ -4,9 +4,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmsweep.runner.model_cache import materialize
+
+if TYPE_CHECKING:
+    from lmsweep.jobs.plan import ModelInfo
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
@@ -19,34 +22,34 @@ class LoadedModel:
     path: str
 
 
-def load(model_info: dict, model_class: str | None, attn_implementation: str | None = None) -> LoadedModel:
-    """`model_info` is the plan's entry for the model; `model_class` an Auto class name from the task,
+def load(model: ModelInfo, model_class: str | None, attn_implementation: str | None = None) -> LoadedModel:
+    """`model` is the plan's entry for the model; `model_class` an Auto class name from the task,
     or None for tasks that need only the tokenizer (the weights are then never read)."""
     import torch
     import transformers
 
     start = time.perf_counter()
     tok_kwargs: dict[str, Any] = {}
-    if model_class is None and model_info["path"].endswith(".gguf"):
+    if model_class is None and model.path.endswith(".gguf"):
         # Tokenizer only: read it from the GGUF header instead of converting the weights.
-        path, tok_kwargs["gguf_file"] = Path(model_info["path"]).parent, Path(model_info["path"]).name
+        path, tok_kwargs["gguf_file"] = Path(model.path).parent, Path(model.path).name
     else:
-        path = materialize(model_info["path"], model_info["fingerprint"])
-    trust = bool(model_info.get("trust_remote_code"))
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=trust, **tok_kwargs)
+        path = materialize(model.path, model.fingerprint)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code,
+                                                           **tok_kwargs)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model_class is None:
         return LoadedModel(None, tokenizer, time.perf_counter() - start, str(path))
-    kwargs: dict[str, Any] = {"dtype": getattr(torch, DTYPES[model_info.get("dtype", "float32")]),
-                              "trust_remote_code": trust}
-    if not model_info.get("allow_pickle"):
+    kwargs: dict[str, Any] = {"dtype": getattr(torch, DTYPES[model.dtype]),
+                              "trust_remote_code": model.trust_remote_code}
+    if not model.allow_pickle:
         kwargs["use_safetensors"] = True
-    attn = attn_implementation or model_info.get("attn_implementation")
+    attn = attn_implementation or model.attn_implementation
     if attn:
         kwargs["attn_implementation"] = attn
     cls = getattr(transformers, model_class)
-    model = cls.from_pretrained(path, **kwargs)
-    model.eval()
-    return LoadedModel(model, tokenizer, time.perf_counter() - start, str(path))
+    weights = cls.from_pretrained(path, **kwargs)
+    weights.eval()
+    return LoadedModel(weights, tokenizer, time.perf_counter() - start, str(path))

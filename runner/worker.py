@@ -1,41 +1,204 @@
-"""The worker: one element of a plan, read top to bottom.
+"""The worker: one element of a plan, in five phases, each one call in `run_element`.
 
-read plan → select this rank's units → skip finished ones → load the model once → run batches →
-write each batch's rows atomically → write a metadata sidecar. Exit 0 when every unit of the
-element is done, 1 when some failed (their errors are in errors/), 2 for a bad plan, 3 when
-preempted (SIGTERM/SIGINT; see runner/signals.py).
+1. set up the rank: who it is (MPI, torchrun or alone), its tensor-parallel group, device, threads and
+   backend settings; a request this node cannot serve is a SpecError here, before any unit runs.
+   (SIGTERM/SIGINT handlers are installed by the `worker` command, runner/cli.py.)
+2. claim the pending units: rank 0 takes the element's lock and reads which units are already written;
+   each TP group takes a disjoint share of the rest, so a resumed element runs only what is missing.
+3. load the model once.
+4. run the batches: rows written atomically per batch; with batch_size auto an out-of-memory batch halves
+   the batch size; a stop request is honoured between batches; a failing unit fails alone.
+5. write the sidecars (meta/, runner/sidecars.py).
+
+Exit 0 when every unit of the element is done, 1 when some failed (their errors are in errors/), 2 for a
+bad plan (SpecError), 3 when preempted (SIGTERM/SIGINT; see runner/signals.py).
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import socket
 import sys
 import time
 import traceback
 from collections import deque
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from itertools import groupby
 from pathlib import Path
+from typing import Any
 
 from lmsweep.jobs.decoding import DecodingPoint
 from lmsweep.jobs.errors import SpecError
-from lmsweep.jobs.plan import PlanFiles, read_plan
+from lmsweep.jobs.plan import ModelInfo, PlanFiles, read_plan
 from lmsweep.results.load import done_unit_ids
 from lmsweep.results.schema import SCHEMA_VERSION
 from lmsweep.results.writer import PartWriter
+from lmsweep.runner import autobatch, backends, distributed, loading, locks, sidecars, signals
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure
 
 EXIT_OK, EXIT_UNITS_FAILED = 0, 1
 
-class OutOfMemory(Exception):
-    """A batch did not fit: the worker halves the batch size and runs the batch again in pieces."""
+
+def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> int:
+    timers = Timers()
+    run = ElementRun.read(Path(exp_dir), element)
+    rank = set_up_rank(run)
+    claim = claim_pending_units(run, rank)
+    if claim is None:                    # SIGTERM while waiting for the lock
+        return signals.EXIT_PREEMPTED
+    timers.setup_s = timers.elapsed()
+    if rank.leader:
+        progress(claim.done_before, claim.total, f"element {element} rank {rank.rank}")
+    if not claim.pending:
+        return EXIT_OK
+    model = load_model(run, rank, claim, timers)
+    outcome = run_batches(run, rank, claim, model, batch_size or run.plan.execution.batch_size, timers)
+    if outcome.preempted:
+        print(f"preempted: element {element} rank {rank.rank} stopped after {outcome.finished} of {claim.total} "
+              f"units; exit {signals.EXIT_PREEMPTED}", file=sys.stderr, flush=True)
+        return signals.EXIT_PREEMPTED
+    ranks = write_sidecars(run, rank, claim, model, outcome, timers)
+    return EXIT_UNITS_FAILED if any(m["units_failed"] for m in ranks) else EXIT_OK
+
+
+# ---- what every phase reads ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ElementRun:
+    """The element this process runs: its plan, its model, its task."""
+
+    exp_dir: Path
+    plan: PlanFiles
+    element: int
+    alias: str                           # the element's model
+    model: ModelInfo
+    task: Any                            # the task module (runner/tasks)
+
+    @classmethod
+    def read(cls, exp_dir: Path, element: int) -> ElementRun:
+        plan = read_plan(exp_dir)
+        task = lookup_task(plan.task_type)
+        alias = plan.elements[element].model
+        return cls(exp_dir, plan, element, alias, plan.models[alias], task)
+
+    @property
+    def where(self) -> str:
+        """The model's place in the spec, for errors about its settings."""
+        return self.plan.model_field(self.alias)
+
+
+@dataclass
+class Timers:
+    """Cheap timers for the sidecar: where the element's time went. model_s is inside model forward/
+    generate (the tasks' batch_latency_s); task_s adds tokenizing and decoding; total_s runs from
+    run_element's start to the sidecar, so total_s - load_s - model_s is overhead."""
+
+    started: float = field(default_factory=time.perf_counter)
+    setup_s: float = 0.0
+    load_s: float = 0.0
+    task_s: float = 0.0
+    model_s: float = 0.0
+    write_s: float = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def record(self) -> dict:
+        return {"setup_s": self.setup_s, "load_s": self.load_s, "task_s": self.task_s, "model_s": self.model_s,
+                "write_s": self.write_s, "total_s": self.elapsed()}
 
 
 def progress(done: int, total: int, note: str = "") -> None:
     """A machine-readable line the local backend turns into a progress bar; humans can read it too."""
     print(f"PROGRESS {done} {total} {note}".rstrip(), flush=True)
+
+
+# ---- 1. set up the rank ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place in the element; the same settings on every rank of it."""
+
+    world: distributed.World
+    settings: backends.Settings
+    layout: distributed.TPLayout
+    binding: dict                        # the device, and what to record about it (distributed.bind_device)
+    threads: int
+    threads_from: str                    # "spec" | "OMP_NUM_THREADS" | "default"
+    tp_group: Any                        # this rank's tensor-parallel process group; None without TP
+
+    @property
+    def rank(self) -> int:
+        return self.world.rank
+
+    @property
+    def group(self) -> int:
+        return self.layout.group_of(self.world.rank)
+
+    @property
+    def leader(self) -> bool:
+        """The rank of its TP group that writes; the others compute the same rows."""
+        return self.layout.is_leader(self.world.rank)
+
+    @property
+    def device(self) -> str:
+        return self.binding["device"]
+
+
+def set_up_rank(run: ElementRun) -> Rank:
+    world = distributed.discover()
+    distributed.export_env(world)
+    distributed.abort_on_crash(world)
+    spec_file, where = run.plan.spec_file, run.where
+    settings = backends.resolve(run.plan.execution.backend, run.model, backends.detect_accelerator(),
+                                spec_file=spec_file, where=where)
+    backends.check_architecture(settings, backends.model_type(run.model.path), spec_file=spec_file, where=where)
+    layout = _tp_layout(world.size, settings.tp, spec_file)
+    threads, threads_from = distributed.threads_for_rank(run.plan.execution.threads_per_rank, world.local_size)
+    binding = distributed.bind_device(world, settings.accelerator)
+    backends.prepare_environment()
+    tp_group = backends.init_process_groups(world, layout, settings)
+    return Rank(world, settings, layout, binding, threads, threads_from, tp_group)
+
+
+def _tp_layout(world_size: int, tp: int, spec_file: str | None) -> distributed.TPLayout:
+    try:
+        return distributed.TPLayout(world_size, tp)
+    except ValueError as e:
+        raise SpecError(f"this element was launched with {e}", file=spec_file,
+                        field="execution.ranks_per_element") from None
+
+
+# ---- 2. claim the pending units ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Claim:
+    """The units this rank runs, decided by rank 0 under the element's lock. On rank 0 the Claim holds
+    the lock (runner/locks.py): one live worker per element for as long as this process runs it."""
+
+    units: list[Unit]                    # the element's units, in plan order (the same on every rank)
+    pending: list[int]                   # indexes into `units` of those no part file holds yet
+    todo: list[Unit]                     # this TP group's share of the pending units
+    total: int                           # what this rank's progress counts to (group 0 counts the done ones)
+    lock: Any                            # rank 0: its locks.ElementLock; other ranks: True
+
+    @property
+    def done_before(self) -> int:
+        return self.total - len(self.todo)
+
+
+def claim_pending_units(run: ElementRun, rank: Rank) -> Claim | None:
+    """None when a stop request came while rank 0 waited for the lock (every rank then exits 3)."""
+    units = select_units(run.plan, run.element)
+    task_name = run.plan.task_type
+    lock = locks.claim_element(run.exp_dir, run.element, task_name, signals.stop_requested) if rank.rank == 0 \
+        else True
+    pending = rank.world.bcast(_pending(run.exp_dir, task_name, units) if rank.rank == 0 and lock else None)
+    if pending is None:
+        return None
+    todo = rank.layout.share([units[i] for i in pending], rank.group)
+    total = len(todo) + (len(units) - len(pending) if rank.group == 0 else 0)
+    return Claim(units, pending, todo, total, lock)
 
 
 def select_units(plan: PlanFiles, element: int, rank: int = 0, world: int = 1) -> list[Unit]:
@@ -46,6 +209,123 @@ def select_units(plan: PlanFiles, element: int, rank: int = 0, world: int = 1) -
     return [Unit(unit_id=u["unit_id"], unit_key=u["unit_key"], element=u["element"], variant=u["variant"],
                  point_index=u["point"], point=points[u["point"]] if points else None, seed=u["seed"],
                  prompt=prompts[u["prompt_index"]]) for u in mine]
+
+
+def _pending(exp_dir: Path, task_name: str, units: list[Unit]) -> list[int]:
+    done = done_unit_ids(exp_dir, task_name)
+    return [i for i, u in enumerate(units) if u.unit_id not in done]
+
+
+# ---- 3. load the model ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RankModel:
+    """The model this rank's batches run on, as its task sees it, and what to record about it."""
+
+    loaded: loading.LoadedModel | None   # None: this rank has no units and no TP peers to join
+    ctx: TaskContext | None
+    backend_info: dict                   # the backend config as recorded (backends.wrap)
+    loads: int
+
+
+def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> RankModel:
+    import torch
+    torch.set_num_threads(rank.threads)
+    settings = rank.settings
+    if not (claim.todo or settings.tp > 1):   # a TP group with no share still joins the collective model set-up
+        return RankModel(None, None, {}, 0)
+    unit0 = claim.todo[0] if claim.todo else claim.units[claim.pending[0]]
+    signals.test_point("load")
+    start = time.perf_counter()
+    loaded = loading.load(run.model, task_model_class(run.task, task_params(run.plan, unit0.variant)), run.task.ATTN)
+    loads = 1
+    model, backend_info = (backends.wrap(loaded.model, settings, rank.tp_group, rank.device,
+                                         spec_file=run.plan.spec_file, where=run.where)
+                           if loaded.model is not None else (None, {"backend": settings.backend}))
+    timers.load_s = time.perf_counter() - start
+    print(f"loaded model {run.alias} in {loaded.load_seconds:.1f}s (loads this rank: {loads}; backend "
+          f"{settings.backend}, tp {settings.tp}, {rank.device})", file=sys.stderr, flush=True)
+    return RankModel(loaded, task_context(model, loaded.tokenizer, task_params(run.plan, 0), rank.device),
+                     backend_info, loads)
+
+
+# ---- the task interface: where the worker looks a task up and builds what it sees --------------------
+# (runner/tasks and runner/units.TaskContext own the interface; this block is the worker's side of it)
+
+def lookup_task(task_type: str) -> Any:
+    from lmsweep.runner.tasks import TASKS
+
+    return TASKS[task_type]
+
+
+def task_params(plan: PlanFiles, variant: int) -> Any:
+    """The task parameters a unit runs with: the plan's variant it names."""
+    return plan.variants[variant]
+
+
+def task_model_class(task: Any, params: Any) -> str | None:
+    from lmsweep.runner.tasks import model_class_for
+
+    return model_class_for(task, params)
+
+
+def task_context(model: Any, tokenizer: Any, params: Any, device: str) -> TaskContext:
+    return TaskContext(model, tokenizer, params, device=device)
+
+# ---- end of the task interface ----------------------------------------------------------------------
+
+
+# ---- 4. run the batches --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    finished: int                        # units done, counting those done before this run (see Claim.total)
+    failed: int                          # units that failed in this run (their errors are in errors/)
+    preempted: bool
+
+
+class OutOfMemory(Exception):
+    """A batch did not fit: the worker halves the batch size and runs the batch again in pieces."""
+
+
+def run_batches(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, batch_size: int | str,
+                timers: Timers) -> BatchOutcome:
+    task, ctx, todo = run.task, model.ctx, claim.todo
+    sink = ResultSink(run, rank)
+    finished, failed = claim.done_before, 0
+    auto = batch_size == "auto"
+    if auto and todo:
+        batch_size, why = autobatch.start_size(ctx.model, todo, rank.settings.accelerator)
+        print(f"batch size {why}", file=sys.stderr, flush=True)
+    queue = BatchQueue(task, todo, batch_size if todo else 1)
+    oom_raises = auto and rank.settings.tp == 1   # auto: halve on out-of-memory (not with TP: peers would diverge)
+    note = f"element {run.element} rank {rank.rank}"
+    while queue:
+        batch = queue.next()
+        if signals.stop_requested():     # SIGTERM/SIGINT: no new batch; what is written stays written
+            return BatchOutcome(finished, failed, preempted=True)
+        ctx.params = task_params(run.plan, batch[0].variant)
+        task_start = time.perf_counter()
+        try:
+            rows, errors = _run_isolated(task, ctx, batch, oom_raises=oom_raises)
+        except OutOfMemory as e:
+            size = queue.halve(batch)
+            print(f"out of memory at batch size {len(batch)} ({e}); continuing with {size}",
+                  file=sys.stderr, flush=True)
+            _release_memory()
+            continue
+        timers.task_s += time.perf_counter() - task_start
+        timers.model_s += sum({r["batch_latency_s"] for r in rows if r.get("batch_latency_s")})
+        signals.test_point("batch")
+        finished += len(batch) - len(errors)
+        failed += len(errors)
+        if not rank.leader:              # the group's other ranks computed the same rows
+            continue
+        write_start = time.perf_counter()
+        sink.write(batch, rows, errors)
+        timers.write_s += time.perf_counter() - write_start
+        progress(finished, claim.total, note + (f" failed {failed}" if failed else ""))
+    return BatchOutcome(finished, failed, preempted=False)
 
 
 def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
@@ -61,155 +341,24 @@ def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
     return batches
 
 
-def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> int:
-    from lmsweep.runner import autobatch, backends, distributed, loading, locks, signals
-    from lmsweep.runner.tasks import TASKS, model_class_for
+class BatchQueue:
+    """The batches left to run, in order; out of memory on one re-batches it and the rest at half its size."""
 
-    started = time.perf_counter()        # cheap timers for the sidecar: where the element's time went
-    timers = {"setup_s": 0.0, "load_s": 0.0, "task_s": 0.0, "model_s": 0.0, "write_s": 0.0}
-    plan = read_plan(exp_dir)
-    spec = plan.meta["spec"]
-    task_name = plan.meta["task"]["type"]
-    task = TASKS[task_name]
-    execution = spec["execution"]
-    batch_size = batch_size or execution["batch_size"]
-    model_alias = plan.meta["elements"][element]["model"]
-    model_info = plan.meta["models"][model_alias]
-    variants = plan.meta["variants"]
+    def __init__(self, task, units: list[Unit], batch_size: int):
+        self._task = task
+        self._batches = deque(make_batches(task, units, batch_size))
 
-    # Who this rank is (MPI, torchrun or alone), its tensor-parallel group, device and threads. A request
-    # this node cannot serve (e.g. float16 on CPU) is a SpecError here, before any unit runs.
-    world = distributed.discover()
-    distributed.export_env(world)
-    distributed.abort_on_crash(world)
-    where = _model_field(spec, model_alias)
-    settings = backends.resolve(execution, model_info, backends.detect_accelerator(),
-                                spec_file=plan.meta.get("spec_file"), where=where)
-    backends.check_architecture(settings, backends.model_type(model_info["path"]),
-                                spec_file=plan.meta.get("spec_file"), where=where)
-    layout = _tp_layout(world.size, settings.tp, plan.meta.get("spec_file"))
-    group, leader, rank = layout.group_of(world.rank), layout.is_leader(world.rank), world.rank
-    threads, threads_from = distributed.threads_for_rank(execution.get("threads_per_rank"), world.local_size)
-    binding = distributed.bind_device(world, settings.accelerator)
-    backends.prepare_environment()
-    tp_group = backends.init_process_groups(world, layout, settings)
+    def __bool__(self) -> bool:
+        return bool(self._batches)
 
-    # Rank 0 decides what is left; each TP group takes a disjoint share of it.
-    units = select_units(plan, element)
-    # One live worker per element: rank 0 holds its lock until this process ends (runner/locks.py).
-    lock = locks.claim_element(exp_dir, element, task_name, signals.stop_requested) if rank == 0 else True
-    pending = world.bcast(_pending(exp_dir, task_name, units) if rank == 0 and lock else None)
-    if pending is None:                  # SIGTERM while waiting for the lock
-        return signals.EXIT_PREEMPTED
-    todo = layout.share([units[i] for i in pending], group)
-    timers["setup_s"] = time.perf_counter() - started
-    total = len(todo) + (len(units) - len(pending) if group == 0 else 0)
-    if leader:
-        progress(total - len(todo), total, f"element {element} rank {rank}")
-    if not pending:
-        return EXIT_OK
+    def next(self) -> list[Unit]:
+        return self._batches.popleft()
 
-    import torch
-    torch.set_num_threads(threads)
-    loaded, backend_info, loads = None, {}, 0
-    if todo or settings.tp > 1:          # a TP group with no share still joins the collective model set-up
-        unit0 = todo[0] if todo else units[pending[0]]
-        signals.test_point("load")
-        load_start = time.perf_counter()
-        loaded = loading.load(model_info, model_class_for(task, variants[unit0.variant]), task.ATTN)
-        loads += 1
-        model, backend_info = (backends.wrap(loaded.model, settings, tp_group, binding["device"],
-                                             spec_file=plan.meta.get("spec_file"), where=where)
-                               if loaded.model is not None else (None, {"backend": settings.backend}))
-        timers["load_s"] = time.perf_counter() - load_start
-        print(f"loaded model {model_alias} in {loaded.load_seconds:.1f}s (loads this rank: {loads}; backend "
-              f"{settings.backend}, tp {settings.tp}, {binding['device']})", file=sys.stderr, flush=True)
-        ctx = TaskContext(model, loaded.tokenizer, variants[0], device=binding["device"])
-    writer = PartWriter(exp_dir, task_name, element, rank, before_rename=signals.test_hook("write"))
-    common = _common_columns(plan, model_alias, model_info, element, rank, execution["backend"])
-    common["device"] = binding["label"]
-
-    finished, failed, preempted = total - len(todo), 0, False
-    auto = batch_size == "auto"
-    if auto and todo:
-        batch_size, why = autobatch.start_size(ctx.model, todo, settings.accelerator)
-        print(f"batch size {why}", file=sys.stderr, flush=True)
-    batches = deque(make_batches(task, todo, batch_size if todo else 1))
-    while batches:
-        batch = batches.popleft()
-        if signals.stop_requested():     # SIGTERM/SIGINT: no new batch; what is written stays written
-            preempted = True
-            break
-        ctx.params = variants[batch[0].variant]
-        task_start = time.perf_counter()
-        try:                             # auto: halve on out-of-memory (not with TP: peers would diverge)
-            rows, errors = _run_isolated(task, ctx, batch, oom_raises=auto and settings.tp == 1)
-        except OutOfMemory as e:
-            size = max(1, len(batch) // 2)
-            batches = deque(make_batches(task, [u for b in (batch, *batches) for u in b], size))
-            print(f"out of memory at batch size {len(batch)} ({e}); continuing with {size}",
-                  file=sys.stderr, flush=True)
-            _release_memory()
-            continue
-        timers["task_s"] += time.perf_counter() - task_start
-        timers["model_s"] += sum({r["batch_latency_s"] for r in rows if r.get("batch_latency_s")})
-        signals.test_point("batch")
-        by_id = {u.unit_id: u for u in batch}
-        now = datetime.now(timezone.utc)
-        finished += len(batch) - len(errors)
-        failed += len(errors)
-        if not leader:                   # the group's other ranks computed the same rows
-            continue
-        write_start = time.perf_counter()
-        writer.write([{**common, **_unit_columns(by_id[r["unit_id"]]), **r, "batch_size": len(batch),
-                       "finished_at": now} for r in rows])
-        writer.write_errors([{"unit_id": uid, "element": element, "rank": rank, "model": model_alias,
-                              "error": msg, "host": common["host"], "failed_at": now}
-                             for uid, msg in errors.items()])
-        timers["write_s"] += time.perf_counter() - write_start
-        progress(finished, total, f"element {element} rank {rank}" + (f" failed {failed}" if failed else ""))
-    if preempted:
-        print(f"preempted: element {element} rank {rank} stopped after {finished} of {total} units; "
-              f"exit {signals.EXIT_PREEMPTED}", file=sys.stderr, flush=True)
-        return signals.EXIT_PREEMPTED
-
-    extra = {"world": world.layout(), "mpi_library": world.mpi_library,
-             "tensor_parallel": {"tp": layout.tp, "groups": layout.n_groups, "group": group,
-                                 "group_ranks": layout.members(group), "leader": leader},
-             "binding": binding, "threads": {"n": threads, "from": threads_from,
-                                             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
-             "accelerator": settings.accelerator, "backend_config": backend_info or None,
-             "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR") if settings.backend == "deepspeed"
-             else None,
-             # model_s: inside model forward/generate (the tasks' batch_latency_s); task_s adds tokenizing
-             # and decoding; total_s runs from run_element's start to here, so total_s - load_s - model_s is overhead.
-             "model_loads": loads, "timers": {**timers, "total_s": time.perf_counter() - started}}
-    meta = _write_sidecar(exp_dir, element, rank, world.size, model_alias, loaded, threads, len(todo), failed,
-                          execution, extra)
-    ranks = world.allgather(meta)        # also keeps every rank alive until the whole element is done
-    if rank == 0:
-        _write_element_sidecar(exp_dir, element, ranks)
-    return EXIT_UNITS_FAILED if any(m["units_failed"] for m in ranks) else EXIT_OK
-
-
-def _pending(exp_dir: Path, task_name: str, units: list[Unit]) -> list[int]:
-    done = done_unit_ids(exp_dir, task_name)
-    return [i for i, u in enumerate(units) if u.unit_id not in done]
-
-
-def _model_field(spec: dict, alias: str) -> str:
-    aliases = [m.get("alias") for m in spec.get("models", [])]
-    return f"models[{aliases.index(alias)}]" if alias in aliases else f"model {alias}"
-
-
-def _tp_layout(world_size: int, tp: int, spec_file: str | None):
-    from lmsweep.runner.distributed import TPLayout
-
-    try:
-        return TPLayout(world_size, tp)
-    except ValueError as e:
-        raise SpecError(f"this element was launched with {e}", file=spec_file,
-                        field="execution.ranks_per_element") from None
+    def halve(self, failed: list[Unit]) -> int:
+        """Put `failed` back with the rest, re-batched at half its size; return the new size."""
+        size = max(1, len(failed) // 2)
+        self._batches = deque(make_batches(self._task, [u for b in (failed, *self._batches) for u in b], size))
+        return size
 
 
 def _run_isolated(task, ctx: TaskContext, batch: list[Unit], oom_raises: bool = False
@@ -251,11 +400,31 @@ def _where(e: BaseException) -> str:
     return f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
 
 
-def _common_columns(plan: PlanFiles, alias: str, model_info: dict, element: int, rank: int, backend: str) -> dict:
-    return {"experiment": plan.experiment, "spec_hash": plan.meta["spec_hash"], "element": element,
-            "rank": rank, "model": alias, "model_source": model_info["source"],
-            "model_fingerprint": model_info["fingerprint"], "backend": backend, "host": socket.gethostname(),
-            "schema_version": SCHEMA_VERSION}
+class ResultSink:
+    """Where a batch's rows and errors go: this rank's part files (results/writer.py), each row the
+    element's columns, its unit's plan columns and the task's columns."""
+
+    def __init__(self, run: ElementRun, rank: Rank):
+        self.element, self.rank, self.alias = run.element, rank.rank, run.alias
+        self.writer = PartWriter(run.exp_dir, run.plan.task_type, run.element, rank.rank,
+                                 before_rename=signals.test_hook("write"))
+        self.common = _common_columns(run, rank)
+
+    def write(self, batch: list[Unit], rows: list[dict], errors: dict[str, str]) -> None:
+        by_id = {u.unit_id: u for u in batch}
+        now = datetime.now(timezone.utc)
+        self.writer.write([{**self.common, **_unit_columns(by_id[r["unit_id"]]), **r, "batch_size": len(batch),
+                            "finished_at": now} for r in rows])
+        self.writer.write_errors([{"unit_id": uid, "element": self.element, "rank": self.rank, "model": self.alias,
+                                   "error": msg, "host": self.common["host"], "failed_at": now}
+                                  for uid, msg in errors.items()])
+
+
+def _common_columns(run: ElementRun, rank: Rank) -> dict:
+    return {"experiment": run.plan.experiment, "spec_hash": run.plan.spec_hash, "element": run.element,
+            "rank": rank.rank, "model": run.alias, "model_source": run.model.source,
+            "model_fingerprint": run.model.fingerprint, "backend": run.plan.execution.backend,
+            "host": socket.gethostname(), "schema_version": SCHEMA_VERSION, "device": rank.binding["label"]}
 
 
 def _unit_columns(u: Unit) -> dict:
@@ -269,72 +438,30 @@ def _unit_columns(u: Unit) -> dict:
     return cols
 
 
-def _write_sidecar(exp_dir: Path, element: int, rank: int, world: int, alias: str, loaded, threads,
-                   n_units: int, n_failed: int, execution: dict, extra: dict | None = None) -> dict:
-    import importlib.metadata as md
+# ---- 5. write the sidecars -----------------------------------------------------------------------------
 
-    def version(name: str) -> str | None:
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
-
-    import torch
-    meta = {
-        "element": element, "rank": rank, "world_size": world, "model": alias,
-        "model_path": loaded.path if loaded else None, "load_seconds": loaded.load_seconds if loaded else None,
-        "host": socket.gethostname(), "python": platform.python_version(),
-        "packages": {n: version(n) for n in ("lmsweep", "torch", "transformers", "deepspeed", "mpi4py",
-                                             "pandas", "pyarrow")},
-        "torch_threads": torch.get_num_threads(), "threads_requested": threads,
-        "accelerator": "cuda" if torch.cuda.is_available() else "cpu", "backend": execution["backend"],
-        "cuda": torch.version.cuda, "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        if torch.cuda.is_available() else [], "lmsweep_commit": _source_commit(),
-        "units_run": n_units, "units_failed": n_failed, "finished_at": time.time(),
-        **(extra or {}),
-    }
-    _write_json(exp_dir / "meta", f"element-{element:05d}-rank-{rank:04d}.json", meta)
-    # The file above is rewritten when an element is resumed; each run also keeps its own copy, so rows
-    # an earlier run wrote stay traceable (same element and rank, finished_at before this one's).
-    _write_json(exp_dir / "meta" / "history", f"element-{element:05d}-rank-{rank:04d}-{time.time_ns()}.json", meta)
-    return meta
+def write_sidecars(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, outcome: BatchOutcome,
+                   timers: Timers) -> list[dict]:
+    """This rank's sidecar, and rank 0's for the element; returns every rank's. The allgather also keeps
+    every rank alive until the whole element is done."""
+    meta = sidecars.write_rank_sidecar(run.exp_dir, run.element, rank.rank, rank.world.size, run.alias, model.loaded,
+                                       rank.threads, len(claim.todo), outcome.failed, run.plan.execution.backend,
+                                       _rank_record(rank, model, timers))
+    ranks = rank.world.allgather(meta)
+    if rank.rank == 0:
+        sidecars.write_element_sidecar(run.exp_dir, run.element, ranks)
+    return ranks
 
 
-def _source_commit() -> str | None:
-    """The git commit of the lmsweep source this rank runs, when it runs from a checkout."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def _write_element_sidecar(exp_dir: Path, element: int, ranks: list[dict]) -> None:
-    """One file per element with what holds for all its ranks, and a line per rank (host, device, group)."""
-    first = ranks[0]
-    summary = {k: first.get(k) for k in ("element", "model", "backend", "accelerator", "python", "packages",
-                                         "mpi_library", "backend_config", "world_size")}
-    summary |= {
-        "tensor_parallel": {k: first["tensor_parallel"][k] for k in ("tp", "groups")} if "tensor_parallel" in first
-        else None,
-        "hosts": sorted({m["host"] for m in ranks}),
-        "load_seconds_max": max((m["load_seconds"] or 0.0) for m in ranks),
-        "units_run": sum(m["units_run"] for m in ranks if m.get("tensor_parallel", {}).get("leader", True)),
-        "units_failed": sum(m["units_failed"] for m in ranks if m.get("tensor_parallel", {}).get("leader", True)),
-        "ranks": [{"rank": m["rank"], "host": m["host"], "local_rank": m.get("world", {}).get("local_rank"),
-                   "device": m.get("binding", {}).get("label"), "group": m.get("tensor_parallel", {}).get("group"),
-                   "threads": m["torch_threads"], "load_seconds": m["load_seconds"], "units_run": m["units_run"]}
-                  for m in ranks],
-        "finished_at": time.time(),
-    }
-    _write_json(exp_dir / "meta", f"element-{element:05d}.json", summary)
-
-
-def _write_json(directory: Path, name: str, data: dict) -> None:
-    directory.mkdir(exist_ok=True)
-    tmp = directory / f".{name}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, directory / name)
+def _rank_record(rank: Rank, model: RankModel, timers: Timers) -> dict:
+    """What the rank sidecar says about this rank beyond the host and packages: its place, device, threads."""
+    layout, settings = rank.layout, rank.settings
+    return {"world": rank.world.layout(), "mpi_library": rank.world.mpi_library,
+            "tensor_parallel": {"tp": layout.tp, "groups": layout.n_groups, "group": rank.group,
+                                "group_ranks": layout.members(rank.group), "leader": rank.leader},
+            "binding": rank.binding, "threads": {"n": rank.threads, "from": rank.threads_from,
+                                                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+            "accelerator": settings.accelerator, "backend_config": model.backend_info or None,
+            "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR") if settings.backend == "deepspeed"
+            else None,
+            "model_loads": model.loads, "timers": timers.record()}
