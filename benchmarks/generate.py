@@ -144,9 +144,9 @@ def batch_sweep(model, tokenizer, prompts: list[str], sizes: list[int], max_new_
     """The workload (prompts × all settings) through lmsweep's own batching and generate task, in process,
     per batch size. Small sizes run on fewer prompts: a rate, not a total, is compared."""
     from lmsweep.jobs.decoding import DecodingGrid
+    from lmsweep.runner.batches import make_batches
     from lmsweep.runner.tasks import generate
     from lmsweep.runner.units import TaskContext, Unit
-    from lmsweep.runner.worker import make_batches
 
     grid = DecodingGrid.model_validate({"max_new_tokens": max_new_tokens, "include": [s.decoding for s in SETTINGS]})
     points = grid.points()

@@ -19,11 +19,8 @@ import os
 import socket
 import sys
 import time
-import traceback
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +31,8 @@ from lmsweep.results.load import done_unit_ids
 from lmsweep.results.schema import SCHEMA_VERSION
 from lmsweep.results.writer import PartWriter
 from lmsweep.runner import autobatch, backends, distributed, loading, locks, sidecars, signals
-from lmsweep.runner.units import TaskContext, Unit, UnitFailure
+from lmsweep.runner.batches import BatchQueue, OutOfMemory, release_memory, run_isolated
+from lmsweep.runner.units import TaskContext, Unit
 
 EXIT_OK, EXIT_UNITS_FAILED = 0, 1
 
@@ -284,12 +282,10 @@ class BatchOutcome:
     preempted: bool
 
 
-class OutOfMemory(Exception):
-    """A batch did not fit: the worker halves the batch size and runs the batch again in pieces."""
-
-
 def run_batches(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, batch_size: int | str,
                 timers: Timers) -> BatchOutcome:
+    """This rank's share, batch by batch (runner/batches.py). A stop request is honoured only between
+    batches, so a batch is written whole or not at all; the TP group leader writes and reports progress."""
     task, ctx, todo = run.task, model.ctx, claim.todo
     sink = ResultSink(run, rank)
     finished, failed = claim.done_before, 0
@@ -307,12 +303,12 @@ def run_batches(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, bat
         ctx.params = task_params(run.plan, batch[0].variant)
         task_start = time.perf_counter()
         try:
-            rows, errors = _run_isolated(task, ctx, batch, oom_raises=oom_raises)
+            rows, errors = run_isolated(task, ctx, batch, oom_raises=oom_raises)
         except OutOfMemory as e:
             size = queue.halve(batch)
             print(f"out of memory at batch size {len(batch)} ({e}); continuing with {size}",
                   file=sys.stderr, flush=True)
-            _release_memory()
+            release_memory()
             continue
         timers.task_s += time.perf_counter() - task_start
         timers.model_s += sum({r["batch_latency_s"] for r in rows if r.get("batch_latency_s")})
@@ -326,78 +322,6 @@ def run_batches(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, bat
         timers.write_s += time.perf_counter() - write_start
         progress(finished, claim.total, note + (f" failed {failed}" if failed else ""))
     return BatchOutcome(finished, failed, preempted=False)
-
-
-def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
-    """Group by task variant and the task's batch key, then by prompt length so padding stays small."""
-    def key(u: Unit) -> tuple:
-        return (u.variant, task.batch_key(u))
-
-    keyed = sorted(units, key=lambda u: (key(u), len(u.prompt["prompt_text"]), u.unit_id))
-    batches = []
-    for _, group in groupby(keyed, key=key):
-        group = list(group)
-        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
-    return batches
-
-
-class BatchQueue:
-    """The batches left to run, in order; out of memory on one re-batches it and the rest at half its size."""
-
-    def __init__(self, task, units: list[Unit], batch_size: int):
-        self._task = task
-        self._batches = deque(make_batches(task, units, batch_size))
-
-    def __bool__(self) -> bool:
-        return bool(self._batches)
-
-    def next(self) -> list[Unit]:
-        return self._batches.popleft()
-
-    def halve(self, failed: list[Unit]) -> int:
-        """Put `failed` back with the rest, re-batched at half its size; return the new size."""
-        size = max(1, len(failed) // 2)
-        self._batches = deque(make_batches(self._task, [u for b in (failed, *self._batches) for u in b], size))
-        return size
-
-
-def _run_isolated(task, ctx: TaskContext, batch: list[Unit], oom_raises: bool = False
-                  ) -> tuple[list[dict], dict[str, str]]:
-    """Run a batch; if it raises, run its units one by one so one bad unit fails alone. With `oom_raises`,
-    running out of memory on a batch of several units raises OutOfMemory instead (batch_size: auto)."""
-    try:
-        return task.run(ctx, batch)
-    except Exception as e:
-        if oom_raises and len(batch) > 1 and _is_oom(e):
-            raise OutOfMemory(str(e)[:200]) from e
-        if len(batch) == 1:
-            kind = "" if isinstance(e, UnitFailure) else f"{type(e).__name__}: "
-            return [], {batch[0].unit_id: f"{kind}{e}"[:2000] + _where(e)}
-    rows, errors = [], {}
-    for unit in batch:
-        r, err = _run_isolated(task, ctx, [unit])
-        rows += r
-        errors |= err
-    return rows, errors
-
-
-def _is_oom(e: BaseException) -> bool:
-    text = str(e).lower()
-    return isinstance(e, MemoryError) or "out of memory" in text or "can't allocate memory" in text
-
-
-def _release_memory() -> None:
-    import gc
-
-    import torch
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def _where(e: BaseException) -> str:
-    tb = traceback.extract_tb(e.__traceback__)
-    return f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
 
 
 class ResultSink:
