@@ -1,34 +1,110 @@
-"""The README stays the reference: every result column and every subcommand is documented."""
+"""The docs stay true: README.md and docs/*.md document every subcommand and result column, their links,
+commands and test references resolve, and the README stays short enough for a newcomer to read."""
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
+
+import pytest
 
 from lmsweep.cli import build_parser
 from lmsweep.results.schema import COMMON, TASK_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+README_MAX_LINES = 400
+
+FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.S | re.M)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.M)
+
+
+def pages() -> list[Path]:
+    return [README, *sorted((REPO / "docs").glob("*.md"))]
 
 
 def docs_text() -> str:
-    return "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
+    return "\n".join(p.read_text() for p in pages())
+
+
+def prose(text: str) -> str:
+    """Markdown without its fenced code blocks (where `#` lines are comments and `[x](y)` is code)."""
+    return FENCE.sub("", text)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, markup and punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).lower()
+    text = re.sub(r"[^\w\- ]", "", text.replace("`", ""))
+    return text.replace(" ", "-")
+
+
+def anchors(page: Path) -> set[str]:
+    return {slug(h) for h in HEADING.findall(prose(page.read_text()))}
 
 
 def test_every_result_column_is_documented():
     text = docs_text()
     columns = [name for name, _ in COMMON] + [name for cols in TASK_COLUMNS.values() for name, _ in cols]
     missing = [c for c in columns if c not in text]
-    assert not missing, f"document these columns in README.md: {missing}"
+    assert not missing, f"document these columns in docs/results.md (and docs/tasks.md): {missing}"
 
 
 def test_every_subcommand_is_documented():
     text = docs_text()
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     missing = [name for name in sub.choices if f"lmsweep {name}" not in text]
-    assert not missing, f"document these commands in README.md: {missing}"
+    assert not missing, f"document these commands in README.md or docs/*.md: {missing}"
 
 
 def test_quick_start_has_the_two_commands_and_ci_runs_the_test_one():
-    readme = (REPO / "README.md").read_text()
+    readme = README.read_text()
     assert "make demo" in readme and "make test" in readme
     ci = (REPO / ".ci" / "run").read_text()
     assert ci.strip().splitlines()[-1] == "make test"
+
+
+def test_readme_is_short():
+    lines = len(README.read_text().splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move reference material into docs/"
+
+
+def test_readme_links_every_docs_page():
+    linked = {(README.parent / target.split("#")[0]).resolve() for target in LINK.findall(prose(README.read_text()))}
+    unlinked = [p.name for p in pages()[1:] if p.resolve() not in linked]
+    assert not unlinked, f"link these pages from README.md: {unlinked}"
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_relative_link_resolves(page: Path):
+    broken = []
+    for target in LINK.findall(prose(page.read_text())):
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):            # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(f"{target} (no file {file.relative_to(REPO) if file.is_relative_to(REPO) else file})")
+        elif anchor and file.suffix == ".md" and anchor not in anchors(file):
+            broken.append(f"{target} (no heading #{anchor} in {file.name})")
+    assert not broken, f"{page.relative_to(REPO)}: broken links: {broken}"
+
+
+def test_every_python_dash_m_module_exists():
+    modules = sorted(set(re.findall(r"python3? -m ([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)", docs_text())))
+    assert "benchmarks.generate" in modules
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    assert not missing, f"the docs name modules that do not exist: {missing}"
+
+
+def test_every_named_test_exists():
+    """`tests/<area>/test_x.py::test_name` in the docs names a file and a test function that exist."""
+    missing = []
+    for path, name in sorted(set(re.findall(r"(tests/[\w/]+\.py)::(\w+)", docs_text()))):
+        file = REPO / path
+        if not file.exists() or not re.search(rf"^\s*(async\s+)?def {name}\(", file.read_text(), re.M):
+            missing.append(f"{path}::{name}")
+    paths = sorted(set(re.findall(r"\btests/[\w/]+\.(?:py|sh|md|json)\b", docs_text())))
+    missing += [p for p in paths if "*" not in p and not (REPO / p).exists()]
+    assert not missing, f"the docs name tests or test files that do not exist: {missing}"
