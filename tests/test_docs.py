@@ -108,3 +108,17 @@ def test_every_named_test_exists():
     paths = sorted(set(re.findall(r"\btests/[\w/]+\.(?:py|sh|md|json)\b", docs_text())))
     missing += [p for p in paths if "*" not in p and not (REPO / p).exists()]
     assert not missing, f"the docs name tests or test files that do not exist: {missing}"
+
+
+def test_every_named_source_file_exists():
+    """Source paths the reference pages name (`runner/decode.py`, `configs/nightly.yaml`) exist; the guides
+    for adding a task or a scheduler name files a newcomer is about to create, so they are left out."""
+    folders = "jobs|runner|submit|results|configs|benchmarks|lmsweep"
+    missing = []
+    for page in pages():
+        if page.name.startswith("adding-"):
+            continue
+        for path in re.findall(rf"(?<![\w/.])((?:{folders})/[\w/.-]+\.(?:py|yaml))", prose(page.read_text())):
+            if not (REPO / path).exists():
+                missing.append(f"{page.relative_to(REPO)}: {path}")
+    assert not missing, f"the docs name source files that do not exist: {sorted(set(missing))}"
