@@ -1,15 +1,21 @@
 """What the plan needs to know about a model without loading it: its kind and attention shape.
 
 Read from config.json (directories, Hub cache) or the GGUF header (packaged GGUF files), and only
-for tasks that ask (classify filters methods by kind; attention checks layers/heads and sizes).
+for tasks that ask (`Task.needs_model_facts`: a task that runs only on some kinds of model, or checks
+layers/heads and sizes before it runs).
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmsweep.jobs.model_sources import PACKAGES, ModelRef
+
+if TYPE_CHECKING:
+    from lmsweep.jobs.spec import ExperimentSpec
+    from lmsweep.runner.tasks.base import Task
 
 KINDS = ("causal_lm", "encoder", "sequence_classification", "token_classification")
 
@@ -67,3 +73,35 @@ def _gguf_facts(ref: ModelRef) -> ModelFacts:
     heads = field(f"{arch}.attention.head_count")
     return ModelFacts(kind=kind, num_layers=field(f"{arch}.block_count"), num_heads=heads,
                       num_kv_heads=field(f"{arch}.attention.head_count_kv") or heads, tokenizer_file=None)
+
+
+def variants_per_model(spec: ExperimentSpec, task: Task, refs: dict[str, ModelRef], variants: list[dict]
+                       ) -> tuple[dict[str, ModelFacts], dict[str, list[int]]]:
+    """(facts per model alias, indices of the task variants each model runs).
+
+    A sweep may mix model kinds (for classify, a causal LM for label_likelihood and an encoder for
+    embedding_similarity): each model runs only the variants whose `Task.model_kinds` admit its kind.
+    A model that runs nothing, or a variant no model runs, is an error rather than a silent gap."""
+    everything = {m.alias: list(range(len(variants))) for m in spec.models}
+    if not task.needs_model_facts:
+        return {}, everything
+    facts = {m.alias: model_facts(refs[m.alias]) for m in spec.models}
+    typed = [task.variant(v) for v in variants]
+
+    def fits(vi: int, kind: str) -> bool:
+        kinds = task.model_kinds(typed[vi])
+        return kinds is None or kind in kinds
+
+    fitting = {a: [vi for vi in vis if fits(vi, facts[a].kind)] for a, vis in everything.items()}
+    kinds = ", ".join(f"{a}: {f.kind}" for a, f in facts.items())
+    for i, m in enumerate(spec.models):
+        if not fitting[m.alias]:
+            raise spec.source.error(f"model {m.alias!r} is a {facts[m.alias].kind} model and no variant of the "
+                                    f"{task.name} task runs on it", f"models[{i}]", ("models", i))
+    used = {vi for vis in fitting.values() for vi in vis}
+    for vi, v in enumerate(typed):
+        if vi not in used:
+            what, field = task.variant_label(v)
+            raise spec.source.error(f"{what} runs on {' or '.join(task.model_kinds(v))} models and the spec has "
+                                    f"none ({kinds})", field)
+    return facts, fitting

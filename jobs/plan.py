@@ -19,11 +19,13 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lmsweep.jobs.decoding import DecodingPoint
 from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.model_facts import variants_per_model
 from lmsweep.jobs.model_sources import ModelRef, resolve
 from lmsweep.jobs.prompts import Prompt, load_prompt_set
 from lmsweep.jobs.spec import ExecutionSpec, ExperimentSpec, ModelSpec
-from lmsweep.jobs.task_checks import check_units, variants_per_model
 from lmsweep.jobs.units import canonical, unit_ids_block
+from lmsweep.runner.tasks.base import PlannedUnits
+from lmsweep.runner.tasks.registry import get_task
 
 PLAN_FORMAT = 1
 ELEMENT_FILL = 0.8       # plan elements to 80% of the walltime, leaving room for model load and noise
@@ -112,7 +114,8 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
                         field="decoding") from None
     seeds = spec.decoding.seeds
     variants = spec.task.variants()
-    facts, model_variants = variants_per_model(spec, refs, variants)
+    task = get_task(spec.task.type)
+    facts, model_variants = variants_per_model(spec, task, refs, variants)
     per_model = (sum(len(seeds) if (p is not None and p.do_sample) else 1 for p in points)
                  * len(prompts) * len(variants))
     total = per_model * len(spec.models)
@@ -167,7 +170,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
 
     model_col = [alias for alias in blocks["model"] for _ in range(per_block)]
     prompt_col = np.tile(np.arange(per_block, dtype=np.int32), len(blocks["model"]))
-    check_units(spec, facts, prompts, model_col, prompt_col.tolist() if spec.task.type == "attention" else [])
+    task.check_plan(spec, facts, prompts, PlannedUnits(model_col, prompt_col))
     no_seed = [s is None for s in blocks["seed"]]
     units = pa.table({
         "unit_id": ids, "unit_key": keys,

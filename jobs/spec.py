@@ -8,12 +8,21 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from lmsweep.jobs.decoding import DecodingGrid
 from lmsweep.jobs.errors import SpecError
-from lmsweep.jobs.tasks import TASK_NAMES, TaskSpec
 from lmsweep.jobs.yamlio import SpecSource, dotted, line_of, load_yaml
+from lmsweep.runner.tasks.registry import task_names, task_spec_union, tolerance_fields
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_MAX_UNITS = 2_000_000
@@ -170,21 +179,17 @@ class ExecutionSpec(Strict):
         return h * 3600 + m * 60 + s
 
 
-class Tolerances(Strict):
-    """How far a run may drift from its baseline before `compare` exits 1. `null` switches a check off.
+# The `task:` block: one of the registered tasks' parameters, told apart by `type` (runner/tasks).
+TaskSpec = task_spec_union()
+TASK_NAMES = task_names()
 
-    Defaults suit CPU reruns, which are bit-for-bit reproducible; loosen them across GPUs or backends.
-    Timing checks are off by default because shared machines make timings noisy.
-    """
+Tolerances = create_model("Tolerances", __base__=Strict, __module__=__name__, **tolerance_fields())
+Tolerances.__doc__ = """How far a run may drift from its baseline before `compare` exits 1. `null` switches a check off.
 
-    min_exact_match: float | None = Field(1.0, ge=0, le=1)      # greedy/beam sequences equal token for token
-    min_sampled_exact_match: float | None = Field(None, ge=0, le=1)
-    max_prob_delta: float | None = Field(1e-3, ge=0, le=1)      # next-token: largest |Δp| over top-k tokens
-    min_topk_overlap: float | None = Field(1.0, ge=0, le=1)     # next-token: smallest per-unit top-k overlap
-    max_accuracy_drop: float | None = Field(0.0, ge=0, le=1)    # classify: baseline − current accuracy
-    max_latency_ratio: float | None = Field(None, gt=0)         # current / baseline median per-unit latency
-    min_throughput_ratio: float | None = Field(None, gt=0)      # current / baseline median tokens/s
-    max_unmatched: int | None = Field(0, ge=0)                  # units present on one side only
+Defaults suit CPU reruns, which are bit-for-bit reproducible; loosen them across GPUs or backends.
+Timing checks are off by default because shared machines make timings noisy. The keys, their defaults
+and their help are declared by the tasks whose compare rules read them (runner/tasks, `Task.tolerances`).
+"""
 
 
 class RegressionSpec(Strict):

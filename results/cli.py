@@ -12,17 +12,16 @@ def report(exp: Path, quiet: bool = False) -> int:
     """Summary tables and the done/failed/missing line; exit 1 unless every unit is done."""
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load, status
-    from lmsweep.results.summary import examples, next_token_examples, summarize
+    from lmsweep.results.summary import summarize, task_examples
 
     st = status(exp)
     if not quiet:
         df = load(exp)
         task = read_plan(exp).meta["task"]["type"]
         print_df(summarize(df, task), f"summary: {exp}")
-        if task == "generate":
-            print_df(examples(df), "examples")
-        elif task == "next_token":
-            print_df(next_token_examples(df), "examples")
+        shown = task_examples(df, task)
+        if shown is not None:
+            print_df(shown, "examples")
     console.print(f"{st.done}/{st.planned} units done, {st.failed} failed, {st.missing} missing; "
                   f"results in {exp / 'results'}")
     for row in st.failures.head(5).itertuples():
@@ -80,16 +79,11 @@ def cmd_status(args) -> int:
     return 0 if st.complete else 1
 
 
-TOLERANCE_HELP = {
-    "min_exact_match": "share of greedy/beam sequences identical to the baseline",
-    "min_sampled_exact_match": "same for seeded sampled sequences (off by default)",
-    "max_prob_delta": "next-token: largest |Δp| over the top-k tokens",
-    "min_topk_overlap": "next-token: smallest per-unit top-k overlap",
-    "max_accuracy_drop": "classify: baseline accuracy minus current accuracy",
-    "max_latency_ratio": "current/baseline median per-unit latency",
-    "min_throughput_ratio": "current/baseline median tokens/s",
-    "max_unmatched": "units present on one side only",
-}
+def tolerance_help() -> dict[str, str]:
+    """Each tolerance key and its help, as the tasks declare them (runner/tasks, `Task.tolerances`)."""
+    from lmsweep.runner.tasks.registry import tolerances
+
+    return {t.name: t.help for t in tolerances()}
 
 
 def add_compare_options(s, spec_flag: bool = True) -> None:
@@ -99,14 +93,14 @@ def add_compare_options(s, spec_flag: bool = True) -> None:
     if spec_flag:
         s.add_argument("--spec", help="take tolerances from this spec's regression block "
                                       "(default: the current run's own spec)")
-    for name, text in TOLERANCE_HELP.items():
+    for name, text in tolerance_help().items():
         s.add_argument("--" + name.replace("_", "-"), dest=name, metavar="X|off", help=text)
     s.add_argument("--report-dir", help="where compare.md/.html/-units.csv go (default: CURRENT/reports)")
 
 
 def tolerance_overrides(args) -> dict:
     out = {}
-    for name in TOLERANCE_HELP:
+    for name in tolerance_help():
         raw = getattr(args, name, None)
         if raw is None:
             continue

@@ -11,7 +11,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -19,16 +19,15 @@ import pandas as pd
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.spec import Tolerances
 from lmsweep.results.schema import row_key
+from lmsweep.runner.tasks.registry import get_task
+
+if TYPE_CHECKING:
+    from lmsweep.runner.tasks.base import Task
 
 # Columns the comparison reads, when the task's schema has them (so big task columns stay on disk).
 BASE_COLUMNS = ["unit_id", "unit_key", "model", "prompt_set", "prompt_id", "decoding", "do_sample",
                 "batch_size", "batch_latency_s", "backend", "host", "model_fingerprint", "spec_hash"]
-TASK_READ = {
-    "generate": ["sequence_index", "text", "token_ids", "num_new_tokens", "tokens_per_s"],
-    "next_token": ["topk_ids", "topk_tokens", "topk_probs", "entropy"],
-}
 TIMING = {"batch_latency_s", "tokens_per_s", "finished_at", "batch_size", "load_seconds"}
-SHOW_TEXT = 120
 
 
 @dataclass
@@ -139,7 +138,8 @@ def read_rows(exp: Path, task: str) -> pd.DataFrame:
     from lmsweep.results.schema import schema_for
 
     names = schema_for(task).names
-    wanted = BASE_COLUMNS + TASK_READ.get(task, [c for c in names if c not in BASE_COLUMNS])
+    own = get_task(task).compare_columns
+    wanted = BASE_COLUMNS + (list(own) if own is not None else [c for c in names if c not in BASE_COLUMNS])
     for extra in ("correct", "predicted_label", "label"):
         if extra in names:
             wanted.append(extra)
@@ -220,15 +220,7 @@ def compare_frames(base_df: pd.DataFrame, cur_df: pd.DataFrame, base: SideInfo, 
     unmatched = _unmatched(merged, join, pairs, base_plan, cur_plan)
 
     checks: list[Check] = []
-    if task == "generate":
-        diffs, info = _generate(both, tol, checks)
-    elif task == "next_token":
-        diffs, info = _next_token(both, tol, checks)
-    else:
-        diffs, info = _generic(both, task, tol, checks)
-    if "correct_b" in both.columns and "correct_c" in both.columns:
-        flips = _classify(both, tol, checks)
-        diffs = pd.concat([diffs, flips], ignore_index=True) if not diffs.empty else flips
+    diffs, info = get_task(task).compare(both, tol, checks)          # the task's own rule
     checks.append(Check("units on one side only", len(unmatched), tol.max_unmatched, "<=",
                         _unmatched_detail(unmatched)))
     perf = _perf(base_df, cur_df, pairs)
@@ -278,129 +270,14 @@ def _unmatched_detail(unmatched: pd.DataFrame) -> str:
     return "; ".join(f"{side}: {n} × {dec}" for (side, dec), n in counts.items())
 
 
-def _first_diff(a, b) -> int | None:
-    a, b = list(a), list(b)
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
-
-
-def _clip(text: Any) -> str:
-    text = "" if text is None else str(text)
-    return text if len(text) <= SHOW_TEXT else text[:SHOW_TEXT] + "…"
-
-
-def _generate(both: pd.DataFrame, tol: Tolerances, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cols = ["unit_id", "model", "prompt_id", "decoding", "sequence_index", "first_diff_token",
-            "baseline_text", "current_text"]
-    if both.empty:
-        checks.append(Check("greedy/beam exact-match rate", None, tol.min_exact_match, ">=", "no matched rows"))
-        return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
-    same = (both["text_b"] == both["text_c"]).to_numpy()
-    first = [None if s else _first_diff(a, b) for s, a, b in zip(same, both["token_ids_b"], both["token_ids_c"])]
-    det = ~both["do_sample_b"].fillna(False).astype(bool).to_numpy()
-    out = pd.DataFrame({
-        "unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
-        "decoding": both["decoding_c"], "sequence_index": both["sequence_index"], "first_diff_token": first,
-        "baseline_text": both["text_b"].map(_clip), "current_text": both["text_c"].map(_clip)})
-    out["first_diff_token"] = out["first_diff_token"].astype("Int64")
-    n_det, n_samp = int(det.sum()), int((~det).sum())
-    rate = float(same[det].mean()) if n_det else None
-    checks.append(Check("greedy/beam exact-match rate", rate, tol.min_exact_match, ">=",
-                        f"{int(same[det].sum())}/{n_det} sequences identical" if n_det else "no greedy/beam rows"))
-    srate = float(same[~det].mean()) if n_samp else None
-    if n_samp:
-        checks.append(Check("sampled exact-match rate", srate, tol.min_sampled_exact_match, ">=",
-                            f"{int(same[~det].sum())}/{n_samp} seeded sampled sequences identical"))
-    flagged = ~same & det
-    sampled_flag = ~same & ~det
-    if tol.min_sampled_exact_match is not None:
-        flagged, sampled_flag = flagged | sampled_flag, np.zeros_like(flagged)
-    return out[flagged].reset_index(drop=True), out[sampled_flag].reset_index(drop=True)
-
-
-def _topk_delta(ids_a, probs_a, ids_b, probs_b) -> tuple[float, float, bool]:
-    """(max |Δp|, overlap, same top-1). A token in only one list has, on the other side, a probability
-    of at most that side's smallest listed one, so p − p_min(other) is a lower bound on its |Δp|."""
-    a = dict(zip(ids_a, probs_a))
-    b = dict(zip(ids_b, probs_b))
-    min_a, min_b = (min(probs_a) if len(probs_a) else 0.0), (min(probs_b) if len(probs_b) else 0.0)
-    dp = 0.0
-    for t in set(a) | set(b):
-        if t in a and t in b:
-            d = abs(a[t] - b[t])
-        elif t in a:
-            d = max(0.0, a[t] - min_b)
-        else:
-            d = max(0.0, b[t] - min_a)
-        dp = max(dp, d)
-    k = max(len(a), len(b), 1)
-    same_top = bool(len(ids_a) and len(ids_b) and ids_a[0] == ids_b[0])
-    return float(dp), len(set(a) & set(b)) / k, same_top
-
-
-def _next_token(both: pd.DataFrame, tol: Tolerances, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    cols = ["unit_id", "model", "prompt_id", "max_abs_dp", "topk_overlap", "same_top1", "entropy_delta",
-            "baseline_top", "current_top"]
-    if both.empty:
-        checks.append(Check("next-token max |Δp|", None, tol.max_prob_delta, "<=", "no matched rows"))
-        return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
-    stats = [_topk_delta(list(ia), list(pa), list(ib), list(pb)) for ia, pa, ib, pb in
-             zip(both["topk_ids_b"], both["topk_probs_b"], both["topk_ids_c"], both["topk_probs_c"])]
-    out = pd.DataFrame({
-        "unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
-        "max_abs_dp": [s[0] for s in stats], "topk_overlap": [s[1] for s in stats],
-        "same_top1": [s[2] for s in stats], "entropy_delta": both["entropy_c"] - both["entropy_b"],
-        "baseline_top": [_top3(t, p) for t, p in zip(both["topk_tokens_b"], both["topk_probs_b"])],
-        "current_top": [_top3(t, p) for t, p in zip(both["topk_tokens_c"], both["topk_probs_c"])]})
-    max_dp, min_overlap = float(out["max_abs_dp"].max()), float(out["topk_overlap"].min())
-    checks.append(Check("next-token max |Δp|", max_dp, tol.max_prob_delta, "<=",
-                        f"over {len(out)} units; mean {out['max_abs_dp'].mean():.3g}"))
-    checks.append(Check("next-token min top-k overlap", min_overlap, tol.min_topk_overlap, ">=",
-                        f"mean {out['topk_overlap'].mean():.3f}; top-1 agrees on "
-                        f"{int(out['same_top1'].sum())}/{len(out)}"))
-    bad = np.zeros(len(out), dtype=bool)
-    if tol.max_prob_delta is not None:
-        bad |= (out["max_abs_dp"] > tol.max_prob_delta).to_numpy()
-    if tol.min_topk_overlap is not None:
-        bad |= (out["topk_overlap"] < tol.min_topk_overlap).to_numpy()
-    info = out[~bad & ((out["max_abs_dp"] > 0) | (out["topk_overlap"] < 1))]
-    return (out[bad].sort_values("max_abs_dp", ascending=False).reset_index(drop=True),
-            info.sort_values("max_abs_dp", ascending=False).reset_index(drop=True))
-
-
-def _top3(tokens, probs) -> str:
-    return ", ".join(f"{t!r}:{p:.3f}" for t, p in zip(list(tokens)[:3], list(probs)[:3]))
-
-
-def _classify(both: pd.DataFrame, tol: Tolerances, checks: list[Check]) -> pd.DataFrame:
-    acc_b = float(both["correct_b"].astype(float).mean())
-    acc_c = float(both["correct_c"].astype(float).mean())
-    checks.append(Check("accuracy drop (baseline − current)", acc_b - acc_c, tol.max_accuracy_drop, "<=",
-                        f"accuracy {acc_b:.3f} → {acc_c:.3f} over {len(both)} units"))
-    flip = both["correct_b"].astype(bool) != both["correct_c"].astype(bool)
-    part = both[flip]
-    return pd.DataFrame({
-        "unit_id": part["unit_id_c"], "model": part["model_c"], "prompt_id": part["prompt_id_c"],
-        "flip": np.where(part["correct_c"].astype(bool), "wrong → right", "right → wrong"),
-        "baseline_pred": part.get("predicted_label_b"), "current_pred": part.get("predicted_label_c"),
-        "label": part.get("label_c")}).reset_index(drop=True)
-
-
-PROBABILITY_COLUMNS = {"attention", "attention_f32", "token_scores"}   # judged by max_prob_delta
-
-
-def _generic(both: pd.DataFrame, task: str, tol: Tolerances, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Tasks without their own rules: exact columns must be equal; float columns holding probabilities
-    (attention weights, token scores) are judged by max_prob_delta, other floats only reported.
-    A predicted label is judged by accuracy when there are gold labels, else it must not change."""
-    from lmsweep.results.schema import TASK_COLUMNS
-
-    gold = all(c in both.columns and both[c].notna().any() for c in ("correct_b", "correct_c"))
-    skip = {"correct", "predicted_label"} if gold else {"correct"}
+def compare_outputs(both: pd.DataFrame, task: Task, tol: Tolerances, checks: list[Check],
+                    skip: frozenset[str] | set[str] = frozenset()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The compare rule of tasks without their own (`Task.compare`), and a part of others': the task's
+    exact columns must be equal; float columns holding probabilities (attention weights, token scores) are
+    judged by max_prob_delta, other floats only reported. Columns in `skip` are left to the caller.
+    Rows are shown with their row key (e.g. layer and head)."""
     exact, numeric = [], []
-    for name, typ in TASK_COLUMNS.get(task, []):
+    for name, typ in task.columns:
         if name in TIMING or f"{name}_b" not in both.columns or name in skip:
             continue
         if both[f"{name}_b"].isna().all() and both[f"{name}_c"].isna().all():
@@ -409,7 +286,7 @@ def _generic(both: pd.DataFrame, task: str, tol: Tolerances, checks: list[Check]
         while hasattr(base_type, "value_type"):
             base_type = base_type.value_type
         (numeric if str(base_type).startswith(("float", "double", "halffloat")) else exact).append(name)
-    probs = [c for c in numeric if c in PROBABILITY_COLUMNS]
+    probs = [c for c in numeric if c in task.probability_columns]
     cols = ["unit_id", "model", "prompt_id", "differs_in", "max_abs_dp", "max_abs_delta"]
     if both.empty:
         return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
@@ -418,22 +295,22 @@ def _generic(both: pd.DataFrame, task: str, tol: Tolerances, checks: list[Check]
         differs.append(", ".join(c for c in exact if not _equal(r[f"{c}_b"], r[f"{c}_c"])))
         dps.append(max([_max_abs(r[f"{c}_b"], r[f"{c}_c"]) for c in probs], default=0.0))
         deltas.append(max([_max_abs(r[f"{c}_b"], r[f"{c}_c"]) for c in numeric if c not in probs], default=0.0))
-    extra = [("layer", "layer_c"), ("head", "head_c")] if "layer_c" in both.columns or "layer" in both.columns else []
+    key = [k for k in task.row_key if k != "unit_id"]
     out = pd.DataFrame({"unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
-                        **{k: both[v if v in both.columns else k] for k, v in extra},
+                        **{k: both[k] for k in key},
                         "differs_in": differs, "max_abs_dp": dps, "max_abs_delta": deltas})
     same = (out["differs_in"] == "").to_numpy()
     if exact:
-        checks.append(Check(f"{task} outputs identical", float(same.mean()), tol.min_exact_match, ">=",
+        checks.append(Check(f"{task.name} outputs identical", float(same.mean()), tol.min_exact_match, ">=",
                             f"{int(same.sum())}/{len(out)} rows equal in {', '.join(exact)}"))
     bad = ~same
     if probs:
-        checks.append(Check(f"{task} max |Δp|", float(out["max_abs_dp"].max()), tol.max_prob_delta, "<=",
+        checks.append(Check(f"{task.name} max |Δp|", float(out["max_abs_dp"].max()), tol.max_prob_delta, "<=",
                             f"over {', '.join(probs)}"))
         if tol.max_prob_delta is not None:
             bad |= (out["max_abs_dp"] > tol.max_prob_delta).to_numpy()
     if len(numeric) > len(probs):
-        checks.append(Check(f"{task} max |Δ|", float(out["max_abs_delta"].max()), None, "<=",
+        checks.append(Check(f"{task.name} max |Δ|", float(out["max_abs_delta"].max()), None, "<=",
                             f"over {', '.join(c for c in numeric if c not in probs)}; reported only"))
     changed = (out["max_abs_dp"] > 0) | (out["max_abs_delta"] > 0)
     return out[bad].reset_index(drop=True), out[~bad & changed].reset_index(drop=True)
@@ -550,14 +427,12 @@ def sides_frame(c: Comparison) -> pd.DataFrame:
 def sections(c: Comparison) -> list[tuple[str, pd.DataFrame, str]]:
     """(title, table, note) in report order; shared by the Markdown and HTML renderings."""
     out = [("Runs", sides_frame(c), c.reason), ("Checks", checks_frame(c), f"{c.matched} rows matched")]
-    labels = {"generate": "Differing greedy/beam sequences", "next_token": "Next-token units beyond tolerance"}
-    out.append((labels.get(c.task, "Differing units"), c.diffs, ""))
+    task = get_task(c.task)
+    out.append((task.diffs_title, c.diffs, ""))
     if not c.unmatched.empty:
         out.append(("Units on one side only", c.unmatched, ""))
     if not c.info_diffs.empty:
-        note = {"generate": "seeded sampling; no tolerance applies unless min_sampled_exact_match is set",
-                "next_token": "within tolerance"}.get(c.task, "within tolerance")
-        out.append(("Other differences (informational)", c.info_diffs, note))
+        out.append(("Other differences (informational)", c.info_diffs, task.info_note))
     if not c.perf.empty:
         out.append(("Latency and throughput", c.perf, "medians; timings on shared machines are noisy"))
     return out

@@ -311,7 +311,7 @@ def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
 def build_report(exp: str | Path) -> str:
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load, status
-    from lmsweep.results.summary import examples, next_token_examples, summarize
+    from lmsweep.results.summary import summarize, task_examples
 
     exp = Path(exp)
     plan = read_plan(exp)
@@ -328,10 +328,8 @@ def build_report(exp: str | Path) -> str:
     if not st.failures.empty:
         body += ["<h3>Failures</h3>", html_table(st.failures, limit=50)]
     body += ["<h2>Summary</h2>", html_table(summarize(df, task))]
-    if task == "generate":
-        body += ["<h3>Examples</h3>", html_table(examples(df))]
-    elif task == "next_token":
-        body += ["<h3>Examples</h3>", html_table(next_token_examples(df))]
+    if (shown := task_examples(df, task)) is not None:
+        body += ["<h3>Examples</h3>", html_table(shown)]
     plots = plot_throughput(df) + plot_accuracy_by_shots(df) + plot_attention(df)
     body += ["<h2>Plots</h2>"] + (plots or ["<p class='note'>no rows to plot yet</p>"])
     body += ["<h2>Provenance</h2>", "<p class='note'>every row also carries spec_hash, unit_id, model_source, "

@@ -61,18 +61,31 @@ def write_atomic(table: pa.Table, directory: Path, name: str,
     return final
 
 
+class UnknownColumn(ValueError):
+    """A row holds a column its task's schema lacks: writing it would silently drop that data."""
+
+
 class PartWriter:
-    """One writer per (element, rank); each `write` call makes one part file."""
+    """One writer per (element, rank); each `write` call makes one part file.
+
+    A row may leave columns out (they are null) but may not add any: `pa.Table.from_pylist` would drop an
+    undeclared column without a word, so `write` refuses the whole batch instead (the task's `columns`
+    or results.schema.COMMON must declare it)."""
 
     def __init__(self, exp_dir: Path, task: str, element: int, rank: int,
                  before_rename: Callable[[], None] | None = None):
         self.exp_dir, self.task, self.element, self.rank = exp_dir, task, element, rank
         self.schema = schema_for(task)
+        self.names = frozenset(self.schema.names)
         self.before_rename = before_rename
 
     def write(self, rows: list[dict]) -> Path | None:
         if not rows:
             return None
+        unknown = set().union(*map(dict.keys, rows)) - self.names
+        if unknown:
+            raise UnknownColumn(f"task {self.task!r} returned column {sorted(unknown)[0]!r}, which its schema lacks "
+                                f"(declare it in the task's `columns`, runner/tasks/{self.task}); nothing written")
         table = pa.Table.from_pylist(rows, schema=self.schema)
         return write_atomic(table, results_dir(self.exp_dir, self.task), part_name(self.element, self.rank),
                             self.before_rename)

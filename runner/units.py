@@ -23,7 +23,7 @@ class Unit:
 class TaskContext:
     model: Any
     tokenizer: Any
-    params: dict[str, Any]     # the task block of the spec
+    params: Any                # the batch's task variant, typed (Task.variant: the task's Params or Variant)
     device: Any = "cpu"
 
 

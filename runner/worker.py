@@ -235,7 +235,8 @@ def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> Ran
     unit0 = claim.todo[0] if claim.todo else claim.units[claim.pending[0]]
     signals.test_point("load")
     start = time.perf_counter()
-    loaded = loading.load(run.model, task_model_class(run.task, task_params(run.plan, unit0.variant)), run.task.ATTN)
+    loaded = loading.load(run.model, task_model_class(run.task, task_params(run.plan, unit0.variant)),
+                          run.task.attn_implementation)
     loads = 1
     model, backend_info = (backends.wrap(loaded.model, settings, rank.tp_group, rank.device,
                                          spec_file=run.plan.spec_file, where=run.where)
@@ -251,20 +252,18 @@ def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> Ran
 # (runner/tasks and runner/units.TaskContext own the interface; this block is the worker's side of it)
 
 def lookup_task(task_type: str) -> Any:
-    from lmsweep.runner.tasks import TASKS
+    from lmsweep.runner.tasks.registry import get_task
 
-    return TASKS[task_type]
+    return get_task(task_type)
 
 
 def task_params(plan: PlanFiles, variant: int) -> Any:
-    """The task parameters a unit runs with: the plan's variant it names."""
-    return plan.variants[variant]
+    """The task parameters a unit runs with: the plan's variant it names, typed by its task."""
+    return lookup_task(plan.task_type).variant(plan.variants[variant])
 
 
 def task_model_class(task: Any, params: Any) -> str | None:
-    from lmsweep.runner.tasks import model_class_for
-
-    return model_class_for(task, params)
+    return task.auto_class_for(params)
 
 
 def task_context(model: Any, tokenizer: Any, params: Any, device: str) -> TaskContext:

@@ -5,65 +5,206 @@ row-major. The model is the base model (AutoModel: no LM head, so causal LMs and
 loaded with eager attention, the only implementation that returns weights. Prompts are right-padded:
 real tokens keep positions 0..n-1 and never attend to padding, so a unit's weights do not depend on
 its batch-mates.
+
+The plan checks the layer/head selection against each model's config and refuses a sweep whose
+weights would exceed `max_storage_mb` (with its estimate, exit 2) instead of filling the disk hours
+into a run.
 """
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
+from typing import TYPE_CHECKING, Literal
 
-import numpy as np
-import torch
+import pyarrow as pa
+from pydantic import Field, field_validator
 
-from lmsweep.jobs.task_checks import selected
+from lmsweep.runner.tasks.base import PlannedUnits, Task, TaskParams
+from lmsweep.runner.tasks.registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, render_prompt
 
-MODEL_CLASS = "AutoModel"
-ATTN = "eager"
+if TYPE_CHECKING:
+    from lmsweep.jobs.model_facts import ModelFacts
+    from lmsweep.jobs.prompts import Prompt
+
+DTYPE_BYTES = {"float16": 2, "float32": 4}
 
 
-def batch_key(unit: Unit) -> tuple:
-    return ()
+class AttentionParams(TaskParams):
+    """Attention weights of selected layers and (query) heads over the prompt, from an eager forward pass."""
+
+    type: Literal["attention"] = "attention"
+    layers: Literal["all"] | list[int] = "all"     # negative indices count from the last layer
+    heads: Literal["all"] | list[int] = "all"      # query heads (with grouped-query attention, not KV heads)
+    head_mean: bool = False                        # store the mean over the selected heads instead of each
+    max_tokens: int = Field(256, ge=1, le=32768)   # longer prompts keep their first max_tokens tokens
+    dtype: Literal["float16", "float32"] = "float16"
+    max_storage_mb: float = Field(1024, gt=0)      # refuse to plan above this estimated size
+
+    @field_validator("layers", "heads")
+    @classmethod
+    def _selection(cls, v):
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("select at least one, or write `all`")
+            if len(set(v)) != len(v):
+                raise ValueError("duplicate index")
+        return v
+
+    def canonical_params(self) -> dict:
+        # The cap decides whether to run, not what a unit computes: keep it out of unit ids.
+        return self.model_dump(exclude={"uses_decoding", "max_storage_mb"})
 
 
-def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
-    tok, model, p = ctx.tokenizer, ctx.model, ctx.params
-    rendered = [render_prompt(tok, u.prompt) for u in units]
-    full = [tok(text, add_special_tokens=add)["input_ids"] for text, add in rendered]
-    kept = [ids[:p["max_tokens"]] for ids in full]
-    batch = tok.pad({"input_ids": kept}, return_tensors="pt", padding_side="right").to(ctx.device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        attentions = model(**batch, output_attentions=True).attentions
-    latency = time.perf_counter() - start
-    if not attentions or attentions[0] is None:
-        raise UnitFailure("the model returned no attention weights (needs attn_implementation: eager)")
+def selected(selection: str | list[int], count: int | None) -> list[int] | None:
+    """Indices a `layers`/`heads` selection picks from `count`; negatives count from the end.
+    None when the count is unknown and the selection is `all`."""
+    if selection == "all":
+        return list(range(count)) if count is not None else None
+    if count is None:
+        return list(selection)
+    return [i + count if i < 0 else i for i in selection]
 
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    n_layers, n_heads = len(attentions), attentions[0].shape[1]        # query heads, also under GQA
-    n_kv = getattr(config, "num_key_value_heads", None) or n_heads
-    expected = getattr(config, "num_attention_heads", None)
-    if expected and n_heads != expected:
-        raise UnitFailure(f"got weights for {n_heads} of the model's {expected} heads (tensor parallel "
-                          "shards heads across ranks; run attention with tensor_parallel: 1)")
-    layers, heads = selected(p["layers"], n_layers), selected(p["heads"], n_heads)
-    bad = [i for i in layers if not 0 <= i < n_layers] + [h for h in heads if not 0 <= h < n_heads]
-    if bad:
-        raise UnitFailure(f"layer/head index {bad[0]} out of range ({n_layers} layers, {n_heads} heads)")
-    dtype = np.float16 if p["dtype"] == "float16" else np.float32
-    column = "attention" if p["dtype"] == "float16" else "attention_f32"
 
-    rows = []
-    for b, (u, ids) in enumerate(zip(units, kept)):
-        n = len(ids)
-        common = {"unit_id": u.unit_id, "num_layers": n_layers, "num_heads": n_heads, "num_kv_heads": n_kv,
-                  "seq_len": n, "truncated": len(full[b]) > n, "num_prompt_tokens": len(full[b]),
-                  "tokens": [tok.decode([t]) for t in ids], "token_ids": ids, "batch_latency_s": latency}
-        for layer in layers:
-            weights = attentions[layer][b, heads, :n, :n].float().cpu()
-            if p["head_mean"]:
-                stack = [(-1, None, weights.mean(0))]
-            else:
-                stack = [(h, h // max(n_heads // n_kv, 1), weights[i]) for i, h in enumerate(heads)]
-            for head, kv_head, matrix in stack:
-                rows.append({**common, "layer": layer, "head": head, "kv_head": kv_head,
-                             column: matrix.numpy().astype(dtype).ravel()})
-    return rows, {}
+@register_task("attention")
+class Attention(Task):
+    Params = AttentionParams
+    auto_class = "AutoModel"
+    attn_implementation = "eager"
+    needs_model_facts = True
+    row_key = ("unit_id", "layer", "head")
+    probability_columns = frozenset({"attention", "attention_f32"})
+    # head = -1 is the mean over the selected heads (head_mean). The seq_len × seq_len matrix [query, key]
+    # is flattened row-major into `attention` (float16) or `attention_f32` (dtype: float32); the other is
+    # null. results.plots.attention_matrix reshapes it.
+    columns = (
+        ("layer", pa.int32()), ("head", pa.int32()), ("kv_head", pa.int32()), ("num_layers", pa.int32()),
+        ("num_heads", pa.int32()), ("num_kv_heads", pa.int32()), ("seq_len", pa.int32()),
+        ("truncated", pa.bool_()), ("tokens", pa.list_(pa.string())), ("token_ids", pa.list_(pa.int32())),
+        ("attention", pa.large_list(pa.float16())), ("attention_f32", pa.large_list(pa.float32())),
+    )
+
+    def check_plan(self, spec, facts, prompts, units: PlannedUnits) -> None:
+        per_model: dict[str, Counter] = {m.alias: Counter() for m in spec.models}
+        for alias, qi in zip(units.models, units.prompt_indexes()):
+            per_model[alias][qi] += 1
+        check_attention(spec, facts, prompts, per_model)
+
+    def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+        import numpy as np
+        import torch
+
+        tok, model, p = ctx.tokenizer, ctx.model, ctx.params
+        rendered = [render_prompt(tok, u.prompt) for u in units]
+        full = [tok(text, add_special_tokens=add)["input_ids"] for text, add in rendered]
+        kept = [ids[:p.max_tokens] for ids in full]
+        batch = tok.pad({"input_ids": kept}, return_tensors="pt", padding_side="right").to(ctx.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            attentions = model(**batch, output_attentions=True).attentions
+        latency = time.perf_counter() - start
+        if not attentions or attentions[0] is None:
+            raise UnitFailure("the model returned no attention weights (needs attn_implementation: eager)")
+
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        n_layers, n_heads = len(attentions), attentions[0].shape[1]        # query heads, also under GQA
+        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
+        expected = getattr(config, "num_attention_heads", None)
+        if expected and n_heads != expected:
+            raise UnitFailure(f"got weights for {n_heads} of the model's {expected} heads (tensor parallel "
+                              "shards heads across ranks; run attention with tensor_parallel: 1)")
+        layers, heads = selected(p.layers, n_layers), selected(p.heads, n_heads)
+        bad = [i for i in layers if not 0 <= i < n_layers] + [h for h in heads if not 0 <= h < n_heads]
+        if bad:
+            raise UnitFailure(f"layer/head index {bad[0]} out of range ({n_layers} layers, {n_heads} heads)")
+        dtype = np.float16 if p.dtype == "float16" else np.float32
+        column = "attention" if p.dtype == "float16" else "attention_f32"
+
+        rows = []
+        for b, (u, ids) in enumerate(zip(units, kept)):
+            n = len(ids)
+            common = {"unit_id": u.unit_id, "num_layers": n_layers, "num_heads": n_heads, "num_kv_heads": n_kv,
+                      "seq_len": n, "truncated": len(full[b]) > n, "num_prompt_tokens": len(full[b]),
+                      "tokens": [tok.decode([t]) for t in ids], "token_ids": ids, "batch_latency_s": latency}
+            for layer in layers:
+                weights = attentions[layer][b, heads, :n, :n].float().cpu()
+                if p.head_mean:
+                    stack = [(-1, None, weights.mean(0))]
+                else:
+                    stack = [(h, h // max(n_heads // n_kv, 1), weights[i]) for i, h in enumerate(heads)]
+                for head, kv_head, matrix in stack:
+                    rows.append({**common, "layer": layer, "head": head, "kv_head": kv_head,
+                                 column: matrix.numpy().astype(dtype).ravel()})
+        return rows, {}
+
+    def summarize(self, df):
+        return (df.groupby(["model", "prompt_id"], sort=True)
+                .agg(tokens=("seq_len", "first"), truncated=("truncated", "any"), layers=("layer", "nunique"),
+                     heads=("head", "nunique"), query_heads=("num_heads", "first"),
+                     kv_heads=("num_kv_heads", "first"), unit_id=("unit_id", "first"))
+                .reset_index())
+
+
+# ---- plan-time checks ------------------------------------------------------------------------------------
+
+def check_attention(spec, facts: dict[str, ModelFacts], prompts: list[Prompt],
+                    units_per_model: dict[str, Counter]) -> int:
+    """Validate the selection against each model and return the estimated bytes of attention weights;
+    raise SpecError above `task.max_storage_mb`."""
+    task = spec.task
+    total, worst = 0, None
+    for m in spec.models:
+        f = facts[m.alias]
+        for name, count in (("layers", f.num_layers), ("heads", f.num_heads)):
+            sel = getattr(task, name)
+            idx = selected(sel, count)
+            if idx is None:
+                raise spec.source.error(f"cannot read the number of {name} of model {m.alias!r}; list them "
+                                        "explicitly", f"task.{name}")
+            bad = [i for i, j in zip(sel if sel != "all" else idx, idx) if not 0 <= j < count] \
+                if count is not None else []
+            if bad:
+                raise spec.source.error(f"{name[:-1]} {bad[0]} is out of range for model {m.alias!r}, which has "
+                                        f"{count} {name}" + (" (query heads)" if name == "heads" else ""),
+                                        f"task.{name}")
+        n_layers = len(selected(task.layers, f.num_layers))
+        n_heads = 1 if task.head_mean else len(selected(task.heads, f.num_heads))
+        lengths = token_counts(f, [prompts[i] for i in units_per_model[m.alias]])
+        per_prompt = dict(zip(units_per_model[m.alias], lengths))
+        for qi, n in units_per_model[m.alias].items():
+            t = min(per_prompt[qi], task.max_tokens)
+            total += n * n_layers * n_heads * t * t * DTYPE_BYTES[task.dtype]
+        worst = max(worst or 0, max(per_prompt.values(), default=0))
+    cap = task.max_storage_mb * 1e6
+    if total > cap:
+        raise spec.source.error(
+            f"attention weights would take ≈{_size(total)} ({task.dtype}, longest prompt "
+            f"≈{min(worst or 0, task.max_tokens)} tokens), above task.max_storage_mb="
+            f"{task.max_storage_mb:g}; select fewer layers or heads, set head_mean: true, lower "
+            f"max_tokens{', use dtype: float16' if task.dtype == 'float32' else ''} or raise "
+            "max_storage_mb", "task.max_storage_mb")
+    return total
+
+
+def token_counts(f: ModelFacts, prompts: list[Prompt]) -> list[int]:
+    """Prompt lengths in tokens: exact with the model's tokenizer.json, else a generous guess
+    (one token per 3 bytes) that errs towards refusing."""
+    texts = [(p.system_prompt + "\n\n" if p.system_prompt else "") + p.text for p in prompts]
+    extra = [16 if p.chat_template else 0 for p in prompts]       # chat markup, roughly
+    if f.tokenizer_file:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(f.tokenizer_file)
+        tok.no_truncation()
+        tok.no_padding()
+        return [len(e.ids) + x for e, x in zip(tok.encode_batch(texts), extra)]
+    return [math.ceil(len(t.encode()) / 3) + 2 + x for t, x in zip(texts, extra)]
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} TB"

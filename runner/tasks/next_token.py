@@ -2,36 +2,138 @@
 from __future__ import annotations
 
 import time
+from typing import Literal
 
-import torch
+import pyarrow as pa
+from pydantic import Field
 
+from lmsweep.runner.tasks.base import MAX_PROB_DELTA, Task, TaskParams, Tolerance
+from lmsweep.runner.tasks.registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, render_prompt
 
-MODEL_CLASS = "AutoModelForCausalLM"
-ATTN = None
+MIN_TOPK_OVERLAP = Tolerance("min_topk_overlap", 1.0, "next-token: smallest per-unit top-k overlap", ge=0, le=1)
 
 
-def batch_key(unit: Unit) -> tuple:
-    return ()
+class NextTokenParams(TaskParams):
+    """Top-k next-token probabilities after the prompt (one forward pass)."""
+
+    type: Literal["next_token"] = "next_token"
+    top_k: int = Field(10, ge=1, le=1000)
 
 
-def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
-    tok, model = ctx.tokenizer, ctx.model
-    k = int(ctx.params.get("top_k", 10))
-    rendered = [render_prompt(tok, u.prompt) for u in units]
-    encoded = [tok(text, add_special_tokens=add)["input_ids"] for text, add in rendered]
-    batch = tok.pad({"input_ids": encoded}, return_tensors="pt").to(ctx.device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        logits = model(**batch).logits[:, -1, :].float()
-    latency = time.perf_counter() - start
-    logp = torch.log_softmax(logits, dim=-1)
-    probs = logp.exp()
-    entropy = -(probs * logp).nan_to_num().sum(-1)
-    top_p, top_i = probs.topk(min(k, probs.shape[-1]), dim=-1)
-    rows = []
-    for u, ids, p, i, h in zip(units, encoded, top_p.tolist(), top_i.tolist(), entropy.tolist()):
-        rows.append({"unit_id": u.unit_id, "num_prompt_tokens": len(ids), "topk_ids": i,
-                     "topk_tokens": [tok.decode([t]) for t in i], "topk_probs": p, "entropy": h,
-                     "batch_latency_s": latency})
-    return rows, {}
+@register_task("next_token")
+class NextToken(Task):
+    Params = NextTokenParams
+    columns = (
+        ("topk_ids", pa.list_(pa.int32())), ("topk_tokens", pa.list_(pa.string())),
+        ("topk_probs", pa.list_(pa.float32())), ("entropy", pa.float64()),
+    )
+    tolerances = (MAX_PROB_DELTA, MIN_TOPK_OVERLAP)
+    compare_columns = ("topk_ids", "topk_tokens", "topk_probs", "entropy")
+    diffs_title = "Next-token units beyond tolerance"
+
+    def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+        import torch
+
+        tok, model, k = ctx.tokenizer, ctx.model, ctx.params.top_k
+        rendered = [render_prompt(tok, u.prompt) for u in units]
+        encoded = [tok(text, add_special_tokens=add)["input_ids"] for text, add in rendered]
+        batch = tok.pad({"input_ids": encoded}, return_tensors="pt").to(ctx.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = model(**batch).logits[:, -1, :].float()
+        latency = time.perf_counter() - start
+        logp = torch.log_softmax(logits, dim=-1)
+        probs = logp.exp()
+        entropy = -(probs * logp).nan_to_num().sum(-1)
+        top_p, top_i = probs.topk(min(k, probs.shape[-1]), dim=-1)
+        rows = []
+        for u, ids, p, i, h in zip(units, encoded, top_p.tolist(), top_i.tolist(), entropy.tolist()):
+            rows.append({"unit_id": u.unit_id, "num_prompt_tokens": len(ids), "topk_ids": i,
+                         "topk_tokens": [tok.decode([t]) for t in i], "topk_probs": p, "entropy": h,
+                         "batch_latency_s": latency})
+        return rows, {}
+
+    def summarize(self, df):
+        """Per model × task configuration: units, mean entropy (nats), mean top-1 probability, latency."""
+        import pandas as pd
+
+        from lmsweep.results.summary import latency_percentiles
+
+        rows = []
+        for (model, variant), g in df.groupby(["model", "variant"], sort=True):
+            rows.append({"model": model, "variant": variant, "units": g["unit_id"].nunique(),
+                         "mean_entropy": float(g["entropy"].mean()),
+                         "mean_top1_prob": float(g["topk_probs"].map(lambda p: p[0] if len(p) else None).mean()),
+                         **latency_percentiles(g)})
+        return pd.DataFrame(rows)
+
+    def examples(self, df, limit: int = 20):
+        """The top-5 next tokens per prompt, for eyeballing."""
+        import pandas as pd
+
+        if df.empty or "topk_tokens" not in df.columns:
+            return pd.DataFrame()
+        out = df[["model", "prompt_id", "prompt_text", "entropy"]].head(limit).copy()
+        out["top5"] = [", ".join(f"{t!r}:{p:.2f}" for t, p in zip(tok[:5], prob[:5]))
+                       for tok, prob in zip(df["topk_tokens"].head(limit), df["topk_probs"].head(limit))]
+        return out
+
+    def compare(self, both, tol, checks):
+        """Per unit: the largest |Δp| over the union of both top-k lists and the top-k overlap."""
+        import numpy as np
+        import pandas as pd
+
+        from lmsweep.results.compare import Check
+
+        cols = ["unit_id", "model", "prompt_id", "max_abs_dp", "topk_overlap", "same_top1", "entropy_delta",
+                "baseline_top", "current_top"]
+        if both.empty:
+            checks.append(Check("next-token max |Δp|", None, tol.max_prob_delta, "<=", "no matched rows"))
+            return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
+        stats = [topk_delta(list(ia), list(qa), list(ib), list(qb)) for ia, qa, ib, qb in
+                 zip(both["topk_ids_b"], both["topk_probs_b"], both["topk_ids_c"], both["topk_probs_c"])]
+        out = pd.DataFrame({
+            "unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
+            "max_abs_dp": [s[0] for s in stats], "topk_overlap": [s[1] for s in stats],
+            "same_top1": [s[2] for s in stats], "entropy_delta": both["entropy_c"] - both["entropy_b"],
+            "baseline_top": [_top3(t, p) for t, p in zip(both["topk_tokens_b"], both["topk_probs_b"])],
+            "current_top": [_top3(t, p) for t, p in zip(both["topk_tokens_c"], both["topk_probs_c"])]})
+        max_dp, min_overlap = float(out["max_abs_dp"].max()), float(out["topk_overlap"].min())
+        checks.append(Check("next-token max |Δp|", max_dp, tol.max_prob_delta, "<=",
+                            f"over {len(out)} units; mean {out['max_abs_dp'].mean():.3g}"))
+        checks.append(Check("next-token min top-k overlap", min_overlap, tol.min_topk_overlap, ">=",
+                            f"mean {out['topk_overlap'].mean():.3f}; top-1 agrees on "
+                            f"{int(out['same_top1'].sum())}/{len(out)}"))
+        bad = np.zeros(len(out), dtype=bool)
+        if tol.max_prob_delta is not None:
+            bad |= (out["max_abs_dp"] > tol.max_prob_delta).to_numpy()
+        if tol.min_topk_overlap is not None:
+            bad |= (out["topk_overlap"] < tol.min_topk_overlap).to_numpy()
+        info = out[~bad & ((out["max_abs_dp"] > 0) | (out["topk_overlap"] < 1))]
+        return (out[bad].sort_values("max_abs_dp", ascending=False).reset_index(drop=True),
+                info.sort_values("max_abs_dp", ascending=False).reset_index(drop=True))
+
+
+def topk_delta(ids_a, probs_a, ids_b, probs_b) -> tuple[float, float, bool]:
+    """(max |Δp|, overlap, same top-1). A token in only one list has, on the other side, a probability
+    of at most that side's smallest listed one, so p − p_min(other) is a lower bound on its |Δp|."""
+    a = dict(zip(ids_a, probs_a))
+    b = dict(zip(ids_b, probs_b))
+    min_a, min_b = (min(probs_a) if len(probs_a) else 0.0), (min(probs_b) if len(probs_b) else 0.0)
+    dp = 0.0
+    for t in set(a) | set(b):
+        if t in a and t in b:
+            d = abs(a[t] - b[t])
+        elif t in a:
+            d = max(0.0, a[t] - min_b)
+        else:
+            d = max(0.0, b[t] - min_a)
+        dp = max(dp, d)
+    k = max(len(a), len(b), 1)
+    same_top = bool(len(ids_a) and len(ids_b) and ids_a[0] == ids_b[0])
+    return float(dp), len(set(a) & set(b)) / k, same_top
+
+
+def _top3(tokens, probs) -> str:
+    return ", ".join(f"{t!r}:{p:.3f}" for t, p in zip(list(tokens)[:3], list(probs)[:3]))

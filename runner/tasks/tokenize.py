@@ -1,33 +1,56 @@
 """How each model's tokenizer splits each prompt: tokens, ids, counts, special tokens, vocabulary size.
 
-Needs no weights: MODEL_CLASS None makes the worker load the tokenizer only.
+Needs no weights: `auto_class = None` makes the worker load the tokenizer only.
 """
 from __future__ import annotations
 
+from typing import Literal
+
+import pyarrow as pa
+
+from lmsweep.runner.tasks.base import Task, TaskParams
+from lmsweep.runner.tasks.registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, render_prompt
 
-MODEL_CLASS = None
-ATTN = None
+
+class TokenizeParams(TaskParams):
+    """Tokens, ids and counts per prompt and model; loads the tokenizer only, never the weights."""
+
+    type: Literal["tokenize"] = "tokenize"
+    add_special_tokens: bool = True
 
 
-def batch_key(unit: Unit) -> tuple:
-    return ()
+@register_task("tokenize")
+class Tokenize(Task):
+    Params = TokenizeParams
+    auto_class = None
+    columns = (
+        ("tokens", pa.list_(pa.string())), ("token_texts", pa.list_(pa.string())),
+        ("token_ids", pa.list_(pa.int32())), ("num_tokens", pa.int32()), ("num_special_tokens", pa.int32()),
+        ("special_tokens", pa.list_(pa.string())), ("num_chars", pa.int32()), ("chars_per_token", pa.float64()),
+        ("vocab_size", pa.int32()), ("tokenizer_class", pa.string()),
+    )
 
+    def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+        tok, p = ctx.tokenizer, ctx.params
+        special = set(tok.all_special_ids)
+        rows = []
+        for u in units:
+            text, add = render_prompt(tok, u.prompt)
+            ids = tok(text, add_special_tokens=add and p.add_special_tokens)["input_ids"]
+            pieces = tok.convert_ids_to_tokens(ids)
+            n_special = sum(i in special for i in ids)
+            rows.append({
+                "unit_id": u.unit_id, "tokens": pieces, "token_texts": [tok.decode([i]) for i in ids],
+                "token_ids": ids, "num_tokens": len(ids), "num_prompt_tokens": len(ids),
+                "special_tokens": [t for t, i in zip(pieces, ids) if i in special],
+                "num_special_tokens": n_special, "num_chars": len(u.prompt["prompt_text"]),
+                "chars_per_token": len(u.prompt["prompt_text"]) / max(len(ids) - n_special, 1),
+                "vocab_size": len(tok), "tokenizer_class": type(tok).__name__,
+            })
+        return rows, {}
 
-def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
-    tok = ctx.tokenizer
-    special = set(tok.all_special_ids)
-    rows = []
-    for u in units:
-        text, add = render_prompt(tok, u.prompt)
-        ids = tok(text, add_special_tokens=add and ctx.params.get("add_special_tokens", True))["input_ids"]
-        pieces = tok.convert_ids_to_tokens(ids)
-        rows.append({
-            "unit_id": u.unit_id, "tokens": pieces, "token_texts": [tok.decode([i]) for i in ids],
-            "token_ids": ids, "num_tokens": len(ids), "num_prompt_tokens": len(ids),
-            "special_tokens": [t for t, i in zip(pieces, ids) if i in special],
-            "num_special_tokens": sum(i in special for i in ids), "num_chars": len(u.prompt["prompt_text"]),
-            "chars_per_token": len(u.prompt["prompt_text"]) / max(len(ids) - sum(i in special for i in ids), 1),
-            "vocab_size": len(tok), "tokenizer_class": type(tok).__name__,
-        })
-    return rows, {}
+    def summarize(self, df):
+        out = df[["model", "prompt_id", "num_tokens", "num_special_tokens", "chars_per_token", "vocab_size"]].copy()
+        out["tokens"] = ["|".join(t) for t in df["token_texts"]]
+        return out.sort_values(["prompt_id", "model"], ignore_index=True)

@@ -13,7 +13,9 @@ import pytest
 from helpers.cli import cli
 from helpers.tiny_models import perturb
 from lmsweep.jobs.spec import Tolerances
-from lmsweep.results.compare import Check, SideInfo, _first_diff, _topk_delta, choose_join, compare_frames
+from lmsweep.results.compare import Check, SideInfo, choose_join, compare_frames
+from lmsweep.runner.tasks.generate import first_diff as _first_diff
+from lmsweep.runner.tasks.next_token import topk_delta as _topk_delta
 
 PROMPTS = ["Shakespeare was a", "My dog really wanted to eat", "I skip across the", "Once upon a time",
            "The capital of France is", "No, I am your father"]

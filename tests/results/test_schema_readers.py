@@ -16,7 +16,7 @@ import pytest
 
 import lmsweep
 from helpers.cli import cli
-from lmsweep.results.schema import TASK_COLUMNS, schema_for
+from lmsweep.results.schema import schema_for, task_columns
 from lmsweep.results.writer import PartWriter
 
 SPEC = """
@@ -178,6 +178,7 @@ def test_every_task_schema_reads_in_every_reader_without_lmsweep(tmp_path, reade
     """All column types of all tasks (lists, float16 arrays, timestamps) as parts from the real writer."""
     if reader in ("polars", "duckdb"):
         pytest.importorskip(reader, reason=f"{reader} is an optional test reader (pip install '.[test]')")
+    TASK_COLUMNS = task_columns()
     for task in TASK_COLUMNS:
         schema = schema_for(task)
         PartWriter(tmp_path, task, 0, 0).write([{f.name: sample(f.type) for f in schema}])

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import types
 from collections import Counter
 from pathlib import Path
 
@@ -140,8 +139,7 @@ def test_sampled_outputs_do_not_depend_on_the_batch_size(tmp_path, models, resto
 def test_auto_batch_size_halves_on_out_of_memory_and_records_the_size_used(tmp_path, models, restore_environ):
     """A real OOM cannot be provoked reliably here: the generate task is wrapped to raise MemoryError on
     batches above 2 units, as an allocator would; the worker's back-off and the task itself are real."""
-    from lmsweep.runner import tasks
-    from lmsweep.runner.tasks import generate
+    from lmsweep.runner.tasks import generate, get_task
 
     def run(ctx, units):
         if len(units) > 2:
@@ -151,7 +149,7 @@ def test_auto_batch_size_halves_on_out_of_memory_and_records_the_size_used(tmp_p
     one = {"tiny-a": models["tiny-a"]}
     reference, _ = run_plan(write_spec(tmp_path / "ref", one, "oom"), tmp_path / "ref" / "runs")
     mp = pytest.MonkeyPatch()
-    mp.setitem(tasks.TASKS, "generate", types.SimpleNamespace(**{**vars(generate), "run": run}))
+    mp.setattr(get_task("generate"), "run", run)        # the registered task's batch runner, this run only
     try:
         auto, _ = run_plan(write_spec(tmp_path / "auto", one, "oom", batch="auto"), tmp_path / "auto" / "runs")
     finally:
@@ -168,12 +166,12 @@ def test_repetition_penalty_ignores_left_padding(smollm2_dir):
     greedy units in the benchmark). This prompt stops after 19 tokens alone; batched, it is padded."""
     from benchmarks.workload import bench_prompts
     from lmsweep.jobs.decoding import DecodingPoint
-    from lmsweep.runner.tasks import generate
+    from lmsweep.runner.tasks import generate, get_task
     from lmsweep.runner.units import TaskContext, Unit
 
     tok = transformers.AutoTokenizer.from_pretrained(smollm2_dir, padding_side="left")
     model = transformers.AutoModelForCausalLM.from_pretrained(smollm2_dir).eval()
-    ctx = TaskContext(model, tok, {"type": "generate"})
+    ctx = TaskContext(model, tok, get_task("generate").variant({"type": "generate"}))
     point = DecodingPoint(repetition_penalty=1.3, max_new_tokens=24)
     texts = [bench_prompts(12)[11], bench_prompts(12)[11] + " Then it answers the question in plain words."]
     units = [Unit(unit_id=f"u{i}", unit_key=f"u{i}", element=0, variant=0, point_index=0, point=point, seed=None,

@@ -13,7 +13,7 @@ from helpers.cli import REPO, cli
 from helpers.task_runs import make_tiny_bert, rows, run_spec
 from lmsweep.jobs.errors import SpecError
 from lmsweep.results.metrics import accuracy, classification_summary, confusion_matrix, macro_f1
-from lmsweep.runner.tasks.classify import build_context, fewshot_indices
+from lmsweep.runner.tasks.classify import ClassifyVariant, build_context, fewshot_indices
 
 REVIEWS = """
 prompts:
@@ -65,9 +65,10 @@ def test_label_likelihood_matches_transformers(tiny_llama, tmp_path, llama):
     worst = 0.0
     for _, r in df.iterrows():
         labels = json.loads(r["label_set"])
-        params = {"template": r["template"], "labels": labels, "label_prefix": " ", "example_separator": "\n\n",
-                  "examples": [{"label": "good", "text": "I loved every level."},
-                               {"label": "bad", "text": "I hated it."}, {"label": "good", "text": "Great fun."}]}
+        params = ClassifyVariant(template=r["template"], labels=labels, label_prefix=" ", example_separator="\n\n",
+                                 examples=[{"label": "good", "text": "I loved every level."},
+                                           {"label": "bad", "text": "I hated it."},
+                                           {"label": "good", "text": "Great fun."}])
         context = build_context(params, r["prompt_text"], list(r["fewshot_indices"]))
         assert len(r["fewshot_indices"]) == r["shots"]
         for name, score, n_tok in zip(r["candidate_labels"], r["label_scores"], r["label_num_tokens"]):
@@ -103,10 +104,10 @@ task: {{type: classify, labels: {{good: great, bad: terrible}}, label_prefix: ""
 
 
 def test_fewshot_choice_is_deterministic_and_never_shows_the_prompt():
-    params = {"shots": 2, "seed": 7, "examples": [{"text": f"t{i}", "label": "x"} for i in range(6)]}
+    params = ClassifyVariant(shots=2, seed=7, examples=[{"text": f"t{i}", "label": "x"} for i in range(6)])
     first = fewshot_indices(params, "t3")
     assert first == fewshot_indices(params, "t3") and 3 not in first and len(set(first)) == 2
-    draws = {tuple(fewshot_indices({**params, "seed": s}, "t3")) for s in range(10)}
+    draws = {tuple(fewshot_indices(params.model_copy(update={"seed": s}), "t3")) for s in range(10)}
     assert len(draws) > 1                                             # the seed changes the draw
 
 

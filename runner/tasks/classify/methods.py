@@ -1,105 +1,22 @@
-"""Classify prompts into labels: label likelihood (causal LM), embedding similarity (encoder), or a
-transformers pipeline over a model with a classification head.
+"""How each classify method scores a batch (torch, transformers: imported only on a worker).
 
-Every row has the candidate labels, a score per label, the predicted label, and `correct` when the
-prompt set gives a gold `label`. The method is a task variant; the plan pairs each model only with
-the variants whose method fits its kind, so one element loads one model class.
-"""
+Each method returns rows with the candidate labels, a score per label and the predicted label;
+runner/tasks/classify adds the variant's columns and `correct`."""
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
-import random
-import time
 
 import torch
 
+from lmsweep.runner.tasks.classify import build_context, fewshot_indices, fill, label_names
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
 
-MODEL_CLASS = "AutoModelForCausalLM"
-ATTN = None
 
-
-def model_class(params: dict) -> str:
-    if params["method"] == "label_likelihood":
-        return "AutoModelForCausalLM"
-    if params["method"] == "embedding_similarity":
-        return "AutoModel"
-    if params["pipeline_task"] == "token-classification":
-        return "AutoModelForTokenClassification"
-    return "AutoModelForSequenceClassification"
-
-
-def batch_key(unit: Unit) -> tuple:
-    return ()
-
-
-def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
-    method = ctx.params["method"]
-    start = time.perf_counter()
-    if method == "label_likelihood":
-        rows, errors = _label_likelihood(ctx, units)
-    elif method == "embedding_similarity":
-        rows, errors = _embedding_similarity(ctx, units)
-    elif ctx.params["pipeline_task"] == "token-classification":
-        rows, errors = _token_classification(ctx, units)
-    else:
-        rows, errors = _pipeline(ctx, units)
-    latency = time.perf_counter() - start
-    variant = _variant_columns(ctx.params)
-    by_id = {u.unit_id: u for u in units}
-    for r in rows:
-        r.update(variant, batch_latency_s=latency)
-        gold = by_id[r["unit_id"]].prompt.get("label")
-        if r.get("predicted_label") is not None and gold is not None:
-            r["correct"] = r["predicted_label"] == gold
-    return rows, errors
-
-
-def _variant_columns(p: dict) -> dict:
-    labels = p.get("labels")
-    return {"method": p["method"], "pipeline_task": p.get("pipeline_task"), "template": p.get("template"),
-            "shots": p.get("shots", 0), "fewshot_seed": p.get("seed", 0), "length_norm": p.get("length_norm"),
-            "label_set": json.dumps(labels, sort_keys=True, ensure_ascii=False) if labels else None}
-
-
-def fill(template: str, text: str) -> str:
-    return template.replace("{text}", text)
-
-
-def label_names(params: dict) -> list[str]:
-    return sorted(params["labels"])
-
-
-# ---- label likelihood -----------------------------------------------------------------------------------
-
-def fewshot_indices(params: dict, prompt_text: str) -> list[int]:
-    """k examples for this prompt, the same on every run, model and machine: drawn by a generator
-    seeded from (seed, prompt text); an example identical to the prompt is never shown with it."""
-    k = params["shots"]
-    if not k:
-        return []
-    pool = [i for i, e in enumerate(params["examples"]) if e["text"] != prompt_text]
-    if len(pool) < k:
-        raise UnitFailure(f"{k} shots requested but only {len(pool)} examples differ from this prompt")
-    digest = hashlib.sha256(f"{params['seed']}\0{prompt_text}".encode()).hexdigest()
-    return random.Random(int(digest[:16], 16)).sample(pool, k)
-
-
-def build_context(params: dict, prompt_text: str, shots: list[int]) -> str:
-    """Few-shot examples (template + label word each), then the prompt in the template."""
-    examples = [params["examples"][i] for i in shots]
-    parts = [fill(params["template"], e["text"]) + params["label_prefix"] + params["labels"][e["label"]]
-             for e in examples]
-    parts.append(fill(params["template"], prompt_text))
-    return (params["example_separator"] or "").join(parts)
-
-
-def _label_likelihood(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+def label_likelihood(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
     tok, model, p = ctx.tokenizer, ctx.model, ctx.params
     names = label_names(p)
-    conts = [tok(p["label_prefix"] + p["labels"][n], add_special_tokens=False)["input_ids"] for n in names]
+    conts = [tok(p.label_prefix + p.labels[n], add_special_tokens=False)["input_ids"] for n in names]
     limit = context_limit(model)
     errors, keep = {}, []
     for u in units:
@@ -122,7 +39,7 @@ def _label_likelihood(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], 
     rows = []
     for i, (u, ids, shots) in enumerate(keep):
         sums = logprobs[i * len(names):(i + 1) * len(names)]
-        scores = [s / len(c) if p["length_norm"] else s for s, c in zip(sums, conts)]
+        scores = [s / len(c) if p.length_norm else s for s, c in zip(sums, conts)]
         best = max(range(len(names)), key=lambda j: scores[j])
         rows.append({"unit_id": u.unit_id, "num_prompt_tokens": len(ids), "candidate_labels": names,
                      "label_scores": scores, "label_num_tokens": [len(c) for c in conts],
@@ -178,11 +95,11 @@ def embed(model, tok, texts: list[str], device="cpu") -> torch.Tensor:
     return torch.nn.functional.normalize(pooled, dim=-1).cpu()
 
 
-def _embedding_similarity(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+def embedding_similarity(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
     tok, model, p = ctx.tokenizer, ctx.model, ctx.params
     names = label_names(p)
-    texts = [fill(p["template"], u.prompt["prompt_text"]) for u in units]
-    vectors = embed(model, tok, texts + [p["labels"][n] for n in names], ctx.device)
+    texts = [fill(p.template, u.prompt["prompt_text"]) for u in units]
+    vectors = embed(model, tok, texts + [p.labels[n] for n in names], ctx.device)
     sims = (vectors[:len(texts)] @ vectors[len(texts):].T).tolist()
     lengths = [len(ids) for ids in tok(texts, truncation=True)["input_ids"]]
     rows = []
@@ -201,26 +118,26 @@ def _make_pipeline(ctx: TaskContext, task: str):
     return pipeline(task, model=ctx.model, tokenizer=ctx.tokenizer, device=ctx.device)
 
 
-def _pipeline(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+def pipeline(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
     """text-classification scores the model's own labels (id2label); `labels`, if given, maps each
     gold label to one of them. zero-shot-classification scores the label texts as NLI hypotheses."""
     p = ctx.params
-    task = p["pipeline_task"]
+    task = p.pipeline_task
     pipe = _make_pipeline(ctx, task)
-    texts = [fill(p["template"], u.prompt["prompt_text"]) for u in units]
+    texts = [fill(p.template, u.prompt["prompt_text"]) for u in units]
     rows = []
     if task == "zero-shot-classification":
         names = label_names(p)
-        by_text = {p["labels"][n]: n for n in names}
+        by_text = {p.labels[n]: n for n in names}
         for u, text in zip(units, texts):
-            out = pipe(text, candidate_labels=[p["labels"][n] for n in names],
-                       hypothesis_template=p["hypothesis_template"])
+            out = pipe(text, candidate_labels=[p.labels[n] for n in names],
+                       hypothesis_template=p.hypothesis_template)
             score = {by_text[lab]: s for lab, s in zip(out["labels"], out["scores"])}
             rows.append(_scored(u, names, [score[n] for n in names]))
         return rows, {}
     id2label = ctx.model.config.id2label
     model_labels = [id2label[i] for i in sorted(id2label)]
-    to_gold = {v: k for k, v in (p.get("labels") or {}).items()}
+    to_gold = {v: k for k, v in (p.labels or {}).items()}
     missing = [v for v in to_gold if v not in model_labels]
     if missing:
         raise UnitFailure(f"labels: {missing[0]!r} is not a label of this model ({', '.join(model_labels)})")
@@ -237,7 +154,7 @@ def _scored(u: Unit, names: list[str], scores: list[float]) -> dict:
             "predicted_label": names[best]}
 
 
-def _token_classification(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+def token_classification(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
     """Per-token labels and probabilities from the model, plus the pipeline's grouped entities."""
     tok, model = ctx.tokenizer, ctx.model
     pipe = _make_pipeline(ctx, "token-classification")

@@ -1,4 +1,8 @@
-"""Text generation over a decoding point: text, token ids, new-token count, finish reason."""
+"""How a generate batch runs: torch and transformers, imported only on a worker (runner/tasks/generate).
+
+Greedy and sampled rows decode together through runner.decode (sampling from runner.sampling, seeded
+per sequence); beam search and models runner.decode does not run go through `model.generate` with the
+same processors."""
 from __future__ import annotations
 
 import time
@@ -16,18 +20,6 @@ from lmsweep.jobs.decoding import DecodingPoint
 from lmsweep.runner import decode
 from lmsweep.runner.sampling import generators, sampling_processors, sequence_seed
 from lmsweep.runner.units import TaskContext, Unit, context_limit, render_prompt
-
-MODEL_CLASS = "AutoModelForCausalLM"
-ATTN = None
-
-
-def batch_key(unit: Unit) -> tuple:
-    """Units with equal keys share one model.generate call. Beam search needs its own config per call;
-    greedy and sampled points differ only in how each row's logits are processed (done per row group,
-    seeds per sequence), so they share batches and the worker can fill them by prompt length across the
-    whole decoding grid: less padding, and a full batch where one point alone would leave a small one."""
-    p = unit.point
-    return (p.num_beams, p.max_new_tokens, unit.point_index if p.num_beams > 1 else -1)
 
 
 class RowGroupProcessors(LogitsProcessor):

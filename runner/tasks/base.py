@@ -1,0 +1,184 @@
+"""What a task is: the interface every task module fills in, its parameters' base and its tolerances.
+
+A task (generate, next_token, attention, classify, tokenize, ...) is one module of this package that
+subclasses `Task` and registers it with `@register_task` (runner/tasks/registry.py). Everything the
+other stages need to know about it is an attribute or a method here, so that planning, the worker, the
+writer, the summaries and compare ask the task instead of comparing its name.
+
+No torch, transformers or pandas at import time: `lmsweep validate` and `plan` import every task
+module (the spec's `task:` union is built from them). A task imports the heavy libraries inside the
+methods that run on a worker or on results.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from lmsweep.jobs.model_facts import ModelFacts
+    from lmsweep.jobs.prompts import Prompt
+    from lmsweep.jobs.spec import ExperimentSpec
+    from lmsweep.results.compare import Check
+    from lmsweep.runner.units import TaskContext, Unit
+
+Rows = list[dict]                  # task columns + unit_id (+ the rest of the row key) per row
+Errors = dict[str, str]            # unit_id → why that unit failed (its batch-mates go on)
+
+
+class TaskParams(BaseModel):
+    """The spec's `task:` block. A subclass declares `type: Literal["<task name>"] = "<task name>"`
+    (the union's discriminator) and its parameters with their defaults, written once here.
+
+    Fields named in SWEEP may be given as a list: each value is a task variant, and the plan crosses
+    variants with models, decoding points and prompts. The canonical dict of each variant is hashed
+    into unit ids: changing what `canonical_params`/`variants` return moves every unit id."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    SWEEP: ClassVar[tuple[str, ...]] = ()
+
+    uses_decoding: bool = Field(False, exclude=True)    # the task runs over the decoding grid
+
+    def canonical_params(self) -> dict:
+        return self.model_dump(exclude={"uses_decoding"})
+
+    def variants(self) -> list[dict]:
+        """The product of the sweepable fields given as lists; one dict of plain params per variant."""
+        params = self.canonical_params()
+        axes = {k: params[k] for k in self.SWEEP if isinstance(params.get(k), list)}
+        if not axes:
+            return [params]
+        return [{**params, **dict(zip(axes, combo))} for combo in itertools.product(*axes.values())]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """One `regression.tolerances` key (and `--flag` of compare/regress): how far a rerun may drift.
+    `None` as default means the check is off unless asked for. A key means one thing across tasks:
+    two tasks may share a Tolerance object, never declare two different ones under the same name."""
+
+    name: str
+    default: float | int | None
+    help: str
+    kind: type = float
+    ge: float | None = None
+    le: float | None = None
+    gt: float | None = None
+
+
+# Used by the default compare rule (results.compare.compare_outputs) and by tasks with their own.
+MIN_EXACT_MATCH = Tolerance("min_exact_match", 1.0, "share of greedy/beam sequences identical to the baseline",
+                            ge=0, le=1)
+MAX_PROB_DELTA = Tolerance("max_prob_delta", 1e-3, "next-token: largest |Δp| over the top-k tokens", ge=0, le=1)
+# Checks every comparison makes, whatever the task.
+RUN_TOLERANCES = (
+    Tolerance("max_latency_ratio", None, "current/baseline median per-unit latency", gt=0),
+    Tolerance("min_throughput_ratio", None, "current/baseline median tokens/s", gt=0),
+    Tolerance("max_unmatched", 0, "units present on one side only", kind=int, ge=0),
+)
+
+
+@dataclass(frozen=True)
+class PlannedUnits:
+    """The expanded units as a plan-time check sees them: one model alias and prompt index per unit."""
+
+    models: Sequence[str]
+    prompt_index: Sequence[int]            # a numpy array in the planner (millions of units)
+
+    def prompt_indexes(self) -> list[int]:
+        """The prompt indexes as plain ints, for a check that iterates over them."""
+        pi = self.prompt_index
+        return pi.tolist() if hasattr(pi, "tolist") else list(pi)
+
+
+class Task:
+    """One kind of analysis. Subclass, set the class attributes, override what differs, register.
+
+    Attributes a task sets (the registry checks them):
+        Params          the spec block (a TaskParams subclass whose `type` is the task's name)
+        columns         the result columns it adds to results.schema.COMMON, as (name, pyarrow type);
+                        the row writer refuses a row with any other column
+    and may set:
+        Variant         the typed parameters of ONE variant, as the worker gets them (default: Params);
+                        needed when variants are normalised into values Params would refuse
+        row_key         the columns that identify one row (a unit may have several)
+        auto_class      the transformers Auto class to load; None loads the tokenizer only
+        attn_implementation   the attention implementation it needs (None: the model's default)
+        needs_model_facts     the plan reads each model's kind and shape (jobs.model_facts) for it
+        tolerances      the regression/compare tolerances its compare rule reads
+        compare_columns the task columns compare reads (default: all of them)
+        probability_columns   float columns holding probabilities: the default compare rule judges
+                        them by max_prob_delta (other floats it only reports)
+    """
+
+    name: ClassVar[str] = ""                           # set by register_task
+    Params: ClassVar[type[TaskParams]]
+    Variant: ClassVar[type[BaseModel] | None] = None
+    columns: ClassVar[tuple[tuple[str, pa.DataType], ...]] = ()
+    row_key: ClassVar[tuple[str, ...]] = ("unit_id",)
+    auto_class: ClassVar[str | None] = "AutoModelForCausalLM"
+    attn_implementation: ClassVar[str | None] = None
+    needs_model_facts: ClassVar[bool] = False
+    tolerances: ClassVar[tuple[Tolerance, ...]] = (MIN_EXACT_MATCH, MAX_PROB_DELTA)
+    compare_columns: ClassVar[tuple[str, ...] | None] = None
+    probability_columns: ClassVar[frozenset[str]] = frozenset()
+    diffs_title: ClassVar[str] = "Differing units"     # compare report headings
+    info_note: ClassVar[str] = "within tolerance"
+
+    # ---- planning (no torch) ----------------------------------------------------------------------------
+
+    def variant(self, params: dict) -> BaseModel:
+        """One variant's canonical dict (plan.json `variants`) as the typed object the batch runner gets."""
+        return (self.Variant or self.Params).model_validate(params)
+
+    def model_kinds(self, variant: BaseModel) -> tuple[str, ...] | None:
+        """The model kinds (jobs.model_facts.KINDS) this variant runs on; None: any. Read only when
+        `needs_model_facts`; the plan pairs each model with the variants that fit its kind."""
+        return None
+
+    def variant_label(self, variant: BaseModel) -> tuple[str, str]:
+        """(what the variant is called, its spec field), for an error saying no model runs it."""
+        return self.name, "task"
+
+    def check_plan(self, spec: ExperimentSpec, facts: dict[str, ModelFacts], prompts: list[Prompt],
+                   units: PlannedUnits) -> None:
+        """Refuse, before anything is written, a plan this task could not run (raise spec.source.error)."""
+
+    # ---- the worker ---------------------------------------------------------------------------------------
+
+    def auto_class_for(self, variant: BaseModel) -> str | None:
+        """The Auto class this variant loads (the plan gives one element variants of one class)."""
+        return self.auto_class
+
+    def batch_key(self, unit: Unit) -> tuple:
+        """Units with equal keys (and the same variant) may share a batch."""
+        return ()
+
+    def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[Rows, Errors]:
+        """One batch: rows (columns of `columns` and the common ones it fills) and per-unit errors.
+        Raise runner.units.UnitFailure for a problem with the input: the worker retries units alone."""
+        raise NotImplementedError
+
+    # ---- results (pandas imported inside) -----------------------------------------------------------------
+
+    def summarize(self, df: pd.DataFrame) -> pd.DataFrame:
+        """`lmsweep results --summary` and the report's summary table (df is not empty)."""
+        return df.groupby("model").size().rename("rows").reset_index()
+
+    def examples(self, df: pd.DataFrame) -> pd.DataFrame | None:
+        """A few rows for eyeballing in `lmsweep results` and the report; None: the task shows none."""
+        return None
+
+    def compare(self, both: pd.DataFrame, tol: Any, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(rows beyond tolerance, differences no tolerance covers) over the rows matched on both sides
+        (columns suffixed _b and _c; the row key unsuffixed). Appends its Checks to `checks`.
+        Default: exact columns equal, probabilities within max_prob_delta (results.compare)."""
+        from lmsweep.results.compare import compare_outputs
+
+        return compare_outputs(both, self, tol, checks)

@@ -1,0 +1,324 @@
+"""Classify prompts into labels: label likelihood (causal LM), embedding similarity (encoder), or a
+transformers pipeline over a model with a classification head.
+
+Every row has the candidate labels, a score per label, the predicted label, and `correct` when the
+prompt set gives a gold `label`. The method is a task variant; the plan pairs each model only with
+the variants whose method fits its kind, so one element loads one model class.
+
+This module declares the task and builds the prompts (pure); `methods.py` beside it scores a batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from typing import ClassVar, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from lmsweep.runner.tasks.base import MAX_PROB_DELTA, MIN_EXACT_MATCH, PlannedUnits, Task, TaskParams, Tolerance
+from lmsweep.runner.tasks.registry import register_task
+from lmsweep.runner.units import TaskContext, Unit, UnitFailure
+
+CLASSIFY_METHODS = ("label_likelihood", "embedding_similarity", "pipeline")
+# Which model kinds (jobs.model_facts.KINDS) each method can run on.
+METHOD_KINDS = {"label_likelihood": ("causal_lm",), "embedding_similarity": ("encoder",)}
+PIPELINE_KINDS = {"text-classification": ("sequence_classification",),
+                  "zero-shot-classification": ("sequence_classification",),
+                  "token-classification": ("token_classification",)}
+Method = Literal["label_likelihood", "embedding_similarity", "pipeline"]
+PipelineTask = Literal["text-classification", "token-classification", "zero-shot-classification"]
+LabelSet = dict[str, str]
+
+MAX_ACCURACY_DROP = Tolerance("max_accuracy_drop", 0.0, "classify: baseline accuracy minus current accuracy",
+                              ge=0, le=1)
+
+
+class FewShotExample(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    text: str = Field(min_length=1)
+    label: str = Field(min_length=1)
+
+
+class ClassifyParams(TaskParams):
+    """Classify each prompt into one of a set of labels.
+
+    `labels` maps each gold label to the text the method compares against: the label word(s) a
+    causal LM continues with (label_likelihood), a description embedded by an encoder
+    (embedding_similarity), or the candidate label (zero-shot) / the model's own id2label name
+    (text-classification) for pipelines. A list of mappings is a sweep over label sets.
+    Parameters a method does not use are normalised away, so a sweep makes no duplicate units.
+    """
+
+    type: Literal["classify"] = "classify"
+    SWEEP: ClassVar[tuple[str, ...]] = ("method", "labels", "template", "shots", "seed", "length_norm")
+
+    method: Method | list[Method] = "label_likelihood"
+    labels: LabelSet | list[LabelSet] | None = None
+    template: str | list[str] = "{text}"
+    shots: int | list[int] = 0
+    examples: list[FewShotExample] = Field(default_factory=list)
+    seed: int | list[int] = 0                      # which examples each prompt gets, deterministically
+    length_norm: bool | list[bool] = False         # mean instead of summed log-probability per label
+    label_prefix: str = " "                        # between the prompt and the label word
+    example_separator: str = "\n\n"
+    pipeline_task: PipelineTask = "text-classification"
+    hypothesis_template: str = "This example is {}."
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v):
+        for m in (v if isinstance(v, list) else [v]):
+            if m not in CLASSIFY_METHODS:
+                raise ValueError(f"unknown method {m!r}; expected one of {', '.join(CLASSIFY_METHODS)}")
+        return v
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _label_names(cls, v):
+        if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+            return {x: x for x in v}             # a list of names: each name is its own label word
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v):
+        for s in (v if isinstance(v, list) else [v] if v is not None else []):
+            if len(s) < 2:
+                raise ValueError("a label set needs at least two labels")
+            if any(not w.strip() for w in s.values()):
+                raise ValueError("empty label text")
+        if isinstance(v, list) and not v:
+            raise ValueError("empty list of label sets")
+        return v
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, v):
+        for t in (v if isinstance(v, list) else [v]):
+            if "{text}" not in t:
+                raise ValueError(f"template {t!r} has no {{text}} placeholder")
+        return v
+
+    @field_validator("shots", "seed")
+    @classmethod
+    def _non_negative(cls, v):
+        if any(x < 0 for x in (v if isinstance(v, list) else [v])):
+            raise ValueError("must be >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClassifyParams:
+        if self.hypothesis_template.count("{}") != 1:
+            raise ValueError("hypothesis_template must contain {} exactly once")
+        methods = set(self.method if isinstance(self.method, list) else [self.method])
+        needs_labels = methods & {"label_likelihood", "embedding_similarity"} or (
+            "pipeline" in methods and self.pipeline_task == "zero-shot-classification")
+        if needs_labels and self.labels is None:
+            raise ValueError("labels: required for label_likelihood, embedding_similarity and zero-shot "
+                             "(a mapping gold label → label text, or a list of label names)")
+        shots = max(self.shots) if isinstance(self.shots, list) else self.shots
+        if shots > len(self.examples):
+            raise ValueError(f"shots: {shots} shots need at least {shots} examples, got {len(self.examples)}")
+        for s in (self.labels if isinstance(self.labels, list) else [self.labels] if self.labels else []):
+            unknown = sorted({e.label for e in self.examples} - set(s))
+            if unknown:
+                raise ValueError(f"examples: label {unknown[0]!r} is not in label set {sorted(s)}")
+        return self
+
+    def variants(self) -> list[dict]:
+        out, seen = [], set()
+        for v in super().variants():
+            v = _normalise(v)
+            key = json.dumps(v, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                out.append(v)
+        return out
+
+
+def _normalise(v: dict) -> dict:
+    """Fix the parameters a method ignores, so they neither multiply units nor change unit ids."""
+    v = dict(v)
+    if v["method"] != "label_likelihood" or v["shots"] == 0:
+        v.update(shots=0, seed=0, examples=[], example_separator=None)
+    if v["method"] != "label_likelihood":
+        v.update(length_norm=False, label_prefix=None)
+    if v["method"] != "pipeline":
+        v.update(pipeline_task=None, hypothesis_template=None)
+    else:
+        if v["pipeline_task"] != "zero-shot-classification":
+            v["hypothesis_template"] = None
+        if v["pipeline_task"] == "token-classification":
+            v.update(labels=None, template="{text}")
+    return v
+
+
+class ClassifyVariant(BaseModel):
+    """One variant as a batch runs it: one value per sweepable field, and None for what its method
+    ignores (see `_normalise`). Defaults are ClassifyParams' (for building one by hand, as tests do)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["classify"] = "classify"
+    method: Method = "label_likelihood"
+    labels: LabelSet | None = None
+    template: str = "{text}"
+    shots: int = 0
+    examples: list[FewShotExample] = Field(default_factory=list)
+    seed: int = 0
+    length_norm: bool = False
+    label_prefix: str | None = " "
+    example_separator: str | None = "\n\n"
+    pipeline_task: PipelineTask | None = "text-classification"
+    hypothesis_template: str | None = "This example is {}."
+
+
+@register_task("classify")
+class Classify(Task):
+    Params = ClassifyParams
+    Variant = ClassifyVariant
+    needs_model_facts = True
+    # The gold label is the common `label` column; the variant's parameters are repeated as columns.
+    columns = (
+        ("method", pa.string()), ("pipeline_task", pa.string()), ("template", pa.string()),
+        ("shots", pa.int32()), ("fewshot_seed", pa.int64()), ("length_norm", pa.bool_()),
+        ("label_set", pa.string()), ("candidate_labels", pa.list_(pa.string())),
+        ("label_scores", pa.list_(pa.float64())), ("label_num_tokens", pa.list_(pa.int32())),
+        ("predicted_label", pa.string()), ("correct", pa.bool_()), ("fewshot_indices", pa.list_(pa.int32())),
+        ("tokens", pa.list_(pa.string())), ("token_labels", pa.list_(pa.string())),
+        ("token_scores", pa.list_(pa.float32())), ("entities", pa.string()),
+    )
+    tolerances = (MIN_EXACT_MATCH, MAX_PROB_DELTA, MAX_ACCURACY_DROP)
+    probability_columns = frozenset({"token_scores"})
+
+    def auto_class_for(self, variant: ClassifyVariant) -> str:
+        if variant.method == "label_likelihood":
+            return "AutoModelForCausalLM"
+        if variant.method == "embedding_similarity":
+            return "AutoModel"
+        if variant.pipeline_task == "token-classification":
+            return "AutoModelForTokenClassification"
+        return "AutoModelForSequenceClassification"
+
+    def model_kinds(self, variant: ClassifyVariant) -> tuple[str, ...]:
+        if variant.method == "pipeline":
+            return PIPELINE_KINDS[variant.pipeline_task]
+        return METHOD_KINDS[variant.method]
+
+    def variant_label(self, variant: ClassifyVariant) -> tuple[str, str]:
+        return (variant.pipeline_task if variant.method == "pipeline" else variant.method), "task.method"
+
+    def check_plan(self, spec, facts, prompts, units: PlannedUnits) -> None:
+        """A gold label outside a label set could never be predicted: almost surely a typo in the data."""
+        golds = {p.label for p in prompts if p.label is not None}
+        for v in spec.task.variants():
+            if not v.get("labels") or v.get("pipeline_task") == "text-classification":
+                continue          # text-classification predicts the model's own labels (id2label)
+            if golds <= set(v["labels"]):
+                continue
+            for p in prompts:
+                if p.label is not None and p.label not in v["labels"]:
+                    raise spec.source.error(f"prompt {p.id!r} of set {p.set!r} has gold label {p.label!r}, which "
+                                            f"is not in the label set {sorted(v['labels'])}", "task.labels")
+
+    def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+        from lmsweep.runner.tasks.classify import methods
+
+        p: ClassifyVariant = ctx.params
+        start = time.perf_counter()
+        if p.method == "label_likelihood":
+            rows, errors = methods.label_likelihood(ctx, units)
+        elif p.method == "embedding_similarity":
+            rows, errors = methods.embedding_similarity(ctx, units)
+        elif p.pipeline_task == "token-classification":
+            rows, errors = methods.token_classification(ctx, units)
+        else:
+            rows, errors = methods.pipeline(ctx, units)
+        latency = time.perf_counter() - start
+        variant = _variant_columns(p)
+        by_id = {u.unit_id: u for u in units}
+        for r in rows:
+            r.update(variant, batch_latency_s=latency)
+            gold = by_id[r["unit_id"]].prompt.get("label")
+            if r.get("predicted_label") is not None and gold is not None:
+                r["correct"] = r["predicted_label"] == gold
+        return rows, errors
+
+    def summarize(self, df):
+        from lmsweep.results.metrics import classification_summary
+
+        return classification_summary(df)
+
+    def compare(self, both, tol, checks):
+        """The default rule over the outputs (a predicted label judged by accuracy when there are gold
+        labels, else it must not change), then accuracy: baseline − current within max_accuracy_drop."""
+        import pandas as pd
+
+        from lmsweep.results.compare import compare_outputs
+
+        gold = all(c in both.columns and both[c].notna().any() for c in ("correct_b", "correct_c"))
+        diffs, info = compare_outputs(both, self, tol, checks,
+                                      skip={"correct", "predicted_label"} if gold else {"correct"})
+        if "correct_b" in both.columns and "correct_c" in both.columns:
+            flips = _accuracy(both, tol, checks)
+            diffs = pd.concat([diffs, flips], ignore_index=True) if not diffs.empty else flips
+        return diffs, info
+
+
+def _accuracy(both, tol, checks):
+    import numpy as np
+    import pandas as pd
+
+    from lmsweep.results.compare import Check
+
+    acc_b = float(both["correct_b"].astype(float).mean())
+    acc_c = float(both["correct_c"].astype(float).mean())
+    checks.append(Check("accuracy drop (baseline − current)", acc_b - acc_c, tol.max_accuracy_drop, "<=",
+                        f"accuracy {acc_b:.3f} → {acc_c:.3f} over {len(both)} units"))
+    flip = both["correct_b"].astype(bool) != both["correct_c"].astype(bool)
+    part = both[flip]
+    return pd.DataFrame({
+        "unit_id": part["unit_id_c"], "model": part["model_c"], "prompt_id": part["prompt_id_c"],
+        "flip": np.where(part["correct_c"].astype(bool), "wrong → right", "right → wrong"),
+        "baseline_pred": part.get("predicted_label_b"), "current_pred": part.get("predicted_label_c"),
+        "label": part.get("label_c")}).reset_index(drop=True)
+
+
+def _variant_columns(p: ClassifyVariant) -> dict:
+    return {"method": p.method, "pipeline_task": p.pipeline_task, "template": p.template,
+            "shots": p.shots, "fewshot_seed": p.seed, "length_norm": p.length_norm,
+            "label_set": json.dumps(p.labels, sort_keys=True, ensure_ascii=False) if p.labels else None}
+
+
+# ---- prompts (pure) -----------------------------------------------------------------------------------------
+
+def fill(template: str, text: str) -> str:
+    return template.replace("{text}", text)
+
+
+def label_names(p: ClassifyVariant) -> list[str]:
+    return sorted(p.labels)
+
+
+def fewshot_indices(p: ClassifyVariant, prompt_text: str) -> list[int]:
+    """k examples for this prompt, the same on every run, model and machine: drawn by a generator
+    seeded from (seed, prompt text); an example identical to the prompt is never shown with it."""
+    k = p.shots
+    if not k:
+        return []
+    pool = [i for i, e in enumerate(p.examples) if e.text != prompt_text]
+    if len(pool) < k:
+        raise UnitFailure(f"{k} shots requested but only {len(pool)} examples differ from this prompt")
+    digest = hashlib.sha256(f"{p.seed}\0{prompt_text}".encode()).hexdigest()
+    return random.Random(int(digest[:16], 16)).sample(pool, k)
+
+
+def build_context(p: ClassifyVariant, prompt_text: str, shots: list[int]) -> str:
+    """Few-shot examples (template + label word each), then the prompt in the template."""
+    examples = [p.examples[i] for i in shots]
+    parts = [fill(p.template, e.text) + p.label_prefix + p.labels[e.label] for e in examples]
+    parts.append(fill(p.template, prompt_text))
+    return (p.example_separator or "").join(parts)
