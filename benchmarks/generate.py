@@ -145,12 +145,13 @@ def batch_sweep(model, tokenizer, prompts: list[str], sizes: list[int], max_new_
     per batch size. Small sizes run on fewer prompts: a rate, not a total, is compared."""
     from lmsweep.jobs.decoding import DecodingGrid
     from lmsweep.runner.batches import make_batches
-    from lmsweep.runner.tasks import generate
+    from lmsweep.runner.tasks import get_task
     from lmsweep.runner.units import TaskContext, Unit
 
+    generate = get_task("generate")
     grid = DecodingGrid.model_validate({"max_new_tokens": max_new_tokens, "include": [s.decoding for s in SETTINGS]})
     points = grid.points()
-    ctx = TaskContext(model, tokenizer, {"type": "generate"})
+    ctx = TaskContext(model, tokenizer, generate.variant({"type": "generate"}))
     out = {}
     for size in sizes:
         n = min(len(prompts), max(2, -(-2 * size // len(points))))      # ≥ two batches' worth of units

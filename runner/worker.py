@@ -70,7 +70,7 @@ class ElementRun:
     element: int
     alias: str                           # the element's model
     model: ModelInfo
-    task: Any                            # the task module (runner/tasks)
+    task: Any                            # the registered Task (runner/tasks)
 
     @classmethod
     def read(cls, exp_dir: Path, element: int) -> ElementRun:
