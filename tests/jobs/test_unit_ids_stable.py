@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers.cli import FIXTURES, REPO
 
 import lmsweep
+from helpers.cli import FIXTURES, REPO
 
 RECORDED = json.loads((FIXTURES / "unit_ids.json").read_text())
 
