@@ -7,6 +7,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lmsweep.jobs.errors import did_you_mean
+
 SAMPLING_PARAMS = ("temperature", "top_k", "top_p")
 GRID_KEYS = ("sweep", "include", "exclude", "seeds")
 
@@ -99,7 +101,8 @@ class DecodingGrid(BaseModel):
             if key in GRID_KEYS:
                 continue
             if key not in PARAM_NAMES:
-                raise ValueError(f"unknown decoding parameter {key!r}; expected one of "
+                raise ValueError(f"unknown decoding parameter {key!r}{did_you_mean(key, PARAM_NAMES + GRID_KEYS)}; "
+                                 "expected one of "
                                  f"{', '.join(PARAM_NAMES + GRID_KEYS)}")
             if isinstance(value, list):
                 if not value:
@@ -164,8 +167,10 @@ def make_point(values: dict[str, Any]) -> DecodingPoint:
     if do_sample is None:
         do_sample = bool(sampling)
     if not do_sample and sampling:
-        raise ValueError(f"{', '.join(sampling)} only apply when sampling, but do_sample is false "
-                         f"in point {_show(values)}")
+        names = " and ".join(sampling) if len(sampling) < 3 else ", ".join(sampling)
+        verb = "applies" if len(sampling) == 1 else "apply"
+        raise ValueError(f"{names} {verb} only when sampling, but point {_show(values)} has do_sample: false; "
+                         f"set do_sample: true in it, or leave {names} out of greedy points")
     beams = values.get("num_beams", 1)
     if do_sample and beams > 1:
         raise ValueError(f"beam search with sampling is not supported: {_show(values)}")
@@ -178,4 +183,7 @@ def make_point(values: dict[str, Any]) -> DecodingPoint:
 
 
 def _show(values: dict[str, Any]) -> str:
-    return "{" + ", ".join(f"{k}: {v}" for k, v in values.items()) + "}"
+    """A point as the user would write it in YAML (`do_sample: false`, not Python's `False`)."""
+    def yaml_value(v: Any) -> str:
+        return "true" if v is True else "false" if v is False else "null" if v is None else str(v)
+    return "{" + ", ".join(f"{k}: {yaml_value(v)}" for k, v in values.items()) + "}"

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from lmsweep.jobs.decoding import DecodingGrid
-from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.errors import SpecError, did_you_mean
 from lmsweep.jobs.yamlio import SpecSource, dotted, line_of, load_yaml
 from lmsweep.runner.tasks.registry import task_names, task_spec_union, tolerance_fields
 
@@ -233,9 +233,7 @@ class ExperimentSpec(Strict):
         if not isinstance(data, dict):
             raise ValueError("the spec must be a mapping with keys name, models, prompts, task, ...")
         data = dict(data)
-        if isinstance(data.get("task"), str):
-            if data["task"] not in TASK_NAMES:
-                raise ValueError(f"task: unknown task {data['task']!r}; expected one of {', '.join(TASK_NAMES)}")
+        if isinstance(data.get("task"), str):        # an unknown name is reported by load_spec at the task line
             data["task"] = {"type": data["task"]}
         prompts = data.get("prompts")
         if isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts):
@@ -323,6 +321,9 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "union_tag_invalid" and loc == ("task",):
+            tag = err.get("ctx", {}).get("tag", "")
+            msg = f"unknown task {tag!r}{did_you_mean(tag, TASK_NAMES)}; expected one of {', '.join(TASK_NAMES)}"
         elif err["type"] == "missing":
             msg = "required field is missing"
         elif "input" in err and err["type"] not in ("value_error", "assertion_error") \

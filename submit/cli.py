@@ -27,7 +27,8 @@ def cmd_run(args) -> int:
     spec, plan = validated(args.spec)
     exp = experiment_dir(spec, args.output_dir)
     write_plan(plan, exp)
-    print_plan(plan, exp)
+    if not args.quiet:
+        print_plan(plan, exp)
     before = status(exp)
     todo = [int(e) for e in before.per_element.query("done < planned")["element"]]
     if not todo:

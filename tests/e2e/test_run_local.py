@@ -139,3 +139,15 @@ def test_quickstart_like_run_on_smollm2_matches_direct_generate(tmp_path, smollm
         expected = expected[:expected.index(2)] if 2 in expected else expected
         assert list(df.loc[prompt, "token_ids"]) == expected
         assert df.loc[prompt, "text"] == tok.decode(expected, skip_special_tokens=True)
+
+
+def test_quiet_run_prints_no_tables(tmp_path, tiny_llama):
+    """`--quiet` means no progress bar and no tables, the plan table included (it used to print)."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: quiet\nmodels:\n  - {{alias: tiny, source: {tiny_llama}}}\n"
+                    "prompts: [Hello there, Good night]\ntask: tokenize\n")
+    quiet = cli("run", str(spec), "--output-dir", str(tmp_path / "q"), "--quiet", check=True).stdout
+    loud = cli("run", str(spec), "--output-dir", str(tmp_path / "l"), check=True).stdout
+    assert "┏" in loud and "plan quiet" in loud
+    assert "┏" not in quiet and "plan quiet" not in quiet
+    assert len(lmsweep.load(tmp_path / "q" / "quiet")) == 2

@@ -44,8 +44,11 @@ def test_sampling_params_imply_sampling_and_duplicates_collapse():
 
 
 def test_explicit_greedy_with_temperature_is_rejected():
-    with pytest.raises(ValueError, match="only apply when sampling"):
+    with pytest.raises(ValueError, match="temperature applies only when sampling") as e:
         DecodingGrid.model_validate({"do_sample": [False, True], "temperature": 0.7}).points()
+    assert "do_sample: false" in str(e.value) and "False" not in str(e.value)    # YAML, not Python
+    with pytest.raises(ValueError, match="temperature and top_p apply only when sampling"):
+        DecodingGrid.model_validate({"do_sample": False, "temperature": 0.7, "top_p": 0.9}).points()
 
 
 def test_num_return_sequences_needs_sampling_or_beams():
