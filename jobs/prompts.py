@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.errors import SpecError, did_you_mean
 from lmsweep.jobs.spec import PromptItem, PromptSetSpec
 from lmsweep.jobs.yamlio import line_of, load_yaml
 
@@ -123,7 +123,9 @@ def _to_prompts(ps: PromptSetSpec, rows: list[tuple[int | None, dict]], file: st
     for i, (line, row) in enumerate(rows):
         field = field_for(i)
         if "text" not in row:
-            raise SpecError("missing `text`", file=file, line=line, field=field)
+            found = ", ".join(map(str, row)) or "none"
+            raise SpecError(f"missing `text`{did_you_mean('text', map(str, row))}; this row has the columns: {found}",
+                            file=file, line=line, field=field)
         row = dict(row)
         if row.get("id") is None:
             row["id"] = f"p{i}"

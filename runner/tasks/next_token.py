@@ -69,14 +69,15 @@ class NextToken(Task):
         return pd.DataFrame(rows)
 
     def examples(self, df, limit: int = 20):
-        """The top-5 next tokens per prompt, for eyeballing."""
+        """The requested top-k next tokens per prompt (at most 10, so a row fits a terminal), for eyeballing."""
         import pandas as pd
 
         if df.empty or "topk_tokens" not in df.columns:
             return pd.DataFrame()
         out = df[["model", "prompt_id", "prompt_text", "entropy"]].head(limit).copy()
-        out["top5"] = [", ".join(f"{t!r}:{p:.2f}" for t, p in zip(tok[:5], prob[:5]))
-                       for tok, prob in zip(df["topk_tokens"].head(limit), df["topk_probs"].head(limit))]
+        shown = min(10, max((len(t) for t in df["topk_tokens"].head(limit)), default=0))
+        out[f"top{shown}"] = [", ".join(f"{t!r}:{p:.2f}" for t, p in zip(tok[:shown], prob[:shown]))
+                              for tok, prob in zip(df["topk_tokens"].head(limit), df["topk_probs"].head(limit))]
         return out
 
     def compare(self, both, tol, checks):

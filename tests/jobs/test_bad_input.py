@@ -60,7 +60,12 @@ CASES = {
                        {"p.jsonl": '{"id": "a", "text": "x"}\n{"id": "b", "text": \n'},
                        ["p.jsonl:2", "invalid JSON"]),
     "csv_without_text": (spec_text(prompts="prompts:\n  - name: p\n    file: p.csv"),
-                         {"p.csv": "id,prompt\n1,hello\n"}, ["p.csv:2", "missing `text`"]),
+                         {"p.csv": "id,prompt\n1,hello\n"},
+                         ["p.csv:2", "missing `text`; this row has the columns: id, prompt"]),
+    "prompt_file_column_typo": (spec_text(prompts="prompts:\n  - {name: p, file: p.jsonl}"),
+                                {"p.jsonl": '{"id": "a", "texts": "hello"}\n'},
+                                ["p.jsonl:1", "missing `text` (did you mean 'texts'?); this row has the columns: "
+                                              "id, texts"]),
     "unsupported_prompt_file": (spec_text(prompts="prompts:\n  - name: p\n    file: p.txt"),
                                 {"p.txt": "hello\n"}, ["p.txt", "unsupported prompt file type"]),
     "unknown_task": (spec_text(task="task: summarise"), {}, ["task", "unknown task 'summarise'"]),

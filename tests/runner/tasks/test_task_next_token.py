@@ -7,6 +7,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from helpers.task_runs import rows, run_spec
 
 
+def test_summary_examples_show_every_requested_token(tiny_llama, tmp_path):
+    """A top-10 request shows 10 tokens per prompt in `results --summary`, not the first 5."""
+    from lmsweep.runner.tasks.registry import get_task
+
+    spec = f"name: nt10\nmodels: [{{alias: tiny, source: {tiny_llama}}}]\nprompts: [\"Shakespeare was a\"]\n" \
+           "task: {type: next_token, top_k: 10}\n"
+    df = rows(run_spec(tmp_path, spec))
+    shown = get_task("next_token").examples(df)
+    assert "top10" in shown.columns and len(shown["top10"][0].split(", ")) >= 10
+
+
 def test_topk_probabilities_match_transformers(tiny_llama, tmp_path):
     spec = f"""name: nt
 models: [{{alias: tiny, source: {tiny_llama}}}]
