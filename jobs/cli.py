@@ -30,6 +30,7 @@ def cmd_validate(args) -> int:
     console.print(f"ok: {args.spec}: experiment {spec.name!r}, {len(plan.models)} model(s), "
                   f"{len(plan.prompts)} prompt(s), {max(len(plan.points), 1)} decoding point(s), "
                   f"{plan.n_units} unit(s) in {len(plan.elements)} element(s)")
+    print_points(plan.points)
     return 0
 
 
@@ -39,8 +40,36 @@ def cmd_plan(args) -> int:
     spec, plan = validated(args.spec)
     exp = experiment_dir(spec, args.output_dir)
     write_plan(plan, exp)
+    print_points(plan.points)
     print_plan(plan, exp)
     return 0
+
+
+def print_points(points) -> None:
+    """The decoding points with every parameter: a column for each that varies, one line for the rest."""
+    if not points:
+        return
+    from lmsweep.jobs.decoding import PARAM_NAMES, point_labels
+
+    values = [p.model_dump() for p in points]
+    varying = [k for k in PARAM_NAMES if len({json_value(v[k]) for v in values}) > 1]
+    table = Table(title=f"decoding points ({len(points)})")
+    for col in ("point", "label", *varying):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    labels = point_labels(points)
+    shown = range(len(points)) if len(points) <= 40 else [*range(30), *range(len(points) - 5, len(points))]
+    for i in shown:
+        table.add_row(str(i), labels[i], *(json_value(values[i][k]) for k in varying))
+    console.print(table)
+    same = [f"{k}: {json_value(values[0][k])}" for k in PARAM_NAMES if k not in varying]
+    if same:
+        console.print("every point: " + ", ".join(same))
+
+
+def json_value(v) -> str:
+    """A parameter as it is written in YAML (`false`, `null`, `0.7`)."""
+    return "true" if v is True else "false" if v is False else "null" if v is None else f"{v:g}" \
+        if isinstance(v, float) else str(v)
 
 
 def print_plan(plan, exp: Path) -> None:

@@ -10,6 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lmsweep.jobs.errors import did_you_mean
 
 SAMPLING_PARAMS = ("temperature", "top_k", "top_p")
+# How sampled units' random streams are derived (runner/sampling.py), part of their unit ids.
+# 1 (unversioned ids, until 2026-12): keyed by the unit key, which holds max_new_tokens, so the same seed
+#   drew unrelated texts at two lengths. 2: keyed by everything but max_new_tokens.
+SAMPLING_STREAM = 2
 GRID_KEYS = ("sweep", "include", "exclude", "seeds")
 
 
@@ -50,12 +54,26 @@ class DecodingPoint(BaseModel):
     def canonical(self) -> str:
         return json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
 
+    def identity(self) -> str:
+        """The point as unit ids see it: `canonical()`, plus the sampling stream's version for sampled
+        points, so rows drawn under another derivation of the random streams never count as done."""
+        fields = self.model_dump()
+        if self.do_sample:
+            fields["sampling_stream"] = SAMPLING_STREAM
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+    def stream_fields(self) -> dict[str, Any]:
+        """What a sampled sequence's random stream is keyed by: every parameter but max_new_tokens, so the
+        same seed draws the same text up to the shorter of two lengths."""
+        return self.model_dump(exclude={"max_new_tokens"})
+
     @property
     def strategy(self) -> str:
         return "sample" if self.do_sample else ("beam" if self.num_beams > 1 else "greedy")
 
-    def label(self) -> str:
-        """A short human name, e.g. `sample t=0.2 p=0.9` or `beam4`."""
+    def label(self, show_length: bool = False) -> str:
+        """A short human name, e.g. `sample t=0.2 p=0.9` or `beam4`; `max_new=48` too when asked (when the
+        plan sweeps max_new_tokens: see `point_labels`)."""
         parts = [self.strategy + (str(self.num_beams) if self.num_beams > 1 else "")]
         for name, short in (("temperature", "t"), ("top_k", "k"), ("top_p", "p")):
             if getattr(self, name) is not None:
@@ -66,7 +84,16 @@ class DecodingPoint(BaseModel):
             parts.append(f"nrng={self.no_repeat_ngram_size}")
         if self.num_return_sequences > 1:
             parts.append(f"n={self.num_return_sequences}")
+        if show_length:
+            parts.append(f"max_new={self.max_new_tokens}")
         return " ".join(parts)
+
+
+def point_labels(points: list[DecodingPoint]) -> list[str]:
+    """Each point's label, naming every parameter that varies across `points`: every parameter but
+    max_new_tokens shows whenever it is not its default, and max_new_tokens shows when it varies."""
+    show_length = len({p.max_new_tokens for p in points}) > 1
+    return [p.label(show_length) for p in points]
 
 
 class DecodingGrid(BaseModel):
@@ -74,7 +101,10 @@ class DecodingGrid(BaseModel):
 
     If the block has `include` and no list-valued axis, the points are exactly the include entries
     (each merged over the fixed values). Otherwise the axes' product (or zip) is taken and
-    `include` entries are added. `exclude` entries drop every point matching all their keys.
+    `include` entries are added, each crossed with every axis it does not set itself, so an include
+    point never drops an axis (`max_new_tokens: [16, 48]` gives the greedy include point at 16 and at
+    48). Sampling-only axes (temperature, top_k, top_p) are not applied to an include point that does
+    not sample (greedy or beams). `exclude` entries drop every point matching all their keys.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -134,7 +164,23 @@ class DecodingGrid(BaseModel):
             base = 1
             for v in self.axes.values():
                 base *= len(v)
-        return base + (len(self.include) if self.axes else len(self.include))
+        return base + sum(len(self._axis_rows(inc)) for inc in self.include)
+
+    def _axis_rows(self, entry: DecodingValues) -> list[dict[str, Any]]:
+        """The axis values an include entry is crossed with: every axis it does not set, except
+        sampling-only axes when the entry (over the fixed values) does not sample."""
+        merged = {**self.fixed.model_dump(exclude_none=True), **entry.model_dump(exclude_none=True)}
+        samples = merged.get("do_sample", any(merged.get(k) is not None for k in SAMPLING_PARAMS))
+        if merged.get("num_beams", 1) > 1 and merged.get("do_sample") is not True:
+            samples = False
+        keys = [k for k in self.axes if k not in merged and (samples or k not in SAMPLING_PARAMS)]
+        if not keys:
+            return [{}]
+        if self.sweep == "zip":
+            combos = zip(*(self.axes[k] for k in keys))
+            rows = [dict(zip(keys, c)) for c in combos]
+            return list({json.dumps(r, sort_keys=True): r for r in rows}.values())   # distinct, in order
+        return [dict(zip(keys, c)) for c in itertools.product(*(self.axes[k] for k in keys))]
 
     def points(self) -> list[DecodingPoint]:
         """Expand to distinct normalised points, in a stable order. Raises ValueError on a bad combination."""
@@ -147,7 +193,8 @@ class DecodingGrid(BaseModel):
             raw = [{**fixed, **dict(zip(keys, combo))} for combo in combos]
         elif not self.include:
             raw = [dict(fixed)]
-        raw += [{**fixed, **inc.model_dump(exclude_none=True)} for inc in self.include]
+        raw += [{**fixed, **row, **inc.model_dump(exclude_none=True)}
+                for inc in self.include for row in self._axis_rows(inc)]
         rules = [r.model_dump(exclude_none=True) for r in self.exclude]
         seen: dict[str, DecodingPoint] = {}
         for values in raw:

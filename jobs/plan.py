@@ -128,7 +128,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
     prompt_json = [canonical({"text": p.text, "system_prompt": p.system_prompt,
                               "chat_template": p.chat_template}) for p in prompts]
     prompt_tokens = [prompt_token_estimate(p.text) for p in prompts]
-    point_json = [p.canonical() if p is not None else "null" for p in points]
+    point_json = [p.identity() if p is not None else "null" for p in points]
 
     # Units are built a block at a time (one variant × point × seed over all prompts): ids by
     # `unit_ids_block`, the other columns as numpy arrays, so a million units take seconds, not minutes.

@@ -217,9 +217,9 @@ def spec_tables(meta: dict) -> str:
                            for a, m in meta["models"].items()])
     points = pd.DataFrame(meta.get("points") or [])
     if not points.empty:
-        from lmsweep.jobs.decoding import DecodingPoint
+        from lmsweep.jobs.decoding import DecodingPoint, point_labels
 
-        points.insert(0, "label", [DecodingPoint(**p).label() for p in meta["points"]])
+        points.insert(0, "label", point_labels([DecodingPoint(**p) for p in meta["points"]]))
     ex = spec.get("execution", {})
     overview = pd.DataFrame([
         ("experiment", meta["experiment"]), ("description", spec.get("description") or "–"),

@@ -3,11 +3,13 @@
 `generate(do_sample=True)` draws for the whole batch from one generator, so a unit's text would
 depend on its batch-mates. Instead we run generate greedily over processed logits plus Gumbel noise
 from a per-sequence generator: argmax(logits/T + Gumbel) is an exact sample of softmax(logits/T),
-and the noise for sequence i at step t depends only on (seed, unit, i, t).
+and the noise for sequence i at step t depends only on (seed, point but its length, prompt, i, t).
 """
 from __future__ import annotations
 
 import hashlib
+import json
+from typing import Any
 
 import torch
 from transformers import (
@@ -17,10 +19,18 @@ from transformers import (
     TopKLogitsWarper,
 )
 
+from lmsweep.jobs.decoding import SAMPLING_STREAM, DecodingPoint
 
-def sequence_seed(seed: int, unit_key: str, sequence_index: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{unit_key}:{sequence_index}".encode()).hexdigest()
-    return int(digest[:15], 16)
+
+def sequence_seed(seed: int, point: DecodingPoint, prompt: dict[str, Any], sequence_index: int) -> int:
+    """The seed of one sampled sequence's stream (derivation SAMPLING_STREAM = 2): the spec's seed, the
+    decoding point without max_new_tokens, what the model is shown, and the sequence's index. Leaving
+    max_new_tokens out makes the 16-token sample of a seed the prefix of its 48-token sample; the model
+    is left out as before (the unit key has none), so two models draw the same noise."""
+    key = json.dumps({"stream": SAMPLING_STREAM, "seed": seed, "decoding": point.stream_fields(),
+                      "prompt": {k: prompt.get(k) for k in ("prompt_text", "system_prompt", "chat_template")},
+                      "sequence": sequence_index}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
 
 
 def generators(seeds: list[int]) -> list[torch.Generator]:

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lmsweep.jobs.decoding import DecodingPoint
+from lmsweep.jobs.decoding import DecodingPoint, point_labels
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.plan import ModelInfo, PlanFiles, read_plan
 from lmsweep.results.load import done_unit_ids
@@ -332,12 +332,13 @@ class ResultSink:
         self.writer = PartWriter(run.exp_dir, run.plan.task_type, run.element, rank.rank,
                                  before_rename=signals.test_hook("write"))
         self.common = _common_columns(run, rank)
+        self.labels = point_labels(run.plan.points)
 
     def write(self, batch: list[Unit], rows: list[dict], errors: dict[str, str]) -> None:
         by_id = {u.unit_id: u for u in batch}
         now = datetime.now(timezone.utc)
-        self.writer.write([{**self.common, **_unit_columns(by_id[r["unit_id"]]), **r, "batch_size": len(batch),
-                            "finished_at": now} for r in rows])
+        self.writer.write([{**self.common, **_unit_columns(by_id[r["unit_id"]], self.labels), **r,
+                            "batch_size": len(batch), "finished_at": now} for r in rows])
         self.writer.write_errors([{"unit_id": uid, "element": self.element, "rank": self.rank, "model": self.alias,
                                    "error": msg, "host": self.common["host"], "failed_at": now}
                                   for uid, msg in errors.items()])
@@ -350,12 +351,12 @@ def _common_columns(run: ElementRun, rank: Rank) -> dict:
             "host": socket.gethostname(), "schema_version": SCHEMA_VERSION, "device": rank.binding["label"]}
 
 
-def _unit_columns(u: Unit) -> dict:
+def _unit_columns(u: Unit, labels: list[str]) -> dict:
     p: DecodingPoint | None = u.point
     cols = {"unit_id": u.unit_id, "unit_key": u.unit_key, "prompt_set": u.prompt["prompt_set"],
             "prompt_id": u.prompt["prompt_id"], "prompt_text": u.prompt["prompt_text"],
             "label": u.prompt["label"], "variant": u.variant, "point": u.point_index, "seed": u.seed,
-            "decoding": p.label() if p is not None else None}
+            "decoding": labels[u.point_index] if p is not None else None}
     if p is not None:
         cols |= p.model_dump()
     return cols

@@ -65,3 +65,40 @@ def test_exclude_everything_is_an_error():
 def test_point_count_matches_expansion_before_rules():
     grid = DecodingGrid.model_validate({"top_k": [1, 2, 3], "temperature": [0.5, 1.0], "include": [{}]})
     assert grid.point_count() == 7 == len(grid.points())
+
+
+def test_include_points_follow_the_axes_they_do_not_set():
+    """An include point is crossed with every axis it leaves open (it used to get the default
+    max_new_tokens: 32 silently); sampling-only axes skip points that do not sample."""
+    points = DecodingGrid.model_validate({"max_new_tokens": [16, 48], "temperature": [0.7, 1.5],
+                                          "include": [{"do_sample": False}, {"num_beams": 2},
+                                                      {"top_k": 5, "max_new_tokens": 8}]}).points()
+    got = sorted((p.strategy, p.max_new_tokens, p.temperature, p.top_k) for p in points)
+    assert got == [("beam", 16, None, None), ("beam", 48, None, None),
+                   ("greedy", 16, None, None), ("greedy", 48, None, None),
+                   ("sample", 8, 0.7, 5), ("sample", 8, 1.5, 5),
+                   ("sample", 16, 0.7, None), ("sample", 16, 1.5, None),
+                   ("sample", 48, 0.7, None), ("sample", 48, 1.5, None)]
+    assert DecodingGrid.model_validate({"max_new_tokens": [16, 48], "temperature": [0.7, 1.5],
+                                        "include": [{"do_sample": False}, {"num_beams": 2},
+                                                    {"top_k": 5, "max_new_tokens": 8}]}).point_count() == 10
+
+
+def test_zip_axes_cross_include_points_pair_by_pair():
+    points = DecodingGrid.model_validate({"sweep": "zip", "max_new_tokens": [8, 16], "top_p": [0.8, 0.9],
+                                          "include": [{}]}).points()
+    assert sorted((p.strategy, p.max_new_tokens, p.top_p) for p in points) == [
+        ("greedy", 8, None), ("greedy", 16, None), ("sample", 8, 0.8), ("sample", 16, 0.9)]
+
+
+def test_labels_name_every_swept_parameter():
+    from lmsweep.jobs.decoding import point_labels
+
+    points = DecodingGrid.model_validate({"max_new_tokens": [16, 48], "temperature": [0.7],
+                                          "include": [{}]}).points()
+    labels = point_labels(points)
+    assert labels == ["sample t=0.7 max_new=16", "sample t=0.7 max_new=48", "greedy max_new=16",
+                      "greedy max_new=48"]
+    assert len(set(labels)) == len(points)
+    assert point_labels(DecodingGrid.model_validate({"max_new_tokens": 16, "temperature": [0.7, 1]}).points()) \
+        == ["sample t=0.7", "sample t=1"]

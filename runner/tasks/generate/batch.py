@@ -98,7 +98,7 @@ def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]
     # here, each with its own random stream.
     n_rows = [u.point.num_return_sequences if u.point.do_sample else 1 for u in units]
     prompts = [ids for (_, ids), n in zip(keep, n_rows) for _ in range(n)]
-    seeds = [sequence_seed(u.seed or 0, u.unit_key, j) if u.point.do_sample else None
+    seeds = [sequence_seed(u.seed or 0, u.point, u.prompt, j) if u.point.do_sample else None
              for u, n in zip(units, n_rows) for j in range(n)]
     streams = [None if s is None else generators([s])[0] for s in seeds]
     eos_ids = _eos_ids(model, tok)
