@@ -8,9 +8,15 @@ Parquet page checksums verified); if it raises, each file is checked on its own,
 moved to EXP/quarantine/ (same relative path, plus a `.reason` note) and the scan is retried without
 them. Their units are then missing, so the next run redoes them. If the tree is read-only the bad
 files are skipped, with a warning, instead of moved.
+
+Compaction (results/compact.py) merges an element's parts into one file and leaves, while it deletes the
+old ones, a manifest `_compact-*.json` naming the merged file and the parts it replaces: once the merged
+file exists, `live_parts` drops the parts its manifest names, so a tree caught at any moment of a
+compaction reads every row once.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -28,6 +34,9 @@ IGNORED_PREFIXES = (".", "_")
 PARQUET = ds.ParquetFileFormat(default_fragment_scan_options=ds.ParquetFragmentScanOptions(
     page_checksum_verification=True))
 READ_ERRORS = (pa.ArrowException, OSError, ValueError)
+
+
+MANIFEST_PREFIX = "_compact-"
 
 
 def part_files(directory: Path) -> list[Path]:
@@ -79,21 +88,49 @@ def quarantine(exp_dir: Path, path: Path, reason: str) -> Path | None:
     return dest
 
 
+def manifests(directory: Path) -> list[Path]:
+    return sorted(directory.glob(MANIFEST_PREFIX + "*.json"))
+
+
+def superseded(directory: Path) -> set[str]:
+    """Names of parts a finished merge replaced (its merged file exists) but that are not deleted yet."""
+    out: set[str] = set()
+    for path in manifests(directory):
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue                      # deleted meanwhile (the merge finished); or not ours
+        if (directory / m["merged"]).is_file():
+            out.update(m["replaces"])
+    return out
+
+
+def live_parts(directory: Path) -> list[Path]:
+    """The part files that hold the rows: every part, less those a finished merge replaced."""
+    files = part_files(directory)
+    gone = superseded(directory)
+    return [p for p in files if p.name not in gone] if gone else files
+
+
 def read_parts(exp_dir: Path, directory: Path, schema: pa.Schema, columns: list[str] | None = None,
                filter: pc.Expression | None = None) -> pa.Table | None:
     """All rows of a part directory (None if it does not exist), never from a damaged part."""
     if not directory.is_dir():
         return None
-    try:
-        return ds.dataset(directory, schema=schema, format=PARQUET).to_table(columns=columns, filter=filter)
-    except READ_ERRORS:
-        pass
+    for _ in range(3):                    # a compaction may delete a part between listing and reading it
+        files = [str(p) for p in live_parts(directory)]
+        try:
+            return ds.dataset(files, schema=schema, format=PARQUET).to_table(columns=columns, filter=filter)
+        except FileNotFoundError:
+            continue
+        except READ_ERRORS:
+            break
     good = []
-    for path in part_files(directory):
+    for path in live_parts(directory):
         reason = check_part(path, schema)
         if reason is None:
             good.append(str(path))
-        else:
+        elif path.exists():
             quarantine(exp_dir, path, reason)
     return ds.dataset(good, schema=schema, format=PARQUET).to_table(columns=columns, filter=filter)
 

@@ -43,14 +43,27 @@ def write_atomic(table: pa.Table, directory: Path, name: str,
     tmp = directory / f".{name}.tmp"
     # The footer has no checksum of its own: record the column names a second time, in its key-value
     # metadata, so a reader can tell a damaged schema (a column silently turned into nulls) from a good one.
-    meta = {**(table.schema.metadata or {}), COLUMNS_KEY: ",".join(table.schema.names).encode()}
-    pq.write_table(table.replace_schema_metadata(meta), tmp, write_page_checksum=True)
+    pq.write_table(table.replace_schema_metadata(part_metadata(table.schema)), tmp, write_page_checksum=True)
+    return publish(tmp, final, before_rename)
+
+
+def part_metadata(schema: pa.Schema) -> dict:
+    return {**(schema.metadata or {}), COLUMNS_KEY: ",".join(schema.names).encode()}
+
+
+def publish(tmp: Path, final: Path, before_rename: Callable[[], None] | None = None) -> Path:
+    """fsync `tmp`, rename it to `final`, fsync the directory: `final` only ever names a complete file."""
     with open(tmp, "rb") as f:       # the bytes must be on disk before the name says "done"
         os.fsync(f.fileno())
     if before_rename is not None:
         before_rename()
     os.replace(tmp, final)
-    try:                             # and the rename itself must survive a node crash
+    fsync_dir(final.parent)          # and the rename itself must survive a node crash
+    return final
+
+
+def fsync_dir(directory: Path) -> None:
+    try:
         fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
@@ -58,7 +71,6 @@ def write_atomic(table: pa.Table, directory: Path, name: str,
             os.close(fd)
     except OSError:                  # some network filesystems refuse fsync on a directory
         pass
-    return final
 
 
 class UnknownColumn(ValueError):

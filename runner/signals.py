@@ -13,7 +13,8 @@ a matmul, an MPI collective): the signal's byte arrives on a wakeup fd that the 
 Test hook. `LMSWEEP_TEST_KILL_AT=<point>[:N][@SIGNAL]` makes the process send itself SIGNAL (default
 KILL) the N-th time (default 1) it passes `<point>`. Points: `load` (before the model loads), `batch`
 (a batch computed, its rows not yet written), `write` (a result part's bytes are in its temporary file,
-not yet renamed), `convert` (a model conversion written, not yet marked complete). For tests only;
+not yet renamed), `convert` (a model conversion written, not yet marked complete), `compact` (the N-th
+step of a part compaction, results/compact.py). For tests only;
 when unset it costs one dictionary lookup.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ EXIT_PREEMPTED = 3
 DEFAULT_GRACE = 8.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 KILL_ENV = "LMSWEEP_TEST_KILL_AT"
-POINTS = ("load", "batch", "write", "convert")
+POINTS = ("load", "batch", "write", "convert", "compact")
 
 _state = {"installed": False, "signum": None, "grace": DEFAULT_GRACE}
 _passes: Counter[str] = Counter()

@@ -27,6 +27,7 @@ from typing import Any
 from lmsweep.jobs.decoding import DecodingPoint, point_labels
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.plan import ModelInfo, PlanFiles, read_plan
+from lmsweep.results.compact import WORKER_MIN_PARTS, compact_element
 from lmsweep.results.load import done_unit_ids
 from lmsweep.results.schema import SCHEMA_VERSION
 from lmsweep.results.writer import PartWriter
@@ -48,6 +49,7 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
     if rank.leader:
         progress(claim.done_before, claim.total, f"element {element} rank {rank.rank}")
     if not claim.pending:
+        compact_parts(run, rank)
         return EXIT_OK
     model = load_model(run, rank, claim, timers)
     outcome = run_batches(run, rank, claim, model, batch_size or run.plan.execution.batch_size, timers)
@@ -56,7 +58,16 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
               f"units; exit {signals.EXIT_PREEMPTED}", file=sys.stderr, flush=True)
         return signals.EXIT_PREEMPTED
     ranks = write_sidecars(run, rank, claim, model, outcome, timers)
-    return EXIT_UNITS_FAILED if any(m["units_failed"] for m in ranks) else EXIT_OK
+    if any(m["units_failed"] for m in ranks):
+        return EXIT_UNITS_FAILED
+    compact_parts(run, rank)
+    return EXIT_OK
+
+
+def compact_parts(run: ElementRun, rank: Rank) -> None:
+    """Every unit done: rank 0 (holding the element's lock) merges the element's parts (results/compact.py)."""
+    if rank.rank == 0:
+        compact_element(run.exp_dir, run.plan.task_type, run.element, WORKER_MIN_PARTS, signals.test_hook("compact"))
 
 
 # ---- what every phase reads ----------------------------------------------------------------------------
