@@ -5,9 +5,9 @@ import itertools
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from lmsweep.jobs.errors import did_you_mean
+from lmsweep.jobs.errors import KeyProblems, did_you_mean
 
 SAMPLING_PARAMS = ("temperature", "top_k", "top_p")
 # How sampled units' random streams are derived (runner/sampling.py), part of their unit ids.
@@ -127,21 +127,25 @@ class DecodingGrid(BaseModel):
             return data
         out: dict[str, Any] = {k: data[k] for k in GRID_KEYS if k in data}
         fixed, axes = {}, {}
+        problems: list[tuple[tuple, str]] = []       # every key's problem, each reported at its own line
         for key, value in data.items():
             if key in GRID_KEYS:
                 continue
             if key not in PARAM_NAMES:
-                raise ValueError(f"unknown decoding parameter {key!r}{did_you_mean(key, PARAM_NAMES + GRID_KEYS)}; "
-                                 "expected one of "
-                                 f"{', '.join(PARAM_NAMES + GRID_KEYS)}")
-            if isinstance(value, list):
+                problems.append(((key,), f"unknown decoding parameter {key!r}"
+                                 f"{did_you_mean(key, PARAM_NAMES + GRID_KEYS)}; expected one of "
+                                 f"{', '.join(PARAM_NAMES + GRID_KEYS)}"))
+            elif isinstance(value, list):
                 if not value:
-                    raise ValueError(f"{key}: an axis needs at least one value")
-                for v in value:   # range-check each axis value with the same rules as scalars
-                    DecodingValues.model_validate({key: v})
+                    problems.append(((key,), "an axis needs at least one value"))
+                for i, v in enumerate(value):   # range-check each axis value with the same rules as scalars
+                    problems += [((key, i), message) for message in _value_problems(key, v)]
                 axes[key] = value
             else:
+                problems += [((key,), message) for message in _value_problems(key, value)]
                 fixed[key] = value
+        if problems:
+            raise KeyProblems(problems)
         out["fixed"], out["axes"] = fixed, axes
         return out
 
@@ -205,6 +209,15 @@ class DecodingGrid(BaseModel):
         if not seen:
             raise ValueError("no decoding points left after exclude")
         return list(seen.values())
+
+
+def _value_problems(key: str, value: Any) -> list[str]:
+    """What is wrong with one decoding parameter's value, as the spec loader words pydantic's errors."""
+    try:
+        DecodingValues.model_validate({key: value})
+    except ValidationError as e:
+        return [f"{err['msg']}, got {err['input']!r}" for err in e.errors()]
+    return []
 
 
 def make_point(values: dict[str, Any]) -> DecodingPoint:

@@ -20,9 +20,9 @@ from pydantic import (
 )
 
 from lmsweep.jobs.decoding import DecodingGrid
-from lmsweep.jobs.errors import SpecError, did_you_mean
+from lmsweep.jobs.errors import KeyProblems, SpecError, did_you_mean, raise_all
 from lmsweep.jobs.yamlio import SpecSource, dotted, line_of, load_yaml
-from lmsweep.runner.tasks.registry import task_names, task_spec_union, tolerance_fields
+from lmsweep.runner.tasks.registry import all_tasks, task_names, task_spec_union, tolerance_fields
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_MAX_UNITS = 2_000_000
@@ -316,20 +316,7 @@ def load_spec(path: str | Path) -> ExperimentSpec:
     try:
         spec = ExperimentSpec.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = _clean_loc(err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif err["type"] == "union_tag_invalid" and loc == ("task",):
-            tag = err.get("ctx", {}).get("tag", "")
-            msg = f"unknown task {tag!r}{did_you_mean(tag, TASK_NAMES)}; expected one of {', '.join(TASK_NAMES)}"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        elif "input" in err and err["type"] not in ("value_error", "assertion_error") \
-                and not isinstance(err["input"], (dict, list)):
-            msg = f"{msg}, got {err['input']!r}"
-        raise SpecError(msg, file=str(path), line=line_of(lines, loc), field=dotted(loc) or None) from None
+        raise_all(_most_specific([p for err in e.errors() for p in _spec_errors(err, str(path), lines)]))
     spec._source = SpecSource(file=str(path), directory=path.resolve().parent, lines=lines)
     _check_parallelism(spec)
     return spec
@@ -353,6 +340,68 @@ def _check_parallelism(spec: ExperimentSpec) -> None:
         if problems:
             key, message = problems[0]
             raise spec.source.error(message, f"models[{i}].{key}", ("models", i, key))
+
+
+def _spec_errors(err: dict, file: str, lines: dict) -> list[SpecError]:
+    """One pydantic error as the user's problems: `file:line: field: message`, each at its key's line."""
+    loc = _clean_loc(err["loc"])
+    cause = err.get("ctx", {}).get("error")
+    if isinstance(cause, KeyProblems):       # a block read as a whole (decoding): each key at its own line
+        return [SpecError(message, file=file, line=line_of(lines, loc + sub), field=dotted(loc + sub))
+                for sub, message in cause.problems]
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = f"unknown key{did_you_mean(str(loc[-1]), _known_keys(loc[:-1]))}"
+    elif err["type"] == "union_tag_invalid" and loc == ("task",):
+        tag = err.get("ctx", {}).get("tag", "")
+        msg = f"unknown task {tag!r}{did_you_mean(tag, TASK_NAMES)}; expected one of {', '.join(TASK_NAMES)}"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif "input" in err and err["type"] not in ("value_error", "assertion_error") \
+            and not isinstance(err["input"], (dict, list)):
+        msg = f"{msg}, got {err['input']!r}"
+    return [SpecError(msg, file=file, line=line_of(lines, loc), field=dotted(loc) or None)]
+
+
+def _most_specific(errors: list[SpecError]) -> list[SpecError]:
+    """A value that fits no branch of a union (`items: [PromptItem | str]`) fails once per branch: keep
+    the deepest error of each place (`items[0].id`, not also `items[0]`), and each place once."""
+    fields = [e.field or "" for e in errors]
+    kept, seen = [], set()
+    for e, field in zip(errors, fields):
+        deeper = any(other != field and (other.startswith(field + ".") or other.startswith(field + "["))
+                     for other in fields) if field else False
+        if not deeper and field not in seen:
+            seen.add(field)
+            kept.append(e)
+    return kept
+
+
+def _known_keys(parent: tuple) -> list[str]:
+    """The keys the spec accepts under `parent` (for a did-you-mean), found by walking the spec's models."""
+    model: Any = ExperimentSpec
+    for part in parent:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = next((t for t in _model_types(field.annotation)), None)
+        if model is None:
+            return []
+    if parent == ("task",):          # a task's own parameters: any registered task's
+        return sorted({name for task in all_tasks() for name in task.Params.model_fields})
+    return list(getattr(model, "model_fields", {}))
+
+
+def _model_types(annotation: Any):
+    """The pydantic models inside an annotation such as `list[ModelSpec] | None`."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        yield annotation
+    for arg in typing.get_args(annotation):
+        yield from _model_types(arg)
 
 
 def _clean_loc(loc: tuple) -> tuple:

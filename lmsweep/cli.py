@@ -33,5 +33,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SpecError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        for one in e.all():
+            err.print(f"error: {one}", markup=False, highlight=False)
         return EXIT_BAD_INPUT

@@ -159,3 +159,31 @@ def test_good_spec_validates(tmp_path, capsys):
     assert main(["validate", str(tmp_path / "spec.yaml")]) == 0
     assert "2 unit(s)" in capsys.readouterr().out
     assert not Path("runs/bad").exists()
+
+
+def test_every_spec_error_is_reported_at_once_each_at_its_own_line(tmp_path, capsys):
+    """Two typos used to need two runs, and the line given was the block's (`decoding:`), not the key's."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: typos\n"                                        # 1
+                    "models:\n"                                            # 2
+                    "  - {source: package:smollm2-135m-instruct, dtyp: float32}\n"   # 3
+                    "prompts: [a, b]\n"                                    # 4
+                    "task: generate\n"                                     # 5
+                    "decoding:\n"                                          # 6
+                    "  max_new_token: 16\n"                                # 7
+                    "  temperature: [0.7, -1]\n"                           # 8
+                    "execution:\n"                                         # 9
+                    "  batchsize: 4\n")                                    # 10
+    for command in (["validate", str(spec)], ["plan", str(spec), "--output-dir", str(tmp_path / "out")]):
+        assert main(command) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines == [
+            f"error: {spec}:3: models[0].dtyp: unknown key (did you mean 'dtype'?)",
+            f"error: {spec}:7: decoding.max_new_token: unknown decoding parameter 'max_new_token' (did you mean "
+            "'max_new_tokens'?); expected one of do_sample, num_beams, temperature, top_k, top_p, "
+            "repetition_penalty, no_repeat_ngram_size, max_new_tokens, num_return_sequences, sweep, include, "
+            "exclude, seeds",
+            f"error: {spec}:8: decoding.temperature[1]: Input should be greater than 0, got -1",
+            f"error: {spec}:10: execution.batchsize: unknown key (did you mean 'batch_size'?)",
+        ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
