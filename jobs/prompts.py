@@ -114,19 +114,44 @@ def _unpaired_surrogate(value: str | None) -> str | None:
     return None
 
 
+def _renamed(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """A file row under lmsweep's names: the mapped columns become id/text/label; a column that has one
+    of those names without being mapped to it is kept as metadata named `file_<name>`."""
+    if all(columns[k] == k for k in KNOWN):
+        return dict(row)
+    out = {key: row[column] for key, column in columns.items() if column in row}
+    for column, value in row.items():
+        if column in columns.values():
+            continue
+        out[f"file_{column}" if column in KNOWN else column] = value
+    return out
+
+
 def _to_prompts(ps: PromptSetSpec, rows: list[tuple[int | None, dict]], file: str,
                 field_for) -> list[Prompt]:
     if not rows:
         raise SpecError(f"prompt set {ps.name!r} is empty", file=file)
     prompts: list[Prompt] = []
     seen: dict[str, str] = {}
+    columns = ps.columns()
     for i, (line, row) in enumerate(rows):
         field = field_for(i)
-        if "text" not in row:
+        text = columns["text"]
+        if text not in row:
             found = ", ".join(map(str, row)) or "none"
-            raise SpecError(f"missing `text`{did_you_mean('text', map(str, row))}; this row has the columns: {found}",
+            mapped = text != "text"
+            hint = ("" if mapped else
+                    "; to read another column as the text, set `text_column: <column>` in its prompt set")
+            raise SpecError(f"missing `{text}`{' (the text_column)' if mapped else ''}"
+                            f"{did_you_mean(text, map(str, row))}; this row has the columns: {found}{hint}",
                             file=file, line=line, field=field)
-        row = dict(row)
+        for key in ("id", "label"):
+            if columns[key] != key and columns[key] not in row:
+                close = did_you_mean(columns[key], map(str, row))
+                raise SpecError(f"missing `{columns[key]}` (the {key}_column){close}; this row has the columns: "
+                                f"{', '.join(map(str, row))}",
+                                file=file, line=line, field=field)
+        row = _renamed(row, columns)
         if row.get("id") is None:
             row["id"] = f"p{i}"
         if isinstance(row["id"], int) and not isinstance(row["id"], bool):

@@ -16,6 +16,7 @@ from pydantic import (
     ValidationError,
     create_model,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -73,6 +74,9 @@ class PromptItem(Strict):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
+COLUMN_KEYS = ("text_column", "id_column", "label_column")
+
+
 class PromptSetSpec(Strict):
     """A prompt set: inline `items`, or a `file` (YAML, JSONL, CSV, Parquet) relative to the spec."""
 
@@ -81,6 +85,24 @@ class PromptSetSpec(Strict):
     file: str | None = None
     system_prompt: str | None = None
     chat_template: bool = False
+    text_column: str | None = None      # a file's column that holds the text (default `text`)
+    id_column: str | None = None        # ... the id (default `id`; row numbers p0, p1, … when absent)
+    label_column: str | None = None     # ... the gold label (default `label`)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_columns(self, handler):
+        """The column mapping appears in dumps (the spec hash, plan.json) only when given, so specs written
+        before it existed keep their spec hash."""
+        data = handler(self)
+        for key in COLUMN_KEYS:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+    def columns(self) -> dict[str, str]:
+        """lmsweep's name → the file's column, for id, text and label."""
+        return {"id": self.id_column or "id", "text": self.text_column or "text",
+                "label": self.label_column or "label"}
 
     @field_validator("name")
     @classmethod
@@ -106,6 +128,12 @@ class PromptSetSpec(Strict):
             raise ValueError("give exactly one of `items` (inline prompts) or `file`")
         if self.items is not None and not self.items:
             raise ValueError("items: empty prompt set")
+        given = [k for k in COLUMN_KEYS if getattr(self, k) is not None]
+        if self.items is not None and given:
+            raise ValueError(f"{given[0]} maps a prompt file's columns; inline `items` use id, text and label")
+        mapped = [getattr(self, k) for k in given]
+        if len(set(mapped)) < len(mapped):
+            raise ValueError(f"{', '.join(given)} name the same column twice")
         return self
 
 
