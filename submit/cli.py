@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from lmsweep.console import console, err
 from lmsweep.jobs.cli import experiment_dir, print_plan, validated
@@ -105,10 +106,33 @@ def shown(path: Path) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def _print_scripts(decision: list[str], jobs, scripts: list[str], sub_dir: Path, suffix: str) -> None:
+def dry_run_out(args) -> Path | None:
+    """`--out DIR` (with `--dry-run` only): where the dry run writes its scripts, checked before planning."""
+    if args.out is None:
+        return None
+    if not args.dry_run:
+        raise SpecError("only with --dry-run (a real submit writes its scripts to EXP/jobs/sub-NNNN/)",
+                        field="--out")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise SpecError(f"{shown(out)} exists and is not a directory", field="--out")
+    return out
+
+
+def _print_scripts(decision: list[str], jobs, scripts: list[str], sub_dir: Path, suffix: str,
+                   out_dir: Path | None = None) -> None:
+    """The dry run's output; with `--out DIR` the scripts are also written there, and nothing else is."""
     out = sys.stdout
     out.write("packing decision:\n" + "".join(f"  {line}\n" for line in decision))
-    out.write(f"scripts go to {shown(sub_dir)}/\n")
+    if out_dir is None:
+        out.write(f"scripts go to {shown(sub_dir)}/ when submitted (dry run: nothing written; "
+                  f"--out DIR writes the scripts there)\n")
+    else:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for job, text in zip(jobs, scripts):
+            (out_dir / f"array-{job.part:02d}{suffix}").write_text(text)
+        out.write(f"dry run: wrote {len(scripts)} script(s) to {shown(out_dir)}/ (nothing else; a submit writes "
+                  f"them to {shown(sub_dir)}/)\n")
     for job, text in zip(jobs, scripts):
         out.write(f"\n# ---- array-{job.part:02d}{suffix} ----\n{text}")
     out.flush()
@@ -164,32 +188,115 @@ def _system_ref(asked: str, profile) -> str:
     return str(Path(profile.source).resolve()) if is_path and profile.source else profile.name
 
 
-def cmd_submit(args) -> int:
-    from lmsweep.jobs.plan import write_plan
-    from lmsweep.results.load import done_unit_ids
-    from lmsweep.submit import jobs_dir
-    from lmsweep.submit.base import scheduler_for
-    from lmsweep.submit.options import Flags, resolve_options, with_packing
-    from lmsweep.submit.packing import PackingError, apply_packing, pack, plan_unit_costs, split_arrays
+def throughput(execution, profile) -> tuple[float, str]:
+    """Tokens/s per rank that packing assumes, and where the figure came from: the spec's
+    `execution.tokens_per_second` when set, else the system profile's, else lmsweep's default."""
+    if "tokens_per_second" in execution.model_fields_set:
+        return execution.tokens_per_second, "execution.tokens_per_second"
+    if profile.tokens_per_second:
+        return profile.tokens_per_second, (f"system profile {profile.name}'s default; "
+                                           "set execution.tokens_per_second to override")
+    return execution.tokens_per_second, "lmsweep's default; set execution.tokens_per_second"
 
-    flags = Flags.from_args(args)
-    spec, plan = validated(args.spec)
-    exp = experiment_dir(spec, args.output_dir).resolve()
-    profile = load_profile(args.system or spec.execution.system, "--system" if args.system else "execution.system")
+
+@dataclass(frozen=True)
+class SubmitPacking:
+    """A spec packed for one system's queue: what `submit` (and `validate`'s note) report."""
+
+    sched: Any
+    options: Any                       # SubmitOptions, with the packing's nodes and ranks per node
+    request: Any                       # PackRequest
+    packing: Any                       # Packing
+    live: dict
+    tokens_per_second: float
+    tps_source: str
+
+
+def pack_spec(spec, plan, system: str, system_field: str, flags, *, live: bool = True) -> SubmitPacking:
+    """Profile → backend → options → packing for `system`; bad input raises SpecError."""
+    from lmsweep.submit.base import scheduler_for
+    from lmsweep.submit.options import resolve_options, with_packing
+    from lmsweep.submit.packing import PackingError, pack, plan_unit_costs
+
+    profile = load_profile(system, system_field)
     sched = scheduler_for(profile)
     opts = resolve_options(sched, flags, execution=spec.execution)
-    live = sched.live_limits(opts.queue)
+    limits = sched.live_limits(opts.queue) if live else {}
+    tps, source = throughput(spec.execution, profile)
     tp = max(int(m.get("tensor_parallel") or 1) for m in plan.models.values())
-    req = pack_request(sched, opts, tokens_per_second=spec.execution.tokens_per_second, tensor_parallel=tp,
-                       live=live, max_units_per_element=spec.execution.max_units_per_element, ranks=opts.ranks)
+    req = pack_request(sched, opts, tokens_per_second=tps, tensor_parallel=tp, live=limits,
+                       max_units_per_element=spec.execution.max_units_per_element, ranks=opts.ranks)
     try:
         packing = pack(plan.units.column("model").to_pylist(), plan_unit_costs(plan), req,
                        model_order=list(plan.models))
     except PackingError as e:
         raise packing_error(e, spec, flags, sched) from None
+    return SubmitPacking(sched, with_packing(opts, packing.nodes, packing.ranks_per_node), req, packing,
+                         limits, tps, source)
+
+
+def regrouped(plan, sp: SubmitPacking) -> str:
+    """Why `submit` shows other element counts than `validate`/`plan`: it re-packs the plan for the queue."""
+    ex_el, p = len(plan.elements), sp.packing
+    return (f"the plan's {ex_el} element(s) (as `lmsweep validate`/`plan` size them, for `lmsweep run`) are "
+            f"re-packed for {sp.sched.profile.name}" + (f" queue {p.queue}" if p.queue else "") + ": "
+            f"{len(p.elements)} element(s) "
+            f"of {p.nodes} node(s) x {p.ranks_per_node} rank(s)")
+
+
+def packing_note(spec, plan) -> list[str]:
+    """`validate`'s note: how its elements were sized, and what `submit` will make of them."""
+    from lmsweep.submit.options import Flags
+    ex = spec.execution
+    sized = (f"elements: sized for {ex.ranks_per_element} rank(s) at {ex.tokens_per_second:g} tokens/s within "
+             f"80% of walltime {ex.walltime}, as `lmsweep run` runs them")
+    try:
+        sp = pack_spec(spec, plan, ex.system, "execution.system", Flags(), live=False)
+    except SpecError:     # e.g. no account yet: validate is not the place to insist; submit will
+        return [sized, f"`lmsweep submit --system {ex.system} --dry-run` re-packs them for its queue and says how"]
+    p = sp.packing
+    where = f"queue {p.queue}" if p.queue else "this machine"
+    return [sized, f"`lmsweep submit --system {ex.system}` re-packs them for {where}: "
+                   f"{len(p.elements)} element(s) of {p.nodes} node(s) x {p.ranks_per_node} rank(s), at "
+                   f"{sp.tokens_per_second:g} tokens/s per rank"]
+
+
+def check_paths(sched, opts, flags, exp: Path) -> list[str]:
+    """The interpreter must exist (else exit 2); node-local paths the compute nodes cannot see are warned
+    about on stderr. Returns the packing decision's line about the interpreter."""
+    import os
+
+    from lmsweep.submit.checks import check_python, node_local_warnings, python_source
+    check_python(opts.python, flags.python, sched.profile)
+    for line in node_local_warnings(sched.profile, sched.one_machine, exp, opts.python, os.environ.get("TMPDIR")):
+        err.print(f"warning: {line}", markup=False, highlight=False)
+    where = ("looked up on the compute node's PATH after the environment setup" if "/" not in opts.python
+             else python_source(flags.python, sched.profile))
+    checked = (f"; each job checks on its node that it runs lmsweep on {sched.profile.mpi_library} (else exit 4)"
+               if sched.profile.mpi_library else "")
+    return [f"python: {opts.python} ({where}){checked}"]
+
+
+def cmd_submit(args) -> int:
+    from lmsweep.jobs.plan import write_plan
+    from lmsweep.results.load import done_unit_ids
+    from lmsweep.submit import jobs_dir
+    from lmsweep.submit.options import Flags
+    from lmsweep.submit.packing import apply_packing, split_arrays
+
+    flags = Flags.from_args(args)
+    out_dir = dry_run_out(args)
+    spec, plan = validated(args.spec)
+    exp = experiment_dir(spec, args.output_dir).resolve()
+    system = args.system or spec.execution.system
+    sp = pack_spec(spec, plan, system, "--system" if args.system else "execution.system", flags)
+    sched, opts, req, packing, live = sp.sched, sp.options, sp.request, sp.packing, sp.live
+    profile = sched.profile
+    python_line = check_paths(sched, opts, flags, exp)
+    decision = packing.describe()
+    decision[2:2] = [regrouped(plan, sp), f"throughput: {sp.tokens_per_second:g} tokens/s per rank ({sp.tps_source})"]
+    decision += [f"live limits from the scheduler: {live}"] * bool(live) + python_line
     plan = apply_packing(plan, packing)
-    decision = packing.describe() + [f"live limits from the scheduler: {live}"] * bool(live)
-    opts = with_packing(opts, packing.nodes, packing.ranks_per_node)
 
     # a rerun submits only elements with units not yet done (the worker skips finished units anyway)
     done = done_unit_ids(exp, plan.task["type"]) if (exp / "results").is_dir() else set()
@@ -207,7 +314,7 @@ def cmd_submit(args) -> int:
     jobs = [replace(j, depends_on=f"JOBID_OF_ARRAY_{j.part - 1:02d}") if j.part else j for j in jobs]
     scripts = [sched.render(j) for j in jobs]
     if args.dry_run:
-        _print_scripts(decision, jobs, scripts, sub_dir, sched.script_suffix)
+        _print_scripts(decision, jobs, scripts, sub_dir, sched.script_suffix, out_dir)
         return 0
     if not todo:   # the plan on disk (and the submissions made for it) stay as they are
         console.print(f"all {plan.n_units} units already done in {shown(exp)}; nothing to submit", markup=False)
@@ -243,6 +350,7 @@ def cmd_resubmit(args) -> int:
     from lmsweep.submit.tracking import current_submissions, query_states
 
     flags = Flags.from_args(args)
+    out_dir = dry_run_out(args)
     exp = Path(args.experiment).resolve()
     plan = read_plan(exp)
     subs = current_submissions(exp)
@@ -252,6 +360,7 @@ def cmd_resubmit(args) -> int:
     profile = load_profile(last.system, "system")
     sched = scheduler_for(profile)
     opts = resolve_options(sched, flags, recorded=last.options)
+    python_line = check_paths(sched, opts, flags, exp)
     req = pack_request(sched, opts)
     st = status(exp)
     todo = [int(e) for e in st.per_element.query("done < planned")["element"]]
@@ -280,12 +389,12 @@ def cmd_resubmit(args) -> int:
     decision = [f"resubmitting {len(todo)} element(s) with missing or failed units: "
                 f"{', '.join(map(str, todo[:20]))}{' ...' if len(todo) > 20 else ''}",
                 f"per element: {nodes} node(s) x {ppn} rank(s); queue {opts.queue or '(none)'}; "
-                f"walltime {opts.walltime}", *notes]
+                f"walltime {opts.walltime}", *notes, *python_line]
     name = jobs_dir.next_name(exp)
     jobs = array_jobs(exp, plan.experiment, name, arrays, throttle, opts)
     scripts = [sched.render(j) for j in jobs]
     if args.dry_run:
-        _print_scripts(decision, jobs, scripts, jobs_dir.jobs_root(exp) / name, sched.script_suffix)
+        _print_scripts(decision, jobs, scripts, jobs_dir.jobs_root(exp) / name, sched.script_suffix, out_dir)
         return 0
     directory = jobs_dir.create(exp, name)          # a concurrent submit may have taken `name`: the next one
     sub = jobs_dir.Submission(name=directory.name, directory=directory, kind="resubmit", system=last.system,
@@ -335,8 +444,11 @@ def _scheduler_flags(s) -> None:
     s.add_argument("--walltime", help="HH:MM:SS per element")
     s.add_argument("--nodes", type=int, help="nodes per element (default: packed for the queue)")
     s.add_argument("--array-limit", type=int, help="at most this many array tasks at once (%%K)")
-    s.add_argument("--python", help="python that runs the worker on the compute nodes (default: this one)")
+    s.add_argument("--python", help="python that runs the worker on the compute nodes (default: the system "
+                   "profile's `python`, else the one running lmsweep); it must exist here, and jobs of a profile "
+                   "with `mpi_library` check it on the compute node first (exit 4)")
     s.add_argument("--dry-run", action="store_true", help="print the packing decision and scripts; change nothing")
+    s.add_argument("--out", metavar="DIR", help="with --dry-run: also write the scripts into DIR (and nothing else)")
 
 
 def register(sub) -> None:

@@ -9,6 +9,9 @@ scheduler it serves. Layers, lowest first:
 3. the spec's `execution.<scheduler>` block, translated to the common names (Slurm `partition` → `queue`),
 4. the flags (`--queue`, `--account`, `--walltime`, `--nodes`, `--array-limit`, `--python`).
 
+The worker's interpreter follows one rule: `--python`, else the profile's `python`, else the interpreter
+running `lmsweep submit` (submit/checks.py checks it before anything is written).
+
 `resubmit` replaces layers 1-3 by the options its submission recorded, then applies its own flags.
 """
 from __future__ import annotations
@@ -146,7 +149,7 @@ def spec_layers(sched: Scheduler, execution) -> dict[str, Any]:
         "queue": p.default_queue, "account": None, "walltime": ex.walltime, "nodes": ex.nodes,
         "ranks": ex.ranks_per_element if "ranks_per_element" in ex.model_fields_set else None,
         "ranks_per_node": ppn, "cpus_per_rank": ex.threads_per_rank or max(1, p.cpus_per_node // ppn),
-        "array_limit": None, "python": _python(None),
+        "array_limit": None, "python": p.python or _python(None),
         **sched.defaults(ex),
         **(block.common() if block is not None else {}),
     }

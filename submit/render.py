@@ -11,6 +11,7 @@ from __future__ import annotations
 from shlex import quote
 
 from lmsweep.submit.base import ArrayJob
+from lmsweep.submit.preflight import EXIT_PREFLIGHT  # the interpreter cannot run lmsweep with the site's MPI
 from lmsweep.submit.systems import SystemProfile
 
 EXIT_BAD_INDEX = 2          # bad input; 3 is the worker's "preempted"
@@ -50,6 +51,24 @@ def launch_line(job: ArrayJob, profile: SystemProfile, launcher_for_one_rank: bo
     return f"{launcher} {worker}"
 
 
+def preflight(profile: SystemProfile) -> list[str]:
+    """Before the launcher: the interpreter exists on this node, imports lmsweep and mpi4py, and its MPI is
+    the profile's `mpi_library`; otherwise the element stops here with EXIT_PREFLIGHT. Nothing without one."""
+    if not profile.mpi_library:
+        return []
+    stop = (f'echo "lmsweep: preflight failed on $(hostname): element $element not started (exit '
+            f'{EXIT_PREFLIGHT}; see docs/cluster.md, Which python runs the worker)" >&2; exit {EXIT_PREFLIGHT}')
+    return [
+        f"# preflight (system profile {profile.name}): python runs lmsweep, mpi4py's MPI is the site's",
+        'if ! command -v "$PYTHON" >/dev/null; then',
+        f'    echo "lmsweep: preflight: interpreter $PYTHON not found on $(hostname)" >&2; {stop}',
+        "fi",
+        f'if ! "$PYTHON" -m lmsweep.submit.preflight --mpi-library {quote(profile.mpi_library)}; then',
+        f"    {stop}",
+        "fi",
+    ]
+
+
 def body(job: ArrayJob, profile: SystemProfile, index_expr: str, job_id_expr: str, *,
          setup: tuple[str, ...] = (), launcher_for_one_rank: bool = True) -> list[str]:
     """Environment setup, index → element, launch, and an exit status the scheduler can record.
@@ -72,6 +91,7 @@ def body(job: ArrayJob, profile: SystemProfile, index_expr: str, job_id_expr: st
         f"export OMP_NUM_THREADS={job.cpus_per_rank}",
         "export PYTHONUNBUFFERED=1",
         f'echo "lmsweep: job {job_id_expr} index $index -> element $element on $(hostname) at $(date -Is)"',
+        *preflight(profile),
         'cd "$EXP" || exit 1',
         "# On preemption the launcher and workers get the signal themselves; workers finish their batch",
         "# and exit 3. The script survives a signal aimed at it and still reports the workers' status.",

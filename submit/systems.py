@@ -29,6 +29,7 @@ _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 _TOP_KEYS = (
     "name", "scheduler", "gpus_per_node", "cpus_per_node", "ranks_per_node", "default_queue",
     "queues", "filesystems", "launcher", "gpu_bind", "env_setup", "max_array_size",
+    "python", "mpi_library", "tokens_per_second",
 )  # fmt: skip
 _QUEUE_KEYS = (
     "min_nodes", "max_nodes", "max_walltime", "max_queued", "max_running",
@@ -90,6 +91,9 @@ class SystemProfile:
     gpu_bind: str
     env_setup: tuple[str, ...]
     max_array_size: int | None
+    python: str | None = None               # interpreter for the worker; None: the one running `lmsweep submit`
+    mpi_library: str | None = None          # text mpi4py's MPI.Get_library_version() must hold; None: no preflight
+    tokens_per_second: float | None = None  # per-rank throughput packing assumes unless the spec sets one
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -217,6 +221,15 @@ class _Reader:
             raise self.error(path, f"must be >= {minimum}, got {value}")
         return value
 
+    def number(self, m: dict, path: tuple[str, ...]) -> float | None:
+        """An optional positive number (int or float)."""
+        value = self._get(m, path, optional=True)
+        if value is _MISSING or value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self.error(path, f"expected a number > 0, got {value!r}")
+        return float(value)
+
     def text(self, m: dict, path: tuple[str, ...], optional: bool = False) -> str | None:
         value = self._get(m, path, optional)
         if value is _MISSING or (optional and value is None):
@@ -280,6 +293,9 @@ class _Reader:
         self._check_launcher(launcher, ranks)
         gpu_bind = self.text(top, ("gpu_bind",))
         assert gpu_bind is not None
+        python = self.text(top, ("python",), optional=True)
+        if python is not None and (not python.strip() or ("/" in python and not python.startswith("/"))):
+            raise self.error(("python",), f"expected an absolute path or a command name, got {python!r}")
         return SystemProfile(
             name=name,
             scheduler=scheduler,
@@ -293,6 +309,9 @@ class _Reader:
             gpu_bind=gpu_bind,
             env_setup=self.strings(top, ("env_setup",)),
             max_array_size=self.integer(top, ("max_array_size",), 1, optional=True),
+            python=python,
+            mpi_library=self.text(top, ("mpi_library",), optional=True),
+            tokens_per_second=self.number(top, ("tokens_per_second",)),
         )
 
     def queue(self, name: str, raw: Any) -> QueueLimits:

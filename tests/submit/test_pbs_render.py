@@ -28,6 +28,7 @@ import lmsweep
 from helpers.cli import FIXTURES as REPO_FIXTURES
 from helpers.cli import cli
 from helpers.pbs_rules import check_pbs_script
+from helpers.profiles import profile_copy
 from lmsweep.submit.backends.pbs import PbsScheduler
 from lmsweep.submit.base import ArrayJob
 from lmsweep.submit.jobs_dir import load_submissions
@@ -63,7 +64,8 @@ if grep -q '^#PBS -J' "$1"; then echo "5[].pbshost"; else echo "4.pbshost"; fi
 }
 
 CANARY_PYTHON = """#!/bin/bash
-# stands in for python: shows what one rank was started with
+# stands in for python: shows what one rank was started with (and, apart, the job's preflight call)
+if [ "$2" = lmsweep.submit.preflight ]; then echo "$*" >> "$CANARY_LOG.preflight"; exit 0; fi
 echo "rank=$PMI_LOCAL_RANK cuda=${CUDA_VISIBLE_DEVICES-unset} ze=${ZE_AFFINITY_MASK-unset} args=$*" >> "$CANARY_LOG"
 """
 
@@ -248,6 +250,8 @@ def test_body_maps_index_to_element_and_binds_one_gpu_per_rank(tmp_path, system,
     got = {re.search(r"rank=(\d+)", x).group(1): re.search(rf"{device}=(\S+)", x).group(1) for x in lines}
     assert [got[str(r)] for r in range(ranks)] == bind
     assert all(x.endswith(f"-m lmsweep worker --plan {tmp_path / 'exp'} --element 6") for x in lines)
+    mpi = "CRAY MPICH" if system == "polaris" else "MPICH"    # once per job, before the launcher
+    assert (tmp_path / "c.log.preflight").read_text() == f"-m lmsweep.submit.preflight --mpi-library {mpi}\n"
     assert "module load" in (tmp_path / "shim.log").read_text()
 
 
@@ -261,14 +265,55 @@ def test_body_refuses_an_index_outside_the_array(tmp_path):
     assert proc.returncode == 2 and "out of range 0-1" in proc.stderr
 
 
+def preflight_script(tmp_path: Path, python: str, profile) -> Path:
+    job = ArrayJob("sweep", str(tmp_path / "exp"), "sub-0001", 0, (4, 5, 6), 1, 2, 1, "00:30:00", "debug",
+                   "myproj", 1, python, profile.filesystems)
+    (tmp_path / "exp").mkdir(exist_ok=True)
+    script = tmp_path / "job.pbs"
+    script.write_text(PbsScheduler(profile).render(job))
+    return script
+
+
+def test_preflight_stops_an_element_whose_mpi4py_is_not_the_sites(tmp_path):
+    """This venv's mpi4py runs on the pip `mpich` wheel, not Cray MPICH: on Polaris the job stops before the
+    launcher with exit 4 and says what it found, instead of starting ranks on the wrong MPI."""
+    script = preflight_script(tmp_path, sys.executable, load_system("polaris"))
+    proc = run_body(script, pbs_env(make_shims(tmp_path / "shims"), tmp_path, 2, tmp_path))
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "lmsweep: preflight: mpi4py's MPI library is not 'CRAY MPICH' (found: 'MPICH Version:" in proc.stderr
+    assert "preflight failed on" in proc.stderr and "element 6 not started (exit 4;" in proc.stderr
+    assert "index 2 -> element 6" in proc.stdout and "exited" not in proc.stdout   # the launcher never ran
+
+
+def test_preflight_stops_an_element_whose_interpreter_is_missing_on_the_node(tmp_path):
+    gone = tmp_path / "login-node-only" / "bin" / "python"
+    script = preflight_script(tmp_path, str(gone), load_system("aurora"))
+    proc = run_body(script, pbs_env(make_shims(tmp_path / "shims"), tmp_path, 0, tmp_path))
+    assert proc.returncode == 4
+    assert f"lmsweep: preflight: interpreter {gone} not found on" in proc.stderr and "exited" not in proc.stdout
+
+
+def test_preflight_passes_the_expected_mpi_and_the_launcher_runs(tmp_path):
+    """A site profile expecting MPICH (what this venv has): the check passes, says what it found, and the
+    launcher starts the worker (which then refuses the empty experiment: no plan.json)."""
+    profile = load_system(profile_copy(tmp_path, "polaris", mpi_library="MPICH"))
+    script = preflight_script(tmp_path, sys.executable, profile)
+    proc = run_body(script, pbs_env(make_shims(tmp_path / "shims"), tmp_path, 1, tmp_path))
+    assert re.search(r"lmsweep: preflight ok: python 3\.\d+\.\d+ \(.*\), lmsweep from .*, mpi4py [\d.]+ on MPICH "
+                     r"Version:", proc.stdout), proc.stdout + proc.stderr
+    assert "element 5 exited" in proc.stdout and proc.returncode not in (0, 4)
+
+
 @pytest.mark.slow
 def test_submitted_polaris_script_runs_the_worker_and_produces_its_element(tmp_path, tiny_llama):
     """`lmsweep submit --system polaris` (qsub stand-in), then subjob 1's recorded script runs with the
-    PBS variables and MPICH's mpiexec (2 ranks) and writes exactly element 1's units."""
+    PBS variables and MPICH's mpiexec (2 ranks) and writes exactly element 1's units. The profile is
+    Polaris's with this venv's MPI (MPICH, not Cray MPICH) as the one its preflight expects."""
     shims = make_shims(tmp_path / "shims")
     spec = write_spec(tmp_path, tiny_llama, extra="  ranks_per_node: 2\n  pbs: {account: myproj, queue: debug}")
     env = pbs_env(shims, tmp_path, 1, tmp_path)
-    proc = cli("submit", str(spec), "--system", "polaris", env={"PATH": env["PATH"], "SHIM_LOG": env["SHIM_LOG"]},
+    polaris = profile_copy(tmp_path, "polaris", mpi_library="MPICH")
+    proc = cli("submit", str(spec), "--system", str(polaris), env={"PATH": env["PATH"], "SHIM_LOG": env["SHIM_LOG"]},
                    check=True)
     assert "submitted 5[].pbshost" in proc.stdout
     exp = tmp_path / "runs" / "pbsrun"
@@ -281,6 +326,7 @@ def test_submitted_polaris_script_runs_the_worker_and_produces_its_element(tmp_p
     proc = run_body(script, env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "index 1 -> element 1" in proc.stdout and "element 1 exited 0" in proc.stdout
+    assert "lmsweep: preflight ok:" in proc.stdout
     df = lmsweep.load(exp)
     plan = lmsweep.status(exp).per_element.set_index("element")
     assert set(df["element"]) == {1} and df["unit_id"].nunique() == plan.loc[1, "planned"] == 2

@@ -1,0 +1,182 @@
+"""What `submit` checks and says before anything is written: the worker's interpreter, node-local paths,
+why its element count differs from `validate`'s, where the throughput figure came from, `--dry-run --out`.
+
+The compute-node side (the job's preflight before the launcher) runs in tests/submit/test_pbs_render.py.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from helpers.cli import cli
+from helpers.profiles import profile_copy
+from lmsweep.submit.checks import node_local_root
+
+SPEC = """\
+name: {name}
+output_dir: {out}
+models:
+  - {{alias: tiny, source: {model}}}
+prompts:
+  - {{name: p, items: {prompts}}}
+task: generate
+decoding: {{max_new_tokens: 64, temperature: [0.5, 1.0], seeds: {seeds}}}
+execution:
+  max_units_per_element: {per_element}
+{extra}
+"""
+
+
+def spec_file(tmp: Path, model: Path, *, name: str = "checks", out: Path | None = None, per_element: int | str = 100,
+              extra: str = "  pbs: {account: myproj}", seeds: int = 150) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(SPEC.format(name=name, out=out or tmp / "runs", model=model, per_element=per_element,
+                                prompts=["Once upon a time", "The capital of"], seeds=list(range(seeds)),
+                                extra=extra))
+    return path
+
+
+def decision(stdout: str) -> list[str]:
+    lines = stdout.split("\n# ---- ")[0].splitlines()
+    return [x.strip() for x in lines]
+
+
+# ---- the interpreter ------------------------------------------------------------------------------------
+
+def test_a_missing_python_is_refused_and_nothing_is_written(tmp_path, tiny_llama):
+    spec = spec_file(tmp_path, tiny_llama)
+    for extra in ([], ["--dry-run"]):
+        proc = cli("submit", str(spec), "--system", "polaris", "--python", str(tmp_path / "venv/bin/python"), *extra)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.strip() == (f"error: --python: interpreter {tmp_path / 'venv/bin/python'} does not exist "
+                                       "or is not executable here; give an interpreter with lmsweep installed, on a "
+                                       "filesystem the compute nodes see")
+        assert not (tmp_path / "runs").exists()
+
+
+def test_the_profiles_python_is_used_and_checked(tmp_path, tiny_llama):
+    """The rule: --python, else the profile's `python`, else the interpreter running lmsweep."""
+    import sys
+    spec = spec_file(tmp_path, tiny_llama)
+    site = profile_copy(tmp_path, "polaris", python=sys.executable)
+    proc = cli("submit", str(spec), "--system", str(site), "--dry-run", check=True)
+    assert f"python: {sys.executable} (system profile polaris's `python`)" in proc.stdout
+    assert f'PYTHON={sys.executable}\n' in proc.stdout
+
+    proc = cli("submit", str(spec), "--system", "polaris", "--dry-run", check=True)   # no `python` in the profile
+    assert f"python: {sys.executable} (the interpreter running lmsweep; change with --python" in proc.stdout
+
+    missing = profile_copy(tmp_path, "polaris", python="/nowhere/bin/python3")
+    proc = cli("submit", str(spec), "--system", str(missing), "--dry-run")
+    assert proc.returncode == 2 and f"{missing}: python: interpreter /nowhere/bin/python3 does not exist" in proc.stderr
+    assert "(or pass --python)" in proc.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_command_name_is_left_to_the_compute_node(tmp_path, tiny_llama):
+    spec = spec_file(tmp_path, tiny_llama)
+    proc = cli("submit", str(spec), "--system", "polaris", "--python", "python3", "--dry-run", check=True)
+    assert "python: python3 (looked up on the compute node's PATH after the environment setup); each job " \
+           "checks on its node that it runs lmsweep on CRAY MPICH (else exit 4)" in decision(proc.stdout)
+
+
+# ---- node-local paths -----------------------------------------------------------------------------------
+
+def test_node_local_roots():
+    assert node_local_root("/tmp/x/runs") == "/tmp" and node_local_root("/dev/shm") == "/dev/shm"
+    assert node_local_root("/var/tmp/a") == "/var/tmp" and node_local_root("/scratch/me/tmp", "/scratch/me") == \
+        "/scratch/me"
+    assert node_local_root("/eagle/proj/runs") is None and node_local_root("/tmpfoo/runs") is None
+
+
+def test_an_experiment_under_tmp_is_warned_about_naming_the_filesystems(tmp_path, tiny_llama):
+    assert str(tmp_path).startswith("/tmp/"), "the test needs pytest's tmp_path under /tmp"
+    spec = spec_file(tmp_path, tiny_llama, extra="  pbs: {account: myproj}\n  slurm: {partition: debug}")
+    exp = tmp_path / "runs" / "checks"
+    proc = cli("submit", str(spec), "--system", "polaris", "--dry-run", check=True)
+    assert (f"warning: experiment directory {exp} is under /tmp, which is local to each node: polaris's compute "
+            "nodes cannot see it (the job requests filesystems=home:eagle); pass --output-dir on one of those"
+            ) in proc.stderr
+    proc = cli("submit", str(spec), "--system", "slurm-generic", "--dry-run", check=True)
+    assert f"experiment directory {exp} is under /tmp" in proc.stderr and "use a shared filesystem" in proc.stderr
+    # one machine: its own /tmp is where the jobs run
+    assert "warning" not in cli("submit", str(spec), "--system", "local", "--dry-run", check=True).stderr
+
+
+def test_an_interpreter_under_tmp_is_warned_about(tmp_path, tiny_llama):
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text("#!/bin/bash\n")
+    python.chmod(0o755)
+    shared = Path.cwd() / "runs-not-written"            # not node-local: only the interpreter is warned about
+    spec = spec_file(tmp_path, tiny_llama, out=shared, per_element=1000)
+    proc = cli("submit", str(spec), "--system", "aurora", "--python", str(python), "--dry-run", check=True)
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("warning:")]
+    assert line == (f"warning: interpreter {python} is under /tmp, which is local to each node: aurora's compute "
+                    "nodes cannot run it (the job requests filesystems=home:flare); install lmsweep there and pass "
+                    "--python")
+    assert not shared.exists()
+
+
+# ---- element counts and throughput ----------------------------------------------------------------------
+
+def test_validate_and_submit_explain_their_element_counts(tmp_path, tiny_llama):
+    """600 units, 5 minutes per element: validate sizes elements for one rank at 50 tokens/s (several); submit
+    re-packs them for Polaris debug at the profile's 400 tokens/s x 4 ranks (fewer). Both outputs say so."""
+    spec = spec_file(tmp_path, tiny_llama, per_element="null",
+                     extra='  system: polaris\n  walltime: "00:05:00"\n  pbs: {account: myproj}')
+    val = " ".join(cli("validate", str(spec), check=True).stdout.split())     # rich wraps at 160 columns
+    n_plan = int(re.search(r"600 unit\(s\) in (\d+) element\(s\)", val).group(1))
+    predicted = re.search(r"`lmsweep submit --system polaris` re-packs them for queue debug: (\d+) element\(s\) "
+                          r"of 1 node\(s\) x 4 rank\(s\), at 400 tokens/s per rank", val)
+    assert "elements: sized for 1 rank(s) at 50 tokens/s within 80% of walltime 00:05:00" in val and predicted
+
+    lines = decision(cli("submit", str(spec), "--dry-run", check=True).stdout)
+    n_submit = int(next(x for x in lines if x.startswith("elements: ")).split()[1])
+    assert n_submit == int(predicted.group(1)) < n_plan
+    assert (f"the plan's {n_plan} element(s) (as `lmsweep validate`/`plan` size them, for `lmsweep run`) are "
+            f"re-packed for polaris queue debug: {n_submit} element(s) of 1 node(s) x 4 rank(s)") in lines
+
+
+@pytest.mark.parametrize("system, extra, figure", [
+    ("polaris", "", "400 tokens/s per rank (system profile polaris's default; set execution.tokens_per_second"),
+    ("aurora", "", "200 tokens/s per rank (system profile aurora's default;"),
+    ("slurm-generic", "", "50 tokens/s per rank (lmsweep's default; set execution.tokens_per_second)"),
+    ("polaris", "  tokens_per_second: 1000\n", "1000 tokens/s per rank (execution.tokens_per_second)"),
+])
+def test_the_throughput_figure_says_where_it_came_from(tmp_path, tiny_llama, system, extra, figure):
+    spec = spec_file(tmp_path, tiny_llama, per_element="null",
+                     extra=extra + "  pbs: {account: myproj}\n  slurm: {partition: debug}")
+    lines = decision(cli("submit", str(spec), "--system", system, "--dry-run", check=True).stdout)
+    assert f"throughput: {figure}" in " ".join(lines)
+
+
+# ---- --dry-run --out ------------------------------------------------------------------------------------
+
+def test_dry_run_out_writes_the_scripts_and_nothing_else(tmp_path, tiny_llama):
+    spec = spec_file(tmp_path, tiny_llama, per_element=40)
+    out = tmp_path / "preview"
+    proc = cli("submit", str(spec), "--system", "polaris", "--dry-run", "--out", str(out), check=True)
+    written = sorted(p.name for p in out.iterdir())
+    printed = re.findall(r"^# ---- (\S+) ----$", proc.stdout, flags=re.MULTILINE)
+    assert written == printed and written
+    for name in written:
+        assert (out / name).read_text() in proc.stdout
+    assert f"dry run: wrote {len(written)} script(s) to {out}/ (nothing else; a submit writes them to " in proc.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_out_without_dry_run_is_refused_before_anything_is_written(tmp_path, tiny_llama):
+    spec = spec_file(tmp_path, tiny_llama)
+    proc = cli("submit", str(spec), "--system", "local", "--out", str(tmp_path / "preview"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: --out: only with --dry-run (a real submit writes its scripts to "
+                                   "EXP/jobs/sub-NNNN/)")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "preview").exists()
+
+
+def test_dry_run_without_out_says_it_wrote_nothing(tmp_path, tiny_llama):
+    spec = spec_file(tmp_path, tiny_llama)
+    proc = cli("submit", str(spec), "--system", "local", "--dry-run", check=True)
+    assert "when submitted (dry run: nothing written; --out DIR writes the scripts there)" in proc.stdout
