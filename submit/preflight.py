@@ -32,7 +32,7 @@ def problems(expected: str | None) -> tuple[list[str], str]:
     if expected and expected.lower() not in library.lower():
         return [f"mpi4py's MPI library is not {expected!r} (found: {first!r}): this interpreter's "
                 f"mpi4py is not the site's; use the site's Python environment or rebuild mpi4py against "
-                f"its MPI (docs/cluster.md, \"Which python runs the worker\")"], found
+                f"its MPI (docs/cluster.md#which-python-runs-the-worker)"], found
     return [], found
 
 

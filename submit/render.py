@@ -56,16 +56,13 @@ def preflight(profile: SystemProfile) -> list[str]:
     the profile's `mpi_library`; otherwise the element stops here with EXIT_PREFLIGHT. Nothing without one."""
     if not profile.mpi_library:
         return []
-    stop = (f'echo "lmsweep: preflight failed on $(hostname): element $element not started (exit '
-            f'{EXIT_PREFLIGHT}; see docs/cluster.md, Which python runs the worker)" >&2; exit {EXIT_PREFLIGHT}')
     return [
-        f"# preflight (system profile {profile.name}): python runs lmsweep, mpi4py's MPI is the site's",
-        'if ! command -v "$PYTHON" >/dev/null; then',
-        f'    echo "lmsweep: preflight: interpreter $PYTHON not found on $(hostname)" >&2; {stop}',
-        "fi",
-        f'if ! "$PYTHON" -m lmsweep.submit.preflight --mpi-library {quote(profile.mpi_library)}; then',
-        f"    {stop}",
-        "fi",
+        f"# preflight (system profile {profile.name}): python runs lmsweep and mpi4py on this node's MPI",
+        "preflight_failed() { echo \"lmsweep: preflight failed on $(hostname): element $element not started "
+        f"(exit {EXIT_PREFLIGHT}; docs/cluster.md#which-python-runs-the-worker)\" >&2; exit {EXIT_PREFLIGHT}; }}",
+        'command -v "$PYTHON" >/dev/null || { echo "lmsweep: preflight: interpreter $PYTHON not found on '
+        '$(hostname)" >&2; preflight_failed; }',
+        f'"$PYTHON" -m lmsweep.submit.preflight --mpi-library {quote(profile.mpi_library)} || preflight_failed',
     ]
 
 
