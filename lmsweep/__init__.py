@@ -5,6 +5,7 @@ The notebook API, in one namespace:
     import lmsweep
     df = lmsweep.load("runs/quickstart")            # every row of an experiment, one pandas DataFrame
     st = lmsweep.status("runs/quickstart")          # plan minus results: done / failed / missing
+    rel = lmsweep.scan("runs/quickstart")           # lazy DuckDB relation, for results bigger than memory
     spec = lmsweep.load_spec("configs/quickstart.yaml")
     plan = lmsweep.plan(spec)                       # units and elements, nothing written
     diff = lmsweep.compare("runs/a", "runs/b")      # unit-by-unit comparison of two experiments
@@ -20,6 +21,7 @@ __version__ = "0.1.0"
 _API = {
     "load": ("lmsweep.results.load", "load"),
     "status": ("lmsweep.results.load", "status"),
+    "scan": ("lmsweep.results.scan", "scan"),
     "compare": ("lmsweep.results.compare", "compare"),
     "load_spec": ("lmsweep.jobs.spec", "load_spec"),
     "plan": ("lmsweep.jobs.plan", "plan_spec"),

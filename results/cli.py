@@ -40,8 +40,15 @@ def cmd_results(args) -> int:
 
         print_df(trace(exp, args.trace), f"trace {args.trace}")
         return 0
+    if args.compact:
+        return compact(exp)
     plan = read_plan(exp)
-    df = load(exp)
+    if args.sql:
+        from lmsweep.results.scan import sql
+
+        df = sql(exp, args.sql)
+    else:
+        df = load(exp)
     if args.summary:
         df = summarize(df, plan.meta["task"]["type"])
     elif args.columns:
@@ -53,13 +60,34 @@ def cmd_results(args) -> int:
     if args.csv:
         df.to_csv(sys.stdout, index=False)
     else:
-        print_df(df if args.summary or len(df) <= args.limit else df.head(args.limit), str(exp))
+        print_df(df if args.summary or len(df) <= args.limit else df.head(args.limit), str(exp), wide=args.wide)
         if not args.summary and len(df) > args.limit:
             console.print(f"... {len(df)} rows; --limit N or --csv for all")
     return 0
 
 
+def compact(exp: Path) -> int:
+    """`results --compact`: merge the parts of every element no worker is running now."""
+    from lmsweep.results.compact import compact_experiment
+    from lmsweep.runner.signals import test_hook
+
+    done, running = compact_experiment(exp, hook=test_hook("compact"))
+    parts = sum(c.parts for c in done)
+    size = sum(c.bytes for c in done) / 2**20
+    line = (f"compacted {len({c.element for c in done})} element(s): {parts} part files into {len(done)} "
+            f"({size:.1f} MiB)" if done else "nothing to compact: every element has at most one part")
+    if running:
+        line += f"; left {len(running)} running element(s) alone: {', '.join(map(str, running[:10]))}"
+    console.print(line, markup=False)
+    return 0
+
+
 def cmd_status(args) -> int:
+    if args.watch:
+        from lmsweep.results.watch import watch
+
+        return watch(Path(args.experiment), args.interval)
+
     from lmsweep.results.load import status
 
     st = status(Path(args.experiment))
@@ -181,6 +209,11 @@ def register(sub) -> None:
     s.add_argument("--limit", type=int, default=20)
     s.add_argument("--trace", metavar="UNIT_ID", help="where one unit's row came from: spec, model, host, "
                                                      "package versions of the run that wrote it")
+    s.add_argument("--sql", metavar="QUERY", help="run a DuckDB query over the experiment's rows, as the view "
+                                                  "`results` (plan-restricted, de-duplicated)")
+    s.add_argument("--wide", action="store_true", help="every column, even past the terminal's width")
+    s.add_argument("--compact", action="store_true", help="merge each element's part files into one (elements "
+                                                          "a worker is running are left alone)")
     s.set_defaults(func=cmd_results)
 
     s = sub.add_parser("status", help="done / failed / missing units per element")
@@ -188,6 +221,9 @@ def register(sub) -> None:
     s.add_argument("--errors", type=int, default=10, help="show this many failures")
     s.add_argument("--elements", type=int, default=50,
                    help="above this many elements, list only unfinished ones and add a per-model table")
+    s.add_argument("--watch", action="store_true", help="refresh until every unit is done (exit 0) or Ctrl-C (130)")
+    s.add_argument("--interval", type=float, default=30.0, metavar="S",
+                   help="seconds between refreshes with --watch (doubling, up to 10x, while nothing changes)")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("compare", help="compare two experiments unit by unit; exit 1 beyond tolerance")

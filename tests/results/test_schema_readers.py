@@ -196,10 +196,12 @@ def test_every_task_schema_reads_in_every_reader_without_lmsweep(tmp_path, reade
 
 def test_bench_writes_real_parts_and_compares_with_a_naive_loop(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "benchmarks.results", "--files", "40", "--rows-per-file", "3",
-                           "--dir", str(tmp_path), "--json"], capture_output=True, text=True, timeout=300)
+                           "--dir", str(tmp_path), "--json", "--only", "parts"], capture_output=True, text=True,
+                          timeout=300)
     assert proc.returncode == 0, proc.stderr
-    r = json.loads(proc.stdout)
+    r = json.loads(proc.stdout)["parts"]
     assert r["files"] == 40 and r["rows"] == 120 and r["naive_over_load"] > 0
+    assert r["compacted_files"] == 20            # one per element of the synthetic plan
     parts = list((tmp_path / "bench" / "results" / "task=generate").glob("part-*.parquet"))
     assert len(parts) == 40
     assert lmsweep.status(tmp_path / "bench").complete
