@@ -27,6 +27,7 @@ class ModelFacts:
     num_heads: int | None        # query heads
     num_kv_heads: int | None     # key/value heads (fewer than num_heads with grouped-query attention)
     tokenizer_file: str | None   # a tokenizer.json to count prompt tokens with, when there is one
+    hidden_size: int | None = None   # width of the hidden states
 
 
 def kind_of(architectures: list[str]) -> str:
@@ -43,20 +44,31 @@ def kind_of(architectures: list[str]) -> str:
     return "unknown"
 
 
+def model_kind(ref: ModelRef) -> str:
+    """The model's kind, cheaply (no GGUF header is parsed): a package says it, a GGUF file is a causal
+    LM, a directory's config.json names its architectures."""
+    if ref.kind == "package":
+        return PACKAGES[ref.source.removeprefix("package:")].kind
+    if ref.gguf:
+        return "causal_lm"
+    config = Path(ref.path) / "config.json"
+    if not config.is_file():
+        return "unknown"
+    return kind_of(json.loads(config.read_text()).get("architectures") or [])
+
+
 def model_facts(ref: ModelRef) -> ModelFacts:
     if ref.gguf:
         return _gguf_facts(ref)
     path = Path(ref.path)
     cfg = json.loads((path / "config.json").read_text())
     text = cfg.get("text_config", cfg)        # multimodal configs nest the language model's
-    kind = kind_of(cfg.get("architectures") or [])
-    if ref.kind == "package":
-        kind = PACKAGES[ref.source.removeprefix("package:")].kind
     heads = text.get("num_attention_heads") or text.get("n_head")
     tok = path / "tokenizer.json"
-    return ModelFacts(kind=kind, num_layers=text.get("num_hidden_layers") or text.get("n_layer"),
+    return ModelFacts(kind=model_kind(ref), num_layers=text.get("num_hidden_layers") or text.get("n_layer"),
                       num_heads=heads, num_kv_heads=text.get("num_key_value_heads") or heads,
-                      tokenizer_file=str(tok) if tok.is_file() else None)
+                      tokenizer_file=str(tok) if tok.is_file() else None,
+                      hidden_size=text.get("hidden_size") or text.get("n_embd") or text.get("d_model"))
 
 
 def _gguf_facts(ref: ModelRef) -> ModelFacts:
@@ -72,36 +84,62 @@ def _gguf_facts(ref: ModelRef) -> ModelFacts:
     kind = PACKAGES[ref.source.removeprefix("package:")].kind if ref.kind == "package" else "causal_lm"
     heads = field(f"{arch}.attention.head_count")
     return ModelFacts(kind=kind, num_layers=field(f"{arch}.block_count"), num_heads=heads,
-                      num_kv_heads=field(f"{arch}.attention.head_count_kv") or heads, tokenizer_file=None)
+                      num_kv_heads=field(f"{arch}.attention.head_count_kv") or heads, tokenizer_file=None,
+                      hidden_size=field(f"{arch}.embedding_length"))
 
 
 def variants_per_model(spec: ExperimentSpec, task: Task, refs: dict[str, ModelRef], variants: list[dict]
                        ) -> tuple[dict[str, ModelFacts], dict[str, list[int]]]:
-    """(facts per model alias, indices of the task variants each model runs).
+    """(facts per model alias, indices of the task variants each model runs), or a SpecError.
 
-    A sweep may mix model kinds (for classify, a causal LM for label_likelihood and an encoder for
-    embedding_similarity): each model runs only the variants whose `Task.model_kinds` admit its kind.
-    A model that runs nothing, or a variant no model runs, is an error rather than a silent gap."""
+    Every task declares the kinds of model it runs on (`Task.model_kinds`, per variant) and the
+    execution backends that serve it (`Task.backends`); a spec pairing it with another is refused here,
+    before anything is written. A sweep may mix model kinds (for classify, a causal LM for
+    label_likelihood and an encoder for embedding_similarity): each model runs only the variants that
+    admit its kind. A model that runs nothing, or a variant no model runs, is an error rather than a
+    silent gap. A model whose kind cannot be read ("unknown") is admitted when the task needs one kind
+    throughout (loading it says more), and refused when variants need different kinds."""
+    check_backend(spec, task)
     everything = {m.alias: list(range(len(variants))) for m in spec.models}
-    if not task.needs_model_facts:
-        return {}, everything
-    facts = {m.alias: model_facts(refs[m.alias]) for m in spec.models}
     typed = [task.variant(v) for v in variants]
+    needed = [task.model_kinds(v) for v in typed]
+    if task.needs_model_facts:
+        facts = {m.alias: model_facts(refs[m.alias]) for m in spec.models}
+        kind = {a: f.kind for a, f in facts.items()}
+    elif any(k is not None for k in needed):
+        facts, kind = {}, {m.alias: model_kind(refs[m.alias]) for m in spec.models}
+    else:
+        return {}, everything
+    one_need = len({k for k in needed}) == 1
 
-    def fits(vi: int, kind: str) -> bool:
-        kinds = task.model_kinds(typed[vi])
-        return kinds is None or kind in kinds
+    def fits(vi: int, k: str) -> bool:
+        return needed[vi] is None or k in needed[vi] or (k == "unknown" and one_need)
 
-    fitting = {a: [vi for vi in vis if fits(vi, facts[a].kind)] for a, vis in everything.items()}
-    kinds = ", ".join(f"{a}: {f.kind}" for a, f in facts.items())
+    fitting = {a: [vi for vi in vis if fits(vi, kind[a])] for a, vis in everything.items()}
     for i, m in enumerate(spec.models):
         if not fitting[m.alias]:
-            raise spec.source.error(f"model {m.alias!r} is a {facts[m.alias].kind} model and no variant of the "
-                                    f"{task.name} task runs on it", f"models[{i}]", ("models", i))
+            wanted = sorted({k for ks in needed if ks for k in ks})
+            what = "a model of unknown kind (its config.json names no architecture lmsweep knows)" \
+                if kind[m.alias] == "unknown" else f"{_article(kind[m.alias])} {kind[m.alias]} model"
+            raise spec.source.error(f"model {m.alias!r} ({m.source}) is {what}; the {task.name} task runs on "
+                                    f"{' or '.join(wanted)} models", f"models[{i}]", ("models", i))
     used = {vi for vis in fitting.values() for vi in vis}
+    kinds = ", ".join(f"{a}: {k}" for a, k in kind.items())
     for vi, v in enumerate(typed):
         if vi not in used:
             what, field = task.variant_label(v)
-            raise spec.source.error(f"{what} runs on {' or '.join(task.model_kinds(v))} models and the spec has "
+            raise spec.source.error(f"{what} runs on {' or '.join(needed[vi])} models and the spec has "
                                     f"none ({kinds})", field)
     return facts, fitting
+
+
+def check_backend(spec: ExperimentSpec, task: Task) -> None:
+    """The spec's execution backend must be one the task declares (`Task.backends`)."""
+    backend = spec.execution.backend
+    if backend not in task.backends:
+        raise spec.source.error(f"the {task.name} task cannot run on backend {backend!r}; backends that serve "
+                                f"it: {', '.join(task.backends)}", "execution.backend", ("execution", "backend"))
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"

@@ -126,7 +126,8 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
 
     variant_json = [canonical(v) for v in variants]
     prompt_json = [canonical({"text": p.text, "system_prompt": p.system_prompt,
-                              "chat_template": p.chat_template}) for p in prompts]
+                              "chat_template": p.chat_template, **task.prompt_identity(spec.task, p)})
+                   for p in prompts]
     prompt_tokens = [prompt_token_estimate(p.text) for p in prompts]
     point_json = [p.identity() if p is not None else "null" for p in points]
 

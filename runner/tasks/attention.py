@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from lmsweep.runner.tasks.base import PlannedUnits, Task, TaskParams
 from lmsweep.runner.tasks.registry import register_task
@@ -31,26 +31,30 @@ if TYPE_CHECKING:
 DTYPE_BYTES = {"float16": 2, "float32": 4}
 
 
+def _selection(v):
+    if isinstance(v, list):
+        if not v:
+            raise ValueError("select at least one, or write `all`")
+        if len(set(v)) != len(v):
+            raise ValueError("duplicate index")
+    return v
+
+
+# A `layers`/`heads` field: `all` or a list of distinct indices, negatives counting from the end
+# (shared by the tasks that select layers: attention, hidden_states).
+Selection = Annotated[Literal["all"] | list[int], AfterValidator(_selection)]
+
+
 class AttentionParams(TaskParams):
     """Attention weights of selected layers and (query) heads over the prompt, from an eager forward pass."""
 
     type: Literal["attention"] = "attention"
-    layers: Literal["all"] | list[int] = "all"     # negative indices count from the last layer
-    heads: Literal["all"] | list[int] = "all"      # query heads (with grouped-query attention, not KV heads)
+    layers: Selection = "all"                      # negative indices count from the last layer
+    heads: Selection = "all"                       # query heads (with grouped-query attention, not KV heads)
     head_mean: bool = False                        # store the mean over the selected heads instead of each
     max_tokens: int = Field(256, ge=1, le=32768)   # longer prompts keep their first max_tokens tokens
     dtype: Literal["float16", "float32"] = "float16"
     max_storage_mb: float = Field(1024, gt=0)      # refuse to plan above this estimated size
-
-    @field_validator("layers", "heads")
-    @classmethod
-    def _selection(cls, v):
-        if isinstance(v, list):
-            if not v:
-                raise ValueError("select at least one, or write `all`")
-            if len(set(v)) != len(v):
-                raise ValueError("duplicate index")
-        return v
 
     def canonical_params(self) -> dict:
         # The cap decides whether to run, not what a unit computes: keep it out of unit ids.
@@ -156,18 +160,8 @@ def check_attention(spec, facts: dict[str, ModelFacts], prompts: list[Prompt],
     total, worst = 0, None
     for m in spec.models:
         f = facts[m.alias]
-        for name, count in (("layers", f.num_layers), ("heads", f.num_heads)):
-            sel = getattr(task, name)
-            idx = selected(sel, count)
-            if idx is None:
-                raise spec.source.error(f"cannot read the number of {name} of model {m.alias!r}; list them "
-                                        "explicitly", f"task.{name}")
-            bad = [i for i, j in zip(sel if sel != "all" else idx, idx) if not 0 <= j < count] \
-                if count is not None else []
-            if bad:
-                raise spec.source.error(f"{name[:-1]} {bad[0]} is out of range for model {m.alias!r}, which has "
-                                        f"{count} {name}" + (" (query heads)" if name == "heads" else ""),
-                                        f"task.{name}")
+        check_selection(spec, m.alias, "layers", task.layers, f.num_layers)
+        check_selection(spec, m.alias, "heads", task.heads, f.num_heads, " (query heads)")
         n_layers = len(selected(task.layers, f.num_layers))
         n_heads = 1 if task.head_mean else len(selected(task.heads, f.num_heads))
         lengths = token_counts(f, [prompts[i] for i in units_per_model[m.alias]])
@@ -185,6 +179,20 @@ def check_attention(spec, facts: dict[str, ModelFacts], prompts: list[Prompt],
             f"max_tokens{', use dtype: float16' if task.dtype == 'float32' else ''} or raise "
             "max_storage_mb", "task.max_storage_mb")
     return total
+
+
+def check_selection(spec, alias: str, name: str, sel: str | list[int], count: int | None, note: str = "",
+                    what: str | None = None) -> None:
+    """Refuse (spec.source.error at `task.<name>`) a selection with an index outside 0..count-1 (after
+    negatives count from the end), or `all` when the model's count is unknown."""
+    idx = selected(sel, count)
+    if idx is None:
+        raise spec.source.error(f"cannot read the number of {name} of model {alias!r}; list them explicitly",
+                                f"task.{name}")
+    bad = [i for i, j in zip(sel if sel != "all" else idx, idx) if not 0 <= j < count] if count is not None else []
+    if bad:
+        raise spec.source.error(f"{name[:-1]} {bad[0]} is out of range for model {alias!r}, which has "
+                                f"{count} {what or name}{note}", f"task.{name}")
 
 
 def token_counts(f: ModelFacts, prompts: list[Prompt]) -> list[int]:

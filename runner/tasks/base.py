@@ -57,6 +57,15 @@ class TaskParams(BaseModel):
         return [{**params, **dict(zip(axes, combo))} for combo in itertools.product(*axes.values())]
 
 
+# The model kinds (jobs.model_facts.KINDS) each transformers Auto class loads: a task's default `kinds`.
+CLASS_KINDS: dict[str, tuple[str, ...]] = {
+    "AutoModelForCausalLM": ("causal_lm",),
+    "AutoModel": ("causal_lm", "encoder"),              # the base model, without its head
+    "AutoModelForSequenceClassification": ("sequence_classification",),
+    "AutoModelForTokenClassification": ("token_classification",),
+}
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """One `regression.tolerances` key (and `--flag` of compare/regress): how far a rerun may drift.
@@ -109,8 +118,13 @@ class Task:
                         needed when variants are normalised into values Params would refuse
         row_key         the columns that identify one row (a unit may have several)
         auto_class      the transformers Auto class to load; None loads the tokenizer only
+        kinds           the model kinds (jobs.model_facts.KINDS) it runs on, checked at plan time for
+                        every task; None (default): the kinds its Auto class loads (CLASS_KINDS; any
+                        kind for a tokenizer-only task). `model_kinds` may decide per variant
+        backends        the execution backends (`execution.backend`) that can serve it; the plan
+                        refuses another
         attn_implementation   the attention implementation it needs (None: the model's default)
-        needs_model_facts     the plan reads each model's kind and shape (jobs.model_facts) for it
+        needs_model_facts     the plan reads each model's shape (layers, heads, tokenizer; jobs.model_facts)
         tolerances      the regression/compare tolerances its compare rule reads
         compare_columns the task columns compare reads (default: all of them)
         probability_columns   float columns holding probabilities: the default compare rule judges
@@ -123,6 +137,8 @@ class Task:
     columns: ClassVar[tuple[tuple[str, pa.DataType], ...]] = ()
     row_key: ClassVar[tuple[str, ...]] = ("unit_id",)
     auto_class: ClassVar[str | None] = "AutoModelForCausalLM"
+    kinds: ClassVar[tuple[str, ...] | None] = None
+    backends: ClassVar[tuple[str, ...]] = ("hf", "deepspeed")
     attn_implementation: ClassVar[str | None] = None
     needs_model_facts: ClassVar[bool] = False
     tolerances: ClassVar[tuple[Tolerance, ...]] = (MIN_EXACT_MATCH, MAX_PROB_DELTA)
@@ -138,9 +154,18 @@ class Task:
         return (self.Variant or self.Params).model_validate(params)
 
     def model_kinds(self, variant: BaseModel) -> tuple[str, ...] | None:
-        """The model kinds (jobs.model_facts.KINDS) this variant runs on; None: any. Read only when
-        `needs_model_facts`; the plan pairs each model with the variants that fit its kind."""
-        return None
+        """The model kinds (jobs.model_facts.KINDS) this variant runs on; None: any. Default: `kinds`.
+        The plan pairs each model with the variants that fit its kind, and refuses a model none fits."""
+        if self.kinds is not None:
+            return self.kinds
+        auto_class = self.auto_class_for(variant)
+        return None if auto_class is None else CLASS_KINDS.get(auto_class)
+
+    def prompt_identity(self, params: TaskParams, prompt: Prompt) -> dict:
+        """What besides the prompt's text, system prompt and chat template changes this task's result for
+        it (e.g. loglikelihood's continuation column): hashed into its unit ids. Empty (the default)
+        leaves ids as they were."""
+        return {}
 
     def variant_label(self, variant: BaseModel) -> tuple[str, str]:
         """(what the variant is called, its spec field), for an error saying no model runs it."""

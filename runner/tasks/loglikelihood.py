@@ -1,0 +1,208 @@
+"""Log-likelihood of given text under a causal LM: a continuation after a context, or a whole text.
+
+Two forms, chosen per prompt:
+
+- **pair**: the prompt row has a continuation (the `continuation` column of a prompt file, or
+  `meta: {continuation: ...}` inline; `continuation_column` names another): the prompt text (with its
+  system prompt / chat template) is the context, and only the continuation's tokens are scored —
+  lm-evaluation-harness's `loglikelihood`. Whitespace ending the context moves to the continuation,
+  and the continuation's tokens are those the tokenizer gives `context + continuation` after the
+  context's own tokens (lm-eval's `_encode_pair`).
+- **text**: no continuation: every token of the text is scored, the first one after the tokenizer's
+  BOS token (its EOS when it has none) — lm-eval's `loglikelihood_rolling`.
+
+Sequences longer than the window (`max_length`, default the model's context) are scored in rolling
+windows: the first window is the first `max_length` tokens (for a pair whose context is longer, the
+context is cut on the left, as lm-eval does); each later one ends `stride` tokens further and scores
+those `stride` new tokens with the `max_length - stride` tokens before them as left context. Each token
+is scored exactly once. `stride` defaults to `max_length` (disjoint windows: exactly lm-eval's
+`loglikelihood_rolling`); a smaller stride gives each token more context at more compute.
+
+Windows are right-padded in a batch: real tokens keep positions 0..n-1 and, causal attention, never
+see padding, so a unit's scores do not depend on its batch-mates.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from lmsweep.runner.tasks.base import Task, TaskParams
+from lmsweep.runner.tasks.registry import register_task
+from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
+
+if TYPE_CHECKING:
+    from lmsweep.jobs.prompts import Prompt
+
+
+class LoglikelihoodParams(TaskParams):
+    """Score given text: total and per-token log-probabilities, token count, perplexity."""
+
+    type: Literal["loglikelihood"] = "loglikelihood"
+    continuation_column: str = Field("continuation", min_length=1)   # prompt column holding the continuation
+    max_length: int | None = Field(None, ge=2)    # window in tokens; default: the model's context
+    stride: int | None = Field(None, ge=1)        # tokens each later window adds; default: max_length
+
+    @model_validator(mode="after")
+    def _stride(self) -> LoglikelihoodParams:
+        if self.stride is not None and self.max_length is not None and self.stride > self.max_length:
+            raise ValueError(f"stride: {self.stride} is above max_length {self.max_length}; a window cannot "
+                             "score more tokens than it holds")
+        return self
+
+
+@dataclass(frozen=True)
+class Window:
+    """One forward pass: `tokens[start:end]` as input, scoring the targets `first..end` (a target t is
+    token t predicted from the tokens before it)."""
+
+    start: int
+    end: int
+    first: int
+
+
+def rolling_windows(length: int, first_target: int, max_length: int, stride: int) -> list[Window]:
+    """Windows over a sequence of `length` tokens that score each target in [first_target, length) once.
+
+    Pure. The first window is the first `max_length` tokens, or, when the first target lies beyond them
+    (a long context), the window that scores `stride` targets from it; each later window ends `stride`
+    targets further and takes the `max_length` tokens before its end, so every target after the first
+    window has at least `max_length - stride` tokens of context."""
+    if not 1 <= first_target < length:
+        raise ValueError(f"no targets: first_target {first_target}, length {length}")
+    if not 1 <= stride <= max_length:
+        raise ValueError(f"stride {stride} must be in 1..max_length ({max_length})")
+    last = length - 1
+    end = min(last, max(max_length, first_target + stride - 1))
+    out = [Window(max(0, end - max_length), end, first_target)]
+    while end < last:
+        first, end = end + 1, min(last, end + stride)
+        out.append(Window(max(0, end - max_length), end, first))
+    return out
+
+
+def continuation_of(meta: str | dict | None, column: str) -> str | None:
+    """A prompt row's continuation, from its free columns (`meta`: a file's extra columns, or an inline
+    item's `meta:` mapping), or None: score the whole text."""
+    meta = json.loads(meta or "{}") if isinstance(meta, str) else (meta or {})
+    value = meta.get(column)
+    if value is None and isinstance(meta.get("meta"), dict):
+        value = meta["meta"].get(column)
+    return None if value is None else str(value)
+
+
+def encode(tok, prompt: dict, column: str) -> tuple[list[int], int, int, str | None]:
+    """(sequence, index of its first scored token, prompt tokens, continuation) for one prompt: the
+    prompt tokens are the context's (pair) or the text's (text)."""
+    continuation = continuation_of(prompt.get("meta"), column)
+    text, add = render_prompt(tok, prompt)
+    if continuation is None:
+        ids = tok(text, add_special_tokens=add)["input_ids"]
+        prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        if ids and ids[0] == prefix:
+            return ids, 1, len(ids) - 1, None             # the tokenizer added the BOS itself
+        return [prefix, *ids], 1, len(ids), None
+    if not continuation:
+        raise UnitFailure("empty continuation: nothing to score")
+    stripped = text.rstrip()
+    if len(stripped) < len(text):               # "Question: x Answer: " + "yes" → "... Answer:" + " yes"
+        text, continuation = stripped, text[len(stripped):] + continuation
+    context = tok(text, add_special_tokens=add)["input_ids"]
+    whole = tok(text + continuation, add_special_tokens=add)["input_ids"]
+    if len(whole) <= len(context):
+        raise UnitFailure(f"the continuation {continuation!r} adds no token after the context")
+    return whole, len(context), len(context), continuation
+
+
+@register_task("loglikelihood")
+class Loglikelihood(Task):
+    Params = LoglikelihoodParams
+    columns = (
+        ("continuation", pa.string()), ("logprob", pa.float64()), ("num_scored_tokens", pa.int32()),
+        ("perplexity", pa.float64()), ("token_logprobs", pa.list_(pa.float32())),
+        ("scored_tokens", pa.list_(pa.string())), ("scored_token_ids", pa.list_(pa.int32())),
+        ("is_greedy", pa.bool_()), ("num_windows", pa.int32()),
+    )
+
+    def prompt_identity(self, params: LoglikelihoodParams, prompt: Prompt) -> dict:
+        value = continuation_of(prompt.meta, params.continuation_column)
+        return {} if value is None else {"continuation": value}
+
+    def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+        import torch
+
+        tok, model, p = ctx.tokenizer, ctx.model, ctx.params
+        max_length = p.max_length or context_limit(model)
+        if not max_length:
+            raise UnitFailure("the model's config has no max_position_embeddings; set task.max_length")
+        stride = min(p.stride or max_length, max_length)
+        encoded, errors = {}, {}
+        for u in units:
+            try:
+                encoded[u.unit_id] = encode(tok, u.prompt, p.continuation_column)
+            except UnitFailure as e:
+                errors[u.unit_id] = str(e)
+        jobs = [(u.unit_id, w) for u in units if u.unit_id in encoded
+                for w in rolling_windows(len(encoded[u.unit_id][0]), encoded[u.unit_id][1], max_length, stride)]
+        if not jobs:
+            return [], errors
+        inputs = [encoded[uid][0][w.start:w.end] for uid, w in jobs]
+        batch = tok.pad({"input_ids": inputs}, return_tensors="pt", padding_side="right").to(ctx.device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        latency = time.perf_counter() - start
+        scored: dict[str, list[tuple[float, bool]]] = {uid: [] for uid in encoded}
+        for b, (uid, w) in enumerate(jobs):
+            ids = encoded[uid][0]
+            rows_at = torch.arange(w.first - 1 - w.start, w.end - w.start)     # logits predicting first..end
+            logp = torch.log_softmax(logits[b, rows_at].float(), dim=-1)
+            targets = torch.tensor(ids[w.first:w.end + 1])
+            values = logp.gather(-1, targets[:, None])[:, 0].tolist()
+            greedy = (logp.argmax(-1) == targets).tolist()
+            scored[uid] += list(zip(values, greedy))
+        rows = []
+        for u in units:
+            if u.unit_id not in encoded:
+                continue
+            ids, first, n_context, continuation = encoded[u.unit_id]
+            values = [v for v, _ in scored[u.unit_id]]
+            total = math.fsum(values)
+            targets = ids[first:]
+            rows.append({"unit_id": u.unit_id, "num_prompt_tokens": n_context, "continuation": continuation,
+                         "logprob": total, "num_scored_tokens": len(targets),
+                         "perplexity": math.exp(-total / len(targets)), "token_logprobs": values,
+                         "scored_tokens": [tok.decode([t]) for t in targets], "scored_token_ids": targets,
+                         "is_greedy": all(g for _, g in scored[u.unit_id]),
+                         "num_windows": sum(1 for uid, _ in jobs if uid == u.unit_id),
+                         "batch_latency_s": latency})
+        return rows, errors
+
+    def summarize(self, df):
+        """Per model × task configuration: units, scored tokens, mean log-probability per token and the
+        corpus perplexity exp(−Σ logprob / Σ tokens), the median unit perplexity and the greedy share."""
+        import pandas as pd
+
+        from lmsweep.results.summary import latency_percentiles
+
+        rows = []
+        for (model, variant), g in df.groupby(["model", "variant"], sort=True):
+            tokens = int(g["num_scored_tokens"].sum())
+            rows.append({"model": model, "variant": variant, "units": g["unit_id"].nunique(), "tokens": tokens,
+                         "logprob_per_token": float(g["logprob"].sum()) / tokens,
+                         "perplexity": math.exp(-float(g["logprob"].sum()) / tokens),
+                         "median_unit_perplexity": float(g["perplexity"].median()),
+                         "greedy_share": float(g["is_greedy"].mean()), **latency_percentiles(g)})
+        return pd.DataFrame(rows)
+
+    def examples(self, df, limit: int = 20):
+        """Per prompt: what was scored, its log-probability and perplexity."""
+        if df.empty:
+            return None
+        cols = ["model", "prompt_id", "continuation", "num_scored_tokens", "logprob", "perplexity"]
+        return df[[c for c in cols if c in df.columns]].head(limit)

@@ -1,0 +1,163 @@
+"""The loglikelihood task: stored scores equal a direct transformers computation (SmolLM2, fp32), rolling
+windows score each token once with the context they promise, batches do not change scores, and a
+pair's continuation is part of its unit id."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from helpers.cli import REPO, cli
+from helpers.task_runs import rows, run_spec
+from lmsweep.runner.tasks.loglikelihood import rolling_windows
+
+PAIRS = [("The capital of France is", " Paris"), ("The capital of France is", " Rome"),
+         ("Question: What is two plus two?\nAnswer: ", "four"),           # the trailing space moves
+         ("One, two, three,", " four, five, six")]
+TEXTS = ["Once upon a time there was a small cat who lived in a house.",
+         "The animal didn't cross the street because it was too tired."]
+
+
+def prompt_file(path, pairs=PAIRS, texts=TEXTS):
+    lines = [{"id": f"pair{i}", "text": c, "continuation": x} for i, (c, x) in enumerate(pairs)]
+    lines += [{"id": f"text{i}", "text": t} for i, t in enumerate(texts)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def spec(models: str, prompts: str, task: str = "{type: loglikelihood}", batch: int = 8) -> str:
+    return f"name: ll\nmodels: {models}\nprompts: [{{name: p, file: {prompts}}}]\ntask: {task}\n" \
+           f"execution: {{batch_size: {batch}}}\n"
+
+
+def direct_logprobs(model, sequence: list[int], first: int) -> list[float]:
+    """log p(token t | all tokens before t) for t >= first, from one unpadded forward pass."""
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([sequence])).logits[0].float(), -1)
+    return [float(logp[t - 1, sequence[t]]) for t in range(first, len(sequence))]
+
+
+@pytest.fixture(scope="module")
+def smol_runs(tmp_path_factory, smollm2_dir):
+    """SmolLM2 in float32 on pairs and texts, in one batch and one unit per batch."""
+    tmp = tmp_path_factory.mktemp("ll")
+    prompts = prompt_file(tmp / "pairs.jsonl")
+    models = "[{alias: smol, source: 'package:smollm2-135m-instruct', dtype: float32}]"
+    return {b: rows(run_spec(tmp / f"b{b}", spec(models, prompts, batch=b))).set_index("prompt_id")
+            for b in (1, 8)}
+
+
+@pytest.mark.slow
+def test_scores_equal_a_direct_transformers_computation(smol_runs, smollm2_dir):
+    df = smol_runs[8]
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    worst = 0.0
+    for i, (context, continuation) in enumerate(PAIRS):
+        if context.endswith(" "):
+            context, continuation = context[:-1], " " + continuation
+        ctx_ids = tok(context)["input_ids"]
+        whole = tok(context + continuation)["input_ids"]
+        want = direct_logprobs(model, whole, len(ctx_ids))
+        r = df.loc[f"pair{i}"]
+        assert list(r["scored_token_ids"]) == whole[len(ctx_ids):]
+        assert tok.decode(list(r["scored_token_ids"])) == continuation
+        worst = max(worst, max(abs(a - b) for a, b in zip(r["token_logprobs"], want)), abs(r["logprob"] - sum(want)))
+        assert r["num_scored_tokens"] == len(want) and r["continuation"] == continuation
+        assert r["perplexity"] == pytest.approx(math.exp(-r["logprob"] / len(want)))
+    for i, text in enumerate(TEXTS):
+        ids = tok(text)["input_ids"]
+        want = direct_logprobs(model, [tok.bos_token_id, *ids], 1)           # the first token after BOS
+        r = df.loc[f"text{i}"]
+        assert list(r["scored_token_ids"]) == ids and r["num_windows"] == 1 and pd.isna(r["continuation"])
+        assert "".join(r["scored_tokens"]) == text
+        worst = max(worst, max(abs(a - b) for a, b in zip(r["token_logprobs"], want)), abs(r["logprob"] - sum(want)))
+    assert worst < 1e-4
+    assert df.loc["pair0", "logprob"] > df.loc["pair1", "logprob"]           # Paris beats Rome
+
+
+@pytest.mark.slow
+def test_batch_of_one_equals_batch_of_eight(smol_runs):
+    one, many = smol_runs[1], smol_runs[8].loc[smol_runs[1].index]
+    assert (one["scored_token_ids"].map(list) == many["scored_token_ids"].map(list)).all()
+    assert (one["logprob"] - many["logprob"]).abs().max() < 1e-5
+    assert (one["is_greedy"] == many["is_greedy"]).all()
+
+
+@pytest.mark.slow
+def test_pairs_sharing_a_context_are_distinct_units(smol_runs):
+    df = smol_runs[8]
+    assert df.loc["pair0", "unit_id"] != df.loc["pair1", "unit_id"]
+    assert df["unit_id"].is_unique and len(df) == len(PAIRS) + len(TEXTS)
+
+
+@pytest.mark.parametrize("length,first,window,stride", [(2, 1, 4, 4), (10, 1, 4, 4), (23, 1, 8, 3), (23, 9, 8, 8),
+                                                         (23, 20, 8, 1), (5, 1, 2, 1)])
+def test_rolling_windows_score_each_target_once_with_the_promised_context(length, first, window, stride):
+    windows = rolling_windows(length, first, window, stride)
+    targets = [t for w in windows for t in range(w.first, w.end + 1)]
+    assert targets == list(range(first, length))                         # each once, in order
+    for k, w in enumerate(windows):
+        assert 0 <= w.start < w.first and w.end - w.start <= window
+        if k:                                                           # later windows: max_length - stride before
+            assert w.first - w.start >= window - stride + 1 or w.start == 0
+    if first == 1 and stride == window:                                 # lm-eval's disjoint windows
+        assert len(windows) == math.ceil((length - 1) / window)
+
+
+@pytest.mark.slow
+def test_long_texts_roll_with_the_stride(tiny_llama, tmp_path):
+    """With stride 1, every token is predicted from exactly the max_length tokens before it (or all of them);
+    with stride = max_length, the windows are disjoint (lm-eval's loglikelihood_rolling)."""
+    text, context = " ".join(TEXTS * 2), "Once upon a time"
+    prompts = prompt_file(tmp_path / "long.jsonl", pairs=[(context, " " + TEXTS[1])], texts=[text])
+    models = f"[{{alias: tiny, source: {tiny_llama}}}]"
+    window = 8
+    dfs = {s: rows(run_spec(tmp_path / f"s{s}", spec(models, prompts, f"{{type: loglikelihood, max_length: {window}, "
+                                                                       f"stride: {s}}}"))).set_index("prompt_id")
+           for s in (1, window)}
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+
+    def most_context(seq, first):
+        return [direct_logprobs(model, seq[max(0, t - window):t + 1], min(t, window))[0]
+                for t in range(first, len(seq))]
+
+    seq = [tok.bos_token_id, *tok(text)["input_ids"]]
+    pair_seq, pair_first = tok(context + " " + TEXTS[1])["input_ids"], len(tok(context)["input_ids"])
+    for key, sequence, first in (("text0", seq, 1), ("pair0", pair_seq, pair_first)):
+        r = dfs[1].loc[key]
+        assert len(sequence) - first > window and list(r["scored_token_ids"]) == sequence[first:]
+        assert max(abs(a - b) for a, b in zip(r["token_logprobs"], most_context(sequence, first))) < 1e-4
+    assert dfs[1].loc["text0", "num_windows"] == len(seq) - window
+    disjoint = dfs[window].loc["text0"]
+    assert disjoint["num_windows"] == math.ceil((len(seq) - 1) / window)
+    assert list(disjoint["scored_token_ids"]) == seq[1:]
+    assert disjoint["logprob"] != pytest.approx(dfs[1].loc["text0", "logprob"])    # less context, other scores
+
+
+def test_continuation_column_and_inline_meta(tiny_llama, tmp_path):
+    models = f"[{{alias: tiny, source: {tiny_llama}}}]"
+    text = f"""name: inline
+models: {models}
+prompts:
+  - name: p
+    items:
+      - {{id: a, text: "The capital of France is", meta: {{answer: " Paris"}}}}
+      - {{id: b, text: "The capital of France is", meta: {{answer: " Rome"}}}}
+task: {{type: loglikelihood, continuation_column: answer}}
+"""
+    df = rows(run_spec(tmp_path, text)).set_index("prompt_id")
+    assert list(df.loc[["a", "b"], "continuation"]) == [" Paris", " Rome"]
+    assert (df["num_scored_tokens"] >= 1).all() and df["unit_id"].is_unique
+
+
+@pytest.mark.slow
+def test_an_example_config_runs(tmp_path, smollm2_dir):
+    cli("run", str(REPO / "configs" / "loglikelihood.yaml"), "--output-dir", str(tmp_path), "--quiet", check=True)
+    summary = cli("results", str(tmp_path / "loglikelihood"), "--summary", "--csv", check=True).stdout
+    assert "perplexity" in summary.splitlines()[0]
