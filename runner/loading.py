@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lmsweep.runner.model_cache import materialize
+from lmsweep.runner.model_cache import materialize, tokenizer_dir
 
 if TYPE_CHECKING:
     from lmsweep.jobs.plan import ModelInfo
@@ -29,14 +28,12 @@ def load(model: ModelInfo, model_class: str | None, attn_implementation: str | N
     import transformers
 
     start = time.perf_counter()
-    tok_kwargs: dict[str, Any] = {}
     if model_class is None and model.path.endswith(".gguf"):
-        # Tokenizer only: read it from the GGUF header instead of converting the weights.
-        path, tok_kwargs["gguf_file"] = Path(model.path).parent, Path(model.path).name
+        # Tokenizer only: read once from the GGUF header and saved (model_cache.tokenizer_dir), no weights
+        path = tokenizer_dir(model.path, model.fingerprint)
     else:
         path = materialize(model.path, model.fingerprint)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code,
-                                                           **tok_kwargs)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(path, trust_remote_code=model.trust_remote_code)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
