@@ -71,7 +71,9 @@ def fit_columns(headers: list[str], rows: list[list[str]], width: int) -> list[t
     return out or [(0, max(len(headers[0]), width - 4))]
 
 
-def print_df(df: pd.DataFrame | None, title: str, wide: bool = False, out: Console | None = None) -> None:
+def print_df(df: pd.DataFrame | None, title: str, wide: bool = False, out: Console | None = None,
+             more: str = "a wider terminal, --wide or --csv") -> None:
+    """`df` as a table that fits the terminal (all columns with `wide`); `more` says how to see the rest."""
     out = out or console
     if df is None or df.empty:
         return
@@ -79,8 +81,7 @@ def print_df(df: pd.DataFrame | None, title: str, wide: bool = False, out: Conso
     rows = [[cell(v) for v in row] for row in df.itertuples(index=False)]
     shown = list(enumerate(natural_widths(headers, rows))) if wide else fit_columns(headers, rows, out.width)
     hidden = headers[len(shown):]
-    caption = (f"{len(hidden)} more column(s): {', '.join(hidden)} (a wider terminal, --wide or --csv)"
-               if hidden else None)
+    caption = f"{len(hidden)} more column(s): {', '.join(hidden)} ({more})" if hidden else None
     table = Table(title=title, caption=caption, caption_justify="left")
     for i, w in shown:
         table.add_column(headers[i], overflow="fold", min_width=len(headers[i]), max_width=w)

@@ -18,7 +18,7 @@ def report(exp: Path, quiet: bool = False) -> int:
     if not quiet:
         df = load(exp)
         task = read_plan(exp).meta["task"]["type"]
-        print_df(summarize(df, task), f"summary: {exp}")
+        print_df(summarize(df, task), f"summary: {exp}", more=f"lmsweep results {exp} --summary --wide or --csv")
         shown = task_examples(df, task)
         if shown is not None:
             print_df(shown, "examples")
@@ -190,6 +190,16 @@ def cmd_plot_attention(args) -> int:
     return 0
 
 
+def cmd_plot_hidden_states(args) -> int:
+    from lmsweep.results.plots import plot_hidden_states
+
+    for path in plot_hidden_states(Path(args.experiment), Path(args.out) if args.out else None,
+                                   layers=_int_list(args.layers) if args.layers else None,
+                                   models=args.model.split(",") if args.model else None):
+        console.print(f"wrote {path}")
+    return 0
+
+
 def register(sub) -> None:
     s = sub.add_parser("plot", help="draw figures from an experiment's results")
     kinds = s.add_subparsers(dest="plot", required=True)
@@ -200,6 +210,12 @@ def register(sub) -> None:
     a.add_argument("--layers", help="only these layers, e.g. 0,5,29")
     a.add_argument("--heads", help="only these heads (-1 = the head mean)")
     a.set_defaults(func=cmd_plot_attention)
+    h = kinds.add_parser("hidden_states", help="per layer: the prompts' cosine-similarity heatmap and 2-D PCA")
+    h.add_argument("experiment", help="experiment directory of a hidden_states task")
+    h.add_argument("--layers", help="these layers, e.g. 0,15,30 (default: up to six, evenly spaced)")
+    h.add_argument("--model", help="only these model aliases, comma-separated")
+    h.add_argument("--out", help="output directory (default: EXPERIMENT/plots)")
+    h.set_defaults(func=cmd_plot_hidden_states)
 
     s = sub.add_parser("results", help="show an experiment's rows or summary")
     s.add_argument("experiment", help="experiment directory")
