@@ -1,6 +1,8 @@
-"""deepspeed vs hf backend: wall time of the quickstart workload, one run each, on this machine.
+"""deepspeed vs hf backend: wall time of the quickstart workload, one run each, on this machine; and with
+--vllm, raw vLLM vs lmsweep `backend: vllm` vs lmsweep `backend: hf` on the generate benchmark's workload.
 
     python -m benchmarks.backends [--spec configs/quickstart.yaml] [--tp2] [--repeat N] [--json out.json]
+    python -m benchmarks.backends --vllm [--rounds 3] [--prompts 64] [--max-new-tokens 64] [--json out.json]
 
 Each configuration is the quickstart spec with only `execution.backend` (and, with --tp2, the model's
 tensor_parallel and the ranks per element) changed, planned into a scratch directory and run as real
@@ -14,6 +16,14 @@ it; on a first run with --tp2, DeepSpeed's CPU shared-memory op is compiled (~70
 One run each by default. On a shared machine other work skews a single run (OpenMP threads suffer most
 when a core is taken away mid-region), so each row also shows the load average before and after; with
 --repeat N the configurations run in N rounds of alternating order and each one's fastest round counts.
+
+--vllm (needs .venv-vllm, `make .venv-vllm`): `bench_prompts(64)` greedy, up to 64 new tokens, one batch.
+Three contestants per round, in rotating order: raw vLLM (`benchmarks/raw_vllm.py`: `LLM.generate` on an
+engine started once, before the rounds), a fresh `lmsweep worker` with `backend: vllm` (its engine start
+reported apart) and a fresh `lmsweep worker` with `backend: hf`, batch 64. Each lmsweep figure is tokens/s
+over the worker's time after its model load (sidecar timers: total - setup - load, so tokenizing, rows,
+Parquet and sidecars count against it); raw vLLM's is over its `generate` call. Ratios are taken within a
+round; medians over the rounds are printed, with the greedy token agreement with raw vLLM.
 """
 from __future__ import annotations
 
@@ -108,6 +118,133 @@ def warm_up(spec: dict, spec_dir: Path, tp2: bool) -> None:
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=dict(os.environ))
 
 
+# ---- --vllm: raw vLLM vs lmsweep vllm vs lmsweep hf ---------------------------------------------------------
+
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+VLLM_TARGETS = {"lmsweep_vllm_vs_raw": 0.95, "lmsweep_hf_vs_raw": 1.0}
+
+
+def bench_spec(name: str, backend: str, prompts: list[str], max_new_tokens: int) -> dict:
+    return {"name": name, "models": [{"alias": "smollm2", "source": "package:smollm2-135m-instruct"}],
+            "prompts": [{"name": "bench", "items": prompts}], "task": "generate",
+            "decoding": {"max_new_tokens": max_new_tokens},
+            "execution": {"backend": backend, "batch_size": len(prompts)}}
+
+
+def lmsweep_worker(python: Path, spec: dict, work: Path, env: dict) -> dict:
+    """Plan `spec` and run its one element in a fresh worker process of `python`; its figures."""
+    from lmsweep.jobs.plan import plan_spec, write_plan
+    from lmsweep.jobs.spec import load_spec
+    from lmsweep.results.load import load
+
+    path = work / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    plan = plan_spec(load_spec(path))
+    exp = work / "runs" / spec["name"]
+    write_plan(plan, exp)
+    load_avg = os.getloadavg()[0]
+    start = time.perf_counter()
+    proc = subprocess.run([str(python), "-m", "lmsweep", "worker", "--plan", str(exp), "--element", "0"],
+                          capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{spec['name']}: worker exited {proc.returncode}\n{proc.stderr[-3000:]}")
+    meta = json.loads(next((exp / "meta").glob("element-*-rank-*.json")).read_text())
+    t = meta["timers"]
+    df = load(exp).sort_values("prompt_id")
+    after_load = t["total_s"] - t["setup_s"] - t["load_s"]
+    new = int(df["num_new_tokens"].sum())
+    return {"wall_s": wall, "load_s": t["load_s"], "after_load_s": after_load, "model_s": t["model_s"],
+            "engine_start_s": (meta.get("backend_config") or {}).get("engine_start_s"),
+            "new_tokens": new, "tokens_per_s": new / after_load, "load_avg": load_avg,
+            "token_ids": [list(x) for x in df["token_ids"]]}
+
+
+def vllm_comparison(args) -> int:
+    from benchmarks.workload import bench_prompts
+    from lmsweep.jobs.model_sources import resolve
+    from lmsweep.runner.model_cache import materialize
+
+    if not VLLM_PYTHON.exists():
+        raise SystemExit(f"{VLLM_PYTHON} is missing: build it with `make .venv-vllm`")
+    ref = resolve("package:smollm2-135m-instruct")
+    model_dir = materialize(ref.path, ref.fingerprint)
+    prompts = bench_prompts(args.prompts)
+    threads = str(os.cpu_count() or 1)
+    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads),
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE":
+           os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"), "TOKENIZERS_PARALLELISM": "false"}
+    raw = subprocess.Popen([str(VLLM_PYTHON), "-m", "benchmarks.raw_vllm", str(model_dir), str(args.prompts),
+                            str(args.max_new_tokens)], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def raw_answer() -> dict:
+        for line in raw.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        raise SystemExit(f"raw vLLM exited {raw.wait()}")
+
+    raw_start = raw_answer()["engine_start_s"]
+    contestants = {
+        "raw vLLM": None,
+        "lmsweep vllm": (VLLM_PYTHON, "vllm"),
+        "lmsweep hf": (Path(sys.executable), "hf"),
+    }
+    rounds: list[dict[str, dict]] = []
+    with tempfile.TemporaryDirectory(prefix="lmsweep-bench-vllm-") as tmp:
+        for r in range(args.rounds):
+            names = list(contestants)
+            names = names[r % len(names):] + names[:r % len(names)]
+            got: dict[str, dict] = {}
+            for name in names:
+                print(f"round {r + 1}: {name} ...", file=sys.stderr, flush=True)
+                if contestants[name] is None:
+                    load_avg = os.getloadavg()[0]
+                    raw.stdin.write("run\n")
+                    raw.stdin.flush()
+                    a = raw_answer()
+                    got[name] = {"wall_s": a["seconds"], "after_load_s": a["seconds"], "new_tokens": a["new_tokens"],
+                                 "tokens_per_s": a["new_tokens"] / a["seconds"], "load_avg": load_avg,
+                                 "engine_start_s": raw_start, "token_ids": a["token_ids"]}
+                else:
+                    python, backend = contestants[name]
+                    spec = bench_spec(f"bench-{backend}-{r}", backend, prompts, args.max_new_tokens)
+                    got[name] = lmsweep_worker(python, spec, Path(tmp), env)
+            rounds.append(got)
+    raw.stdin.close()
+    raw.wait()
+    return report_vllm(rounds, args)
+
+
+def report_vllm(rounds: list[dict[str, dict]], args) -> int:
+    import statistics
+
+    print(f"workload: bench_prompts({args.prompts}) greedy, up to {args.max_new_tokens} new tokens, one batch; "
+          f"SmolLM2-135M fp32, {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, "
+          f"{len(rounds)} interleaved rounds")
+    print(f"{'round':<7}{'contestant':<15}{'tokens/s':>10}{'new tokens':>12}{'gen s':>8}{'engine/load s':>15}"
+          f"{'÷ raw':>7}{'same ids':>10}{'load avg':>10}")
+    ratios: dict[str, list[float]] = {}
+    for i, got in enumerate(rounds):
+        base = got["raw vLLM"]
+        for name, g in got.items():
+            ratio = g["tokens_per_s"] / base["tokens_per_s"]
+            ratios.setdefault(name, []).append(ratio)
+            same = sum(a == b for a, b in zip(g["token_ids"], base["token_ids"]))
+            start = g.get("engine_start_s") if name != "lmsweep hf" else g.get("load_s")
+            print(f"{i + 1:<7}{name:<15}{g['tokens_per_s']:>10.1f}{g['new_tokens']:>12}{g['after_load_s']:>8.2f}"
+                  f"{start or 0:>15.1f}{ratio:>7.2f}{same:>5}/{len(base['token_ids']):<4}{g['load_avg']:>10.1f}")
+    med = {name: statistics.median(r) for name, r in ratios.items()}
+    print(f"median ratios: lmsweep vllm ÷ raw vLLM {med['lmsweep vllm']:.2f} "
+          f"(target ≥ {VLLM_TARGETS['lmsweep_vllm_vs_raw']}); lmsweep hf ÷ raw vLLM {med['lmsweep hf']:.2f} "
+          f"(target ≥ {VLLM_TARGETS['lmsweep_hf_vs_raw']})")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"rounds": [{n: {k: v for k, v in g.items() if k != "token_ids"}
+                                                              for n, g in got.items()} for got in rounds],
+                                               "median_ratios": med}, indent=1))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.backends", description=__doc__.split("\n")[0])
     p.add_argument("--spec", default=str(REPO / "configs" / "quickstart.yaml"))
@@ -117,7 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=1,
                    help="rounds, alternating the order (ABC, CBA, ...); each configuration's fastest round is "
                         "reported, which filters out other work on a shared machine (default 1: one run)")
+    p.add_argument("--vllm", action="store_true", help="raw vLLM vs lmsweep vllm vs lmsweep hf (needs .venv-vllm)")
+    p.add_argument("--rounds", type=int, default=3, help="--vllm: interleaved rounds (default 3)")
+    p.add_argument("--prompts", type=int, default=64, help="--vllm: prompts (default 64)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="--vllm: new tokens at most (default 64)")
     args = p.parse_args(argv)
+    if args.vllm:
+        return vllm_comparison(args)
 
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
     spec_path = Path(args.spec)

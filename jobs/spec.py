@@ -153,7 +153,7 @@ class ExecutionSpec(Strict):
 
     model_config = ConfigDict(extra="allow")
 
-    backend: Literal["hf", "deepspeed"] = "hf"
+    backend: Literal["hf", "deepspeed", "vllm"] = "hf"     # vllm: runner/backends/vllm.py
     system: str = "local"
     batch_size: int | str = 8          # units per batch, or "auto": the runner picks and backs off on OOM
     ranks_per_element: int = Field(1, ge=1, le=100_000)
@@ -359,9 +359,9 @@ def _check_parallelism(spec: ExperimentSpec) -> None:
         if ex.backend == "hf" and m.tensor_parallel > 1:
             problems.append(("tensor_parallel", f"tensor_parallel={m.tensor_parallel} needs execution.backend: "
                                                 "deepspeed"))
-        if ex.backend == "hf" and m.kernel_inject:
+        if ex.backend != "deepspeed" and m.kernel_inject:
             problems.append(("kernel_inject", "kernel_inject needs execution.backend: deepspeed"))
-        if ex.ranks_per_element % m.tensor_parallel:
+        if ex.backend == "deepspeed" and ex.ranks_per_element % m.tensor_parallel:   # vllm: TP inside a rank
             problems.append(("tensor_parallel", f"tensor_parallel={m.tensor_parallel} does not divide "
                                                 f"execution.ranks_per_element={ex.ranks_per_element}; an "
                                                 f"element's ranks form groups of {m.tensor_parallel}"))

@@ -21,14 +21,16 @@ class LoadedModel:
     path: str
 
 
-def load(model: ModelInfo, model_class: str | None, attn_implementation: str | None = None) -> LoadedModel:
+def load(model: ModelInfo, model_class: str | None, attn_implementation: str | None = None, *,
+         materialized: bool = False) -> LoadedModel:
     """`model` is the plan's entry for the model; `model_class` an Auto class name from the task,
-    or None for tasks that need only the tokenizer (the weights are then never read)."""
+    or None for tasks that need only the tokenizer (the weights are then never read). `materialized`:
+    the tokenizer of the HF directory a GGUF converts into (for an engine that loads that directory)."""
     import torch
     import transformers
 
     start = time.perf_counter()
-    if model_class is None and model.path.endswith(".gguf"):
+    if model_class is None and model.path.endswith(".gguf") and not materialized:
         # Tokenizer only: read once from the GGUF header and saved (model_cache.tokenizer_dir), no weights
         path = tokenizer_dir(model.path, model.fingerprint)
     else:

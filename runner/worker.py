@@ -32,6 +32,7 @@ from lmsweep.results.load import done_unit_ids
 from lmsweep.results.schema import SCHEMA_VERSION
 from lmsweep.results.writer import PartWriter
 from lmsweep.runner import autobatch, backends, distributed, loading, locks, sidecars, signals
+from lmsweep.runner.backends import vllm
 from lmsweep.runner.batches import BatchQueue, OutOfMemory, release_memory, run_isolated
 from lmsweep.runner.units import TaskContext, Unit
 
@@ -162,10 +163,11 @@ def set_up_rank(run: ElementRun) -> Rank:
     settings = backends.resolve(run.plan.execution.backend, run.model, backends.detect_accelerator(),
                                 spec_file=spec_file, where=where)
     backends.check_architecture(settings, backends.model_type(run.model.path), spec_file=spec_file, where=where)
-    layout = _tp_layout(world.size, settings.tp, spec_file)
+    layout = _tp_layout(world.size, settings.group_size, spec_file)
     threads, threads_from = distributed.threads_for_rank(run.plan.execution.threads_per_rank, world.local_size)
-    binding = distributed.bind_device(world, settings.accelerator)
-    backends.prepare_environment()
+    binding = vllm.bind(world, settings.accelerator, settings.tp, threads) if settings.backend == vllm.NAME \
+        else distributed.bind_device(world, settings.accelerator)
+    backends.prepare_environment(settings)
     tp_group = backends.init_process_groups(world, layout, settings)
     return Rank(world, settings, layout, binding, threads, threads_from, tp_group)
 
@@ -241,17 +243,22 @@ def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> Ran
     import torch
     torch.set_num_threads(rank.threads)
     settings = rank.settings
-    if not (claim.todo or settings.tp > 1):   # a TP group with no share still joins the collective model set-up
+    if not (claim.todo or settings.group_size > 1):   # a TP group with no share still joins the model set-up
         return RankModel(None, None, {}, 0)
     unit0 = claim.todo[0] if claim.todo else claim.units[claim.pending[0]]
     signals.test_point("load")
     start = time.perf_counter()
-    loaded = loading.load(run.model, task_model_class(run.task, task_params(run.plan, unit0.variant)),
-                          run.task.attn_implementation)
+    model_class = task_model_class(run.task, task_params(run.plan, unit0.variant))
     loads = 1
-    model, backend_info = (backends.wrap(loaded.model, settings, rank.tp_group, rank.device,
-                                         spec_file=run.plan.spec_file, where=run.where)
-                           if loaded.model is not None else (None, {"backend": settings.backend}))
+    if settings.backend == vllm.NAME and model_class is not None:    # the engine loads the weights
+        loaded = loading.load(run.model, None, materialized=True)
+        model, backend_info = vllm.load(run.model, Path(loaded.path), loaded.tokenizer, settings.tp)
+        loaded = loading.LoadedModel(model, loaded.tokenizer, time.perf_counter() - start, loaded.path)
+    else:
+        loaded = loading.load(run.model, model_class, run.task.attn_implementation)
+        model, backend_info = (backends.wrap(loaded.model, settings, rank.tp_group, rank.device,
+                                             spec_file=run.plan.spec_file, where=run.where)
+                               if loaded.model is not None else (None, {"backend": settings.backend}))
     timers.load_s = time.perf_counter() - start
     print(f"loaded model {run.alias} in {loaded.load_seconds:.1f}s (loads this rank: {loads}; backend "
           f"{settings.backend}, tp {settings.tp}, {rank.device})", file=sys.stderr, flush=True)
@@ -300,11 +307,15 @@ def run_batches(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, bat
     sink = ResultSink(run, rank)
     finished, failed = claim.done_before, 0
     auto = batch_size == "auto"
-    if auto and todo:
+    if auto and todo and rank.settings.backend == vllm.NAME:     # the engine schedules inside a chunk
+        batch_size, why = vllm.AUTO_CHUNK, f"auto: chunks of {vllm.AUTO_CHUNK} units (backend vllm)"
+        print(f"batch size {why}", file=sys.stderr, flush=True)
+    elif auto and todo:
         batch_size, why = autobatch.start_size(ctx.model, todo, rank.settings.accelerator)
         print(f"batch size {why}", file=sys.stderr, flush=True)
     queue = BatchQueue(task, todo, batch_size if todo else 1)
-    oom_raises = auto and rank.settings.tp == 1   # auto: halve on out-of-memory (not with TP: peers would diverge)
+    # auto: halve on out-of-memory (not with TP: peers would diverge; vLLM sizes its own cache)
+    oom_raises = auto and rank.settings.tp == 1 and rank.settings.backend != vllm.NAME
     note = f"element {run.element} rank {rank.rank}"
     while queue:
         batch = queue.next()

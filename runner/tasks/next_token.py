@@ -24,6 +24,7 @@ class NextTokenParams(TaskParams):
 @register_task("next_token")
 class NextToken(Task):
     Params = NextTokenParams
+    backends = ("hf", "deepspeed", "vllm")
     columns = (
         ("topk_ids", pa.list_(pa.int32())), ("topk_tokens", pa.list_(pa.string())),
         ("topk_probs", pa.list_(pa.float32())), ("entropy", pa.float64()),
@@ -33,6 +34,10 @@ class NextToken(Task):
     diffs_title = "Next-token units beyond tolerance"
 
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+        from lmsweep.runner.backends import vllm
+
+        if vllm.is_engine(ctx.model):        # top-k from the engine's log-probabilities
+            return vllm.next_token(ctx, units, ctx.params.top_k)
         import torch
 
         tok, model, k = ctx.tokenizer, ctx.model, ctx.params.top_k

@@ -1,4 +1,5 @@
-"""How a rank runs its model: plain transformers (`hf`) or wrapped by DeepSpeed inference (`deepspeed`).
+"""How a rank runs its model: plain transformers (`hf`), wrapped by DeepSpeed inference (`deepspeed`),
+or as a vLLM engine (`vllm`, its own module: runner/backends/vllm.py).
 
 Both backends load the same `from_pretrained` model (runner/loading.py). `deepspeed` then calls
 `deepspeed.init_inference(model, config={dtype, tensor_parallel: {tp_size}, replace_with_kernel_inject})`.
@@ -28,7 +29,7 @@ from lmsweep.jobs.errors import SpecError
 if TYPE_CHECKING:
     from lmsweep.jobs.spec import ModelSpec
 
-BACKENDS = ("hf", "deepspeed")
+BACKENDS = ("hf", "deepspeed", "vllm")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,12 @@ class Settings:
     dtype: str
     tp: int
     kernel_inject: bool | None      # None: decided from the model (cuda: inject where a policy exists)
+
+    @property
+    def group_size(self) -> int:
+        """Ranks per lmsweep tensor-parallel group: DeepSpeed shards across ranks; a vLLM engine keeps its
+        tensor parallelism inside its rank, so each rank is its own group (data parallel)."""
+        return self.tp if self.backend == "deepspeed" else 1
 
     def ds_config(self, kernel_inject: bool | None = None) -> dict:
         """The init_inference config as recorded in metadata (JSON), without the process-group objects."""
@@ -90,6 +97,11 @@ def resolve(backend: str, model: ModelSpec, accelerator: str, *, spec_file: str 
         if inject:
             raise fail("kernel_inject", "kernel_inject needs execution.backend: deepspeed")
         return Settings("hf", accelerator, dtype, 1, False)
+    if backend == "vllm":
+        from lmsweep.runner.backends import vllm
+
+        vllm.check_request(accelerator, dtype, inject, spec_file=spec_file, where=where)
+        return Settings("vllm", accelerator, dtype, tp, False)
     profile = PROFILES.get(accelerator)
     if profile is None:
         raise SpecError(f"DeepSpeed accelerator {accelerator!r} has no lmsweep profile; known: "
@@ -121,7 +133,12 @@ def extensions_dir() -> str:
     return str(cache_root() / "torch_extensions" / tag)
 
 
-def prepare_environment() -> None:
+def prepare_environment(settings: Settings | None = None) -> None:
+    if settings is not None and settings.backend == "vllm":
+        from lmsweep.runner.backends import vllm
+
+        vllm.prepare_environment()
+        return
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
 
 
@@ -131,8 +148,11 @@ def init_process_groups(world, layout, settings: Settings):
     Needed for tensor parallelism, and for our own object collectives when a torch launcher (no MPI)
     started the ranks. `dist.new_group` is collective over the world: every rank creates every group.
     """
-    need_tp = settings.tp > 1
+    need_tp = settings.group_size > 1
     need_objects = world.launcher == "env" and world.size > 1
+    if settings.backend == "vllm" and need_objects:
+        raise SpecError("backend vllm ranks are started by an MPI launcher (mpiexec, srun) or alone, not by "
+                        "torchrun: each vLLM engine sets up torch.distributed itself", field="execution.backend")
     if not (need_tp or need_objects):
         return None
     import torch.distributed as dist
@@ -279,6 +299,8 @@ def wrap(model, settings: Settings, tp_group=None, device: str = "cpu", *, spec_
         if device != "cpu":
             model = model.to(device)
         return model, {"backend": "hf", "device": device}
+    if settings.backend == "vllm":      # the engine was started by runner/backends/vllm.load
+        return model, {"backend": "vllm", "device": device}
     inject = settings.kernel_inject
     if inject is None:              # automatic: only reachable on CUDA (the CPU profile pins False)
         inject = has_kernel_policy(model)

@@ -1,0 +1,84 @@
+"""What backend vllm cannot serve is refused at plan time, with the line and the backend that can (no vLLM
+needed: planning never imports it); what it can serve plans."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from helpers.cli import cli, write_spec
+from lmsweep.runner import backends
+from lmsweep.runner.backends import vllm
+
+HEAD = ("name: v\nmodels:\n  - alias: smollm2\n    source: package:smollm2-135m-instruct\n"
+        "prompts:\n  - name: p\n    items: [Once upon a time]\n")
+
+
+def spec(tmp_path, task: str, decoding: str = "", backend: str = "vllm", model_extra: str = ""):
+    text = HEAD.replace("package:smollm2-135m-instruct\n", "package:smollm2-135m-instruct\n" + model_extra)
+    return write_spec(tmp_path / "s.yaml", f"{text}task: {task}\n{decoding}execution:\n  backend: {backend}\n")
+
+
+@pytest.mark.parametrize("decoding, needle, line", [
+    ("decoding:\n  num_beams: 4\n", "beam search is not served by backend vllm", 9),
+    ("decoding:\n  no_repeat_ngram_size: 3\n", "no_repeat_ngram_size is not served by backend vllm", 9),
+])
+def test_decoding_vllm_cannot_serve_is_refused_at_plan_time(tmp_path, decoding, needle, line):
+    proc = cli("plan", str(spec(tmp_path, "generate", decoding)), "--output-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr.strip()
+    assert needle in err and "execution.backend: hf" in err, err
+    assert f"s.yaml:{line}:" in err, err
+    assert not (tmp_path / "runs").exists()                  # nothing partial written
+
+
+def test_a_task_vllm_cannot_serve_names_the_backends_that_can(tmp_path):
+    proc = cli("plan", str(spec(tmp_path, "attention")), "--output-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "vllm" in proc.stderr and "hf" in proc.stderr, proc.stderr
+
+
+def test_what_vllm_serves_plans(tmp_path):
+    decoding = "decoding:\n  include:\n    - {}\n    - {temperature: 0.7, num_return_sequences: 2}\n" \
+               "    - {repetition_penalty: 1.3}\n  seeds: [0]\n"
+    proc = cli("plan", str(spec(tmp_path, "generate", decoding, model_extra="    tensor_parallel: 4\n")),
+               "--output-dir", str(tmp_path / "runs"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr   # TP lives inside a rank's engine: 1 rank is fine
+    proc = cli("plan", str(spec(tmp_path, "{type: next_token, top_k: 200}")), "--output-dir", str(tmp_path / "r2"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_vllm_settings_keep_ranks_data_parallel():
+    from lmsweep.jobs.spec import ModelSpec
+
+    model = ModelSpec(alias="m", source="package:smollm2-135m-instruct", tensor_parallel=4)
+    settings = backends.resolve("vllm", model, "cuda")
+    assert (settings.backend, settings.tp, settings.group_size) == ("vllm", 4, 1)
+    assert backends.resolve("deepspeed", model, "cuda").group_size == 4
+    with pytest.raises(Exception, match="float16 with backend vllm needs a CUDA GPU"):
+        backends.resolve("vllm", ModelSpec(alias="m", source="x", dtype="float16"), "cpu")
+    with pytest.raises(Exception, match="kernel_inject needs execution.backend: deepspeed"):
+        vllm.check_request("cuda", "float16", True, spec_file=None, where="models[0]")
+
+
+@pytest.mark.parametrize("visible, local_rank, local_size, tp, gpus", [
+    ("0,1,2,3", 1, 2, 2, ["2", "3"]),      # a Polaris node, 2 ranks of TP=2: each takes its pair
+    ("0,1,2,3", 0, 1, 4, ["0", "1", "2", "3"]),
+    ("3", 1, 4, 1, ["3"]),                 # the profile's gpu_bind gave this rank its one GPU already
+])
+def test_vllm_rank_takes_its_tensor_parallel_gpus(monkeypatch, visible, local_rank, local_size, tp, gpus):
+    from lmsweep.runner.distributed import World
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    binding = vllm.bind(World(rank=local_rank, size=local_size, local_rank=local_rank, local_size=local_size),
+                        "cuda", tp, threads=8)
+    assert binding["gpus"] == gpus and binding["label"] == "cuda:" + ",".join(gpus)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == ",".join(gpus)
+
+
+def test_vllm_rank_without_enough_gpus_is_told_how_to_launch(monkeypatch):
+    from lmsweep.runner.distributed import World
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")            # narrowed to one GPU, but TP=4 asked
+    with pytest.raises(Exception, match="needs tensor_parallel=4 GPUs but sees 1"):
+        vllm.bind(World(rank=0, size=4, local_rank=0, local_size=4), "cuda", 4, threads=8)
