@@ -183,6 +183,14 @@ def _int_list(text: str) -> list[int]:
 def cmd_plot_attention(args) -> int:
     from lmsweep.results.plots import plot_attention
 
+    if args.bertviz:
+        from lmsweep.results.bertviz import write_pages
+
+        for path in write_pages(Path(args.experiment), args.unit, Path(args.out) if args.out else None,
+                                layers=_int_list(args.layers) if args.layers else None,
+                                heads=_int_list(args.heads) if args.heads else None):
+            console.print(f"wrote {path}")
+        return 0
     png, page = plot_attention(Path(args.experiment), args.unit, Path(args.out) if args.out else None,
                                layers=_int_list(args.layers) if args.layers else None,
                                heads=_int_list(args.heads) if args.heads else None)
@@ -209,6 +217,8 @@ def register(sub) -> None:
     a.add_argument("--out", help="output directory (default: EXPERIMENT/plots)")
     a.add_argument("--layers", help="only these layers, e.g. 0,5,29")
     a.add_argument("--heads", help="only these heads (-1 = the head mean)")
+    a.add_argument("--bertviz", action="store_true", help="write bertviz's head view and model view pages instead "
+                   "(the bertviz extra; they load their scripts from cdnjs.cloudflare.com)")
     a.set_defaults(func=cmd_plot_attention)
     h = kinds.add_parser("hidden_states", help="per layer: the prompts' cosine-similarity heatmap and 2-D PCA")
     h.add_argument("experiment", help="experiment directory of a hidden_states task")
