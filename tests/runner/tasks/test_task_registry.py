@@ -28,7 +28,8 @@ def test_every_list_of_tasks_is_the_registry():
     from lmsweep.results.schema import COMMON, row_key, schema_for, task_columns
 
     names = registry.task_names()
-    assert set(names) == {"generate", "next_token", "attention", "classify", "tokenize"}
+    assert set(names) == {"generate", "next_token", "attention", "classify", "tokenize", "loglikelihood",
+                          "hidden_states"}
     assert TASK_NAMES == names and list(task_columns()) == list(names)
     union = ExperimentSpec.model_fields["task"].annotation
     assert {a.model_fields["type"].default for a in union.__args__} == set(names)
