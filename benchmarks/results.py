@@ -1,7 +1,8 @@
 """Benchmark: results at cluster scale, in one run.
 
     python -m benchmarks.results [--files 10000] [--rows-per-file 5] [--rows 1000000] [--attention-mb 600]
-                                 [--memory-limit 256MB] [--only parts,large,attention] [--dir DIR --reuse]
+                                 [--memory-limit 256MB] [--only parts,large,rowgroups,attention]
+                                 [--dir DIR --reuse]
 
 Three parts, each on data written with the real writer code (PartWriter / write_atomic, temp name, fsync,
 rename) on a real plan (jobs.plan.build_plan on a synthetic spec):
@@ -12,6 +13,8 @@ rename) on a real plan (jobs.plan.build_plan on a synthetic spec):
   `load` and `status` again on it.
 - large: a `--rows` generate experiment (20 elements, written as parts of 5,000 rows, then compacted);
   `load` runs in a child process so its peak memory (ru_maxrss) is its own.
+- rowgroups (not in the default run): the large experiment's files rewritten with row groups of 16 Ki,
+  128 Ki (compaction's choice) and 1 Mi rows, each loaded in full, filtered and aggregated with DuckDB.
 - attention: a synthetic attention experiment of `--attention-mb` MB of float16 weights (causal softmax
   rows), aggregated with DuckDB through `lmsweep.scan` under `SET memory_limit` (mean attention to the
   first token per layer and head), in a child process: its peak RSS against the data size.
@@ -36,6 +39,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from lmsweep.jobs.model_sources import ModelRef
 from lmsweep.jobs.plan import build_plan, write_plan
@@ -273,13 +277,49 @@ def bench_large(rows: int, directory: Path, elements: int = 20, part_rows: int =
             parts += 1
     t_write = time.perf_counter() - t0
     (merged, _), t_compact, _ = timed(lambda: compact_experiment(exp))
-    size = sum(c.bytes for c in merged)
+    files = list(results_dir(exp, "generate").glob("*.parquet"))
+    size = sum(p.stat().st_size for p in files)
     r = child(LOAD_CHILD, str(exp))
     assert r["rows"] == rows, r
     return {"rows": rows, "parts_written": parts, "write_s": round(t_write, 1), "compact_s": round(t_compact, 1),
-            "files": len(merged), "mb_on_disk": round(size / 2**20, 1), "load_s": round(r["wall_s"], 2),
+            "files": len(files), "mb_on_disk": round(size / 2**20, 1), "load_s": round(r["wall_s"], 2),
             "load_cpu_s": round(r["cpu_s"], 2), "peak_rss_mb": round(r["peak_rss_mb"]),
             "baseline_rss_mb": round(r["baseline_rss_mb"]), "dataframe_mb": round(r["dataframe_mb"])}
+
+
+ROWGROUP_CHILD = _MEASURE + """
+con = scan.connect(threads=2)
+t1 = time.perf_counter()
+n = scan.sql(sys.argv[1], "SELECT decoding, avg(num_new_tokens) FROM results GROUP BY 1", con=con)
+out.update(sql_s=time.perf_counter() - t1)
+t1 = time.perf_counter()
+df = lmsweep.load(sys.argv[1], columns=["unit_id", "decoding", "num_new_tokens"],
+                  filters=[("decoding", "=", "greedy")])
+out.update(filtered_load_s=time.perf_counter() - t1, filtered_rows=len(df))
+t0, c0 = time.perf_counter(), time.process_time()
+df = lmsweep.load(sys.argv[1])
+out.update(rows=len(df))
+""" + _MEASURE_END
+
+
+def bench_row_groups(directory: Path, sizes=(16_384, 131_072, 1_048_576)) -> list[dict]:
+    """The large experiment's compacted files rewritten with each row-group size: a full load (wall, CPU,
+    peak memory), a DuckDB aggregate and a filtered, projected load, each in a fresh process."""
+    src = directory / "large"
+    out = []
+    for rows in sizes:
+        exp = directory / f"large-rg{rows}"
+        shutil.rmtree(exp, ignore_errors=True)
+        shutil.copytree(src, exp)
+        for path in results_dir(exp, "generate").glob("*.parquet"):
+            table = pq.read_table(path)
+            pq.write_table(table, path, row_group_size=rows, write_page_checksum=True)
+        r = child(ROWGROUP_CHILD, str(exp))
+        out.append({"row_group_rows": rows, "load_s": round(r["wall_s"], 2), "load_cpu_s": round(r["cpu_s"], 2),
+                    "peak_rss_mb": round(r["peak_rss_mb"]), "sql_s": round(r["sql_s"], 2),
+                    "filtered_load_s": round(r["filtered_load_s"], 2)})
+        shutil.rmtree(exp, ignore_errors=True)
+    return out
 
 
 def attention_plan(directory: Path, units: int, layers: int, heads: int, seq_len: int):
@@ -342,11 +382,19 @@ def bench_attention(mb: float, memory_limit: str, directory: Path, layers: int =
     t_write = time.perf_counter() - t0
     disk = sum(p.stat().st_size for p in results_dir(exp, "attention").glob("*.parquet"))
     r = child(SQL_CHILD, str(exp), memory_limit, FIRST_TOKEN_SQL)
-    return {"units": n_units, "rows": n_units * layers * heads, "seq_len": seq_len,
+    whole = child(LOAD_CHILD, str(exp))                  # for contrast: the same rows as one DataFrame
+    return {"load_peak_rss_mb": round(whole["peak_rss_mb"]), "load_s": round(whole["wall_s"], 2),
+            "units": n_units, "rows": n_units * layers * heads, "seq_len": seq_len,
             "data_mb": round(n_units * per_unit / 2**20, 1), "mb_on_disk": round(disk / 2**20, 1),
             "write_s": round(t_write, 1), "memory_limit": memory_limit, "query_s": round(r["wall_s"], 2),
             "query_cpu_s": round(r["cpu_s"], 2), "peak_rss_mb": round(r["peak_rss_mb"]),
             "baseline_rss_mb": round(r["baseline_rss_mb"]), "means": r["means"]}
+
+
+def progress(name: str, result):
+    """Each part's figures on stderr as soon as it is done (a long run that fails later keeps them)."""
+    print(json.dumps({name: result}), file=sys.stderr, flush=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rows", type=int, default=1_000_000, help="rows of the large generate experiment")
     ap.add_argument("--attention-mb", type=float, default=600, help="MB of attention weights to aggregate")
     ap.add_argument("--memory-limit", default="256MB", help="DuckDB's memory_limit for the attention query")
-    ap.add_argument("--only", default="parts,large,attention", help="which parts to run (comma-separated)")
+    ap.add_argument("--only", default="parts,large,attention",
+                    help="which parts to run, comma-separated: parts, large, rowgroups, attention")
     ap.add_argument("--dir", help="where to build the experiments (default: a temporary directory, removed)")
     ap.add_argument("--repeat", type=int, default=1, help="time each reader this many times (median)")
     ap.add_argument("--reuse", action="store_true", help="reuse the parts a previous run left in --dir")
@@ -368,12 +417,17 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {}
     try:
         if "parts" in only:
-            out["parts"] = bench_parts(args.files, args.rows_per_file, directory, repeat=args.repeat,
-                                       reuse=args.reuse)
+            out["parts"] = progress("parts", bench_parts(args.files, args.rows_per_file, directory,
+                                                         repeat=args.repeat, reuse=args.reuse))
         if "large" in only:
-            out["large"] = bench_large(args.rows, directory)
+            out["large"] = progress("large", bench_large(args.rows, directory))
+        if "rowgroups" in only:
+            if not (directory / "large" / "plan.json").is_file():
+                bench_large(args.rows, directory)
+            out["rowgroups"] = progress("rowgroups", bench_row_groups(directory))
         if "attention" in only:
-            out["attention"] = bench_attention(args.attention_mb, args.memory_limit, directory)
+            out["attention"] = progress("attention", bench_attention(args.attention_mb, args.memory_limit,
+                                                                     directory))
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -398,12 +452,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['rows']} generate rows ({r['parts_written']} parts compacted into {r['files']} files, "
               f"{r['mb_on_disk']} MB): load {r['load_s']} s wall {r['load_cpu_s']} s CPU, peak RSS "
               f"{r['peak_rss_mb']} MB (after imports {r['baseline_rss_mb']} MB; DataFrame {r['dataframe_mb']} MB)")
+    for r in out.get("rowgroups", []):
+        print(f"row groups of {r['row_group_rows']:>9} rows: load {r['load_s']} s wall {r['load_cpu_s']} s CPU, peak "
+              f"RSS {r['peak_rss_mb']} MB; DuckDB group-by {r['sql_s']} s; filtered 3-column load "
+              f"{r['filtered_load_s']} s")
     if "attention" in out:
         r = out["attention"]
         print(f"attention: {r['rows']} rows of {r['seq_len']}x{r['seq_len']} float16 = {r['data_mb']} MB "
               f"({r['mb_on_disk']} MB on disk); DuckDB mean attention to the first token per layer and head "
               f"under memory_limit {r['memory_limit']}: {r['query_s']} s wall, peak RSS {r['peak_rss_mb']} MB "
-              f"(after imports {r['baseline_rss_mb']} MB)")
+              f"(after imports {r['baseline_rss_mb']} MB); lmsweep.load of the same rows: peak RSS "
+              f"{r['load_peak_rss_mb']} MB")
     return 0
 
 

@@ -49,13 +49,13 @@ def scan_sql(exp_dir: Path) -> str:
               "hive_partitioning = false)")
     keys = ", ".join(map(_ident, row_key(task)))
     planned = _quote(str(exp_dir / "plan.parquet"))
-    return (f"WITH rows AS (SELECT * FROM {source}), "
-            f"later_copies AS (SELECT filename, file_row_number FROM (SELECT filename, file_row_number, "
-            f"row_number() OVER (PARTITION BY {keys} ORDER BY filename, file_row_number) AS copy "
-            f"FROM rows) WHERE copy > 1) "
-            f"SELECT * EXCLUDE (filename, file_row_number) FROM rows "
+    # The files are named twice, not through a CTE: DuckDB materialises a CTE used twice, payload and all.
+    later_copies = (f"SELECT filename, file_row_number FROM (SELECT filename, file_row_number, row_number() "
+                    f"OVER (PARTITION BY {keys} ORDER BY filename, file_row_number) AS copy FROM {source}) "
+                    f"WHERE copy > 1")
+    return (f"SELECT * EXCLUDE (filename, file_row_number) FROM {source} "
             f"SEMI JOIN (SELECT unit_id FROM read_parquet({planned})) AS planned USING (unit_id) "
-            f"ANTI JOIN later_copies USING (filename, file_row_number)")
+            f"ANTI JOIN ({later_copies}) AS later_copies USING (filename, file_row_number)")
 
 
 def _duck_type(t) -> str:
