@@ -39,7 +39,7 @@ def macro_f1(gold: pd.Series, pred: pd.Series, labels: list[str] | None = None) 
 
 def classification_summary(df: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration: rows, accuracy, macro-F1 and the confusion matrix as text
-    (`gold→predicted` counts, labels in the order of the label set)."""
+    (`format_confusion`: rows = gold, columns = predicted, labels in the order of the label set)."""
     scored = df[df["label"].notna() & df["predicted_label"].notna()]
     by = [c for c in CONFIG_COLUMNS if c in df.columns]
     if scored.empty:          # no gold labels: how often each label was predicted
@@ -68,8 +68,10 @@ def classification_summary(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def format_confusion(cm: pd.DataFrame) -> str:
-    """`gold: n_pred1 n_pred2 ...` per gold label, columns in the same label order."""
-    return "; ".join(f"{g}: " + " ".join(str(int(v)) for v in row) for g, row in cm.iterrows())
+    """The matrix with its axes named: `predicted a b; gold a: n n; gold b: n n` (rows = gold labels,
+    columns = predicted labels, in the same order)."""
+    head = "predicted " + " ".join(str(c) for c in cm.columns)
+    return "; ".join([head, *(f"gold {g}: " + " ".join(str(int(v)) for v in row) for g, row in cm.iterrows())])
 
 
 def _short_label_set(value):

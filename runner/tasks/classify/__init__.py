@@ -12,11 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import string
 import time
+from collections import Counter
 from typing import ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from lmsweep.runner.tasks.base import MAX_PROB_DELTA, MIN_EXACT_MATCH, PlannedUnits, Task, TaskParams, Tolerance
 from lmsweep.runner.tasks.registry import register_task
@@ -61,6 +63,7 @@ class ClassifyParams(TaskParams):
     shots: int | list[int] = 0
     examples: list[FewShotExample] = Field(default_factory=list)
     seed: int | list[int] = 0                      # which examples each prompt gets, deterministically
+    balanced: bool = True                          # few-shot draws have as many examples of each label as can be
     length_norm: bool | list[bool] = False         # mean instead of summed log-probability per label
     label_prefix: str = " "                        # between the prompt and the label word
     example_separator: str = "\n\n"
@@ -98,8 +101,7 @@ class ClassifyParams(TaskParams):
     @classmethod
     def _template(cls, v):
         for t in (v if isinstance(v, list) else [v]):
-            if "{text}" not in t:
-                raise ValueError(f"template {t!r} has no {{text}} placeholder")
+            check_template(t)
         return v
 
     @field_validator("shots", "seed")
@@ -128,6 +130,14 @@ class ClassifyParams(TaskParams):
                 raise ValueError(f"examples: label {unknown[0]!r} is not in label set {sorted(s)}")
         return self
 
+    @model_serializer(mode="wrap")
+    def _without_default_balanced(self, handler):
+        # `balanced` joined later: left out at its default, so existing specs keep their spec hash and unit ids
+        data = handler(self)
+        if isinstance(data, dict) and data.get("balanced") is True:
+            data.pop("balanced")
+        return data
+
     def variants(self) -> list[dict]:
         out, seen = [], set()
         for v in super().variants():
@@ -144,6 +154,8 @@ def _normalise(v: dict) -> dict:
     v = dict(v)
     if v["method"] != "label_likelihood" or v["shots"] == 0:
         v.update(shots=0, seed=0, examples=[], example_separator=None)
+    if not v["shots"]:
+        v.pop("balanced", None)            # no examples drawn: balanced changes nothing
     if v["method"] != "label_likelihood":
         v.update(length_norm=False, label_prefix=None)
     if v["method"] != "pipeline":
@@ -169,6 +181,7 @@ class ClassifyVariant(BaseModel):
     shots: int = 0
     examples: list[FewShotExample] = Field(default_factory=list)
     seed: int = 0
+    balanced: bool = True
     length_norm: bool = False
     label_prefix: str | None = " "
     example_separator: str | None = "\n\n"
@@ -190,6 +203,7 @@ class Classify(Task):
         ("predicted_label", pa.string()), ("correct", pa.bool_()), ("fewshot_indices", pa.list_(pa.int32())),
         ("tokens", pa.list_(pa.string())), ("token_labels", pa.list_(pa.string())),
         ("token_scores", pa.list_(pa.float32())), ("entities", pa.string()),
+        ("rendered_prompt", pa.string()),
     )
     tolerances = (MIN_EXACT_MATCH, MAX_PROB_DELTA, MAX_ACCURACY_DROP)
     probability_columns = frozenset({"token_scores"})
@@ -295,17 +309,44 @@ def _variant_columns(p: ClassifyVariant) -> dict:
 
 # ---- prompts (pure) -----------------------------------------------------------------------------------------
 
+BRACES = "write a literal brace as {{ or }}"
+
+
+def check_template(template: str) -> None:
+    """A template has `{text}` and no other placeholder; literal braces are doubled (str.format's rules)."""
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:                       # a lone { or }
+        raise ValueError(f"template {template!r}: {e} ({BRACES})") from None
+    fields = [(name, conv, spec) for _, name, spec, conv in parts if name is not None]
+    for name, conv, spec in fields:
+        if name != "text" or conv or spec:
+            shown = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            raise ValueError(f"template {template!r} has an unknown placeholder {shown}; the only placeholder "
+                             f"is {{text}} ({BRACES})")
+    if not fields:
+        raise ValueError(f"template {template!r} has no {{text}} placeholder")
+
+
 def fill(template: str, text: str) -> str:
-    return template.replace("{text}", text)
+    """The template with `{text}` replaced by the text and `{{`/`}}` by literal braces."""
+    return template.format(text=text)
 
 
 def label_names(p: ClassifyVariant) -> list[str]:
     return sorted(p.labels)
 
 
+BALANCED_TRIES = 200
+
+
 def fewshot_indices(p: ClassifyVariant, prompt_text: str) -> list[int]:
     """k examples for this prompt, the same on every run, model and machine: drawn by a generator
-    seeded from (seed, prompt text); an example identical to the prompt is never shown with it."""
+    seeded from (seed, prompt text); an example identical to the prompt is never shown with it.
+
+    Balanced (the default): the label counts differ by at most one, except where a label has too few
+    examples. The generator draws as before until a draw is balanced, so a prompt whose first draw
+    already was keeps its examples; after BALANCED_TRIES it deals the labels in turn instead."""
     k = p.shots
     if not k:
         return []
@@ -313,7 +354,39 @@ def fewshot_indices(p: ClassifyVariant, prompt_text: str) -> list[int]:
     if len(pool) < k:
         raise UnitFailure(f"{k} shots requested but only {len(pool)} examples differ from this prompt")
     digest = hashlib.sha256(f"{p.seed}\0{prompt_text}".encode()).hexdigest()
-    return random.Random(int(digest[:16], 16)).sample(pool, k)
+    rng = random.Random(int(digest[:16], 16))
+    if not p.balanced:
+        return rng.sample(pool, k)
+    available = Counter(p.examples[i].label for i in pool)
+    for _ in range(BALANCED_TRIES):
+        draw = rng.sample(pool, k)
+        if is_balanced(Counter(p.examples[i].label for i in draw), available):
+            return draw
+    return dealt(p, pool, k, rng)
+
+
+def is_balanced(counts: Counter, available: Counter) -> bool:
+    """No label could give an example to another with at least two fewer that still has some to give."""
+    return all(counts[a] - counts[b] <= 1 or counts[b] == available[b] for a in available for b in available)
+
+
+def dealt(p: ClassifyVariant, pool: list[int], k: int, rng: random.Random) -> list[int]:
+    """k examples dealt one label at a time (labels in a shuffled order, examples shuffled per label), then
+    shuffled: balanced by construction."""
+    by_label: dict[str, list[int]] = {}
+    for i in pool:
+        by_label.setdefault(p.examples[i].label, []).append(i)
+    order = sorted(by_label)
+    rng.shuffle(order)
+    for label in order:
+        rng.shuffle(by_label[label])
+    out: list[int] = []
+    while len(out) < k:
+        for label in order:
+            if by_label[label] and len(out) < k:
+                out.append(by_label[label].pop())
+    rng.shuffle(out)
+    return out
 
 
 def build_context(p: ClassifyVariant, prompt_text: str, shots: list[int]) -> str:

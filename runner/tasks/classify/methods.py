@@ -26,24 +26,24 @@ def label_likelihood(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], d
         if limit and len(ids) + max(map(len, conts)) > limit:
             errors[u.unit_id] = f"prompt with {len(shots)} shots is {len(ids)} tokens, beyond the context of {limit}"
         else:
-            keep.append((u, ids, shots))
+            keep.append((u, ids, shots, text))
     if not keep:
         return [], errors
     if all(len(c) == 1 for c in conts):
         # Every label is one token: one forward pass over the prompt scores them all.
-        last = tail_logprobs(model, tok.pad_token_id, [ids for _, ids, _ in keep], 1, ctx.device)[:, -1, :]
+        last = tail_logprobs(model, tok.pad_token_id, [ids for _, ids, _, _ in keep], 1, ctx.device)[:, -1, :]
         logprobs = [float(last[i, c[0]]) for i in range(len(keep)) for c in conts]
     else:
-        logprobs = sequence_logprobs(model, tok.pad_token_id, [ids + c for _, ids, _ in keep for c in conts],
+        logprobs = sequence_logprobs(model, tok.pad_token_id, [ids + c for _, ids, _, _ in keep for c in conts],
                                      [len(c) for _ in keep for c in conts], ctx.device)
     rows = []
-    for i, (u, ids, shots) in enumerate(keep):
+    for i, (u, ids, shots, text) in enumerate(keep):
         sums = logprobs[i * len(names):(i + 1) * len(names)]
         scores = [s / len(c) if p.length_norm else s for s, c in zip(sums, conts)]
         best = max(range(len(names)), key=lambda j: scores[j])
         rows.append({"unit_id": u.unit_id, "num_prompt_tokens": len(ids), "candidate_labels": names,
                      "label_scores": scores, "label_num_tokens": [len(c) for c in conts],
-                     "predicted_label": names[best], "fewshot_indices": shots})
+                     "predicted_label": names[best], "fewshot_indices": shots, "rendered_prompt": text})
     return rows, errors
 
 
@@ -103,10 +103,10 @@ def embedding_similarity(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict
     sims = (vectors[:len(texts)] @ vectors[len(texts):].T).tolist()
     lengths = [len(ids) for ids in tok(texts, truncation=True)["input_ids"]]
     rows = []
-    for u, scores, n in zip(units, sims, lengths):
+    for u, scores, n, text in zip(units, sims, lengths, texts):
         best = max(range(len(names)), key=lambda j: scores[j])
         rows.append({"unit_id": u.unit_id, "num_prompt_tokens": n, "candidate_labels": names,
-                     "label_scores": scores, "predicted_label": names[best]})
+                     "label_scores": scores, "predicted_label": names[best], "rendered_prompt": text})
     return rows, {}
 
 
@@ -133,7 +133,7 @@ def pipeline(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str,
             out = pipe(text, candidate_labels=[p.labels[n] for n in names],
                        hypothesis_template=p.hypothesis_template)
             score = {by_text[lab]: s for lab, s in zip(out["labels"], out["scores"])}
-            rows.append(_scored(u, names, [score[n] for n in names]))
+            rows.append(_scored(u, names, [score[n] for n in names], text))
         return rows, {}
     id2label = ctx.model.config.id2label
     model_labels = [id2label[i] for i in sorted(id2label)]
@@ -144,14 +144,14 @@ def pipeline(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str,
     for u, text in zip(units, texts):
         out = pipe(text, top_k=None)
         score = {d["label"]: d["score"] for d in out}
-        rows.append(_scored(u, [to_gold.get(m, m) for m in model_labels], [score[m] for m in model_labels]))
+        rows.append(_scored(u, [to_gold.get(m, m) for m in model_labels], [score[m] for m in model_labels], text))
     return rows, {}
 
 
-def _scored(u: Unit, names: list[str], scores: list[float]) -> dict:
+def _scored(u: Unit, names: list[str], scores: list[float], text: str) -> dict:
     best = max(range(len(names)), key=lambda j: scores[j])
     return {"unit_id": u.unit_id, "candidate_labels": names, "label_scores": scores,
-            "predicted_label": names[best]}
+            "predicted_label": names[best], "rendered_prompt": text}
 
 
 def token_classification(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
@@ -173,5 +173,5 @@ def token_classification(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict
                      "tokens": tok.convert_ids_to_tokens(ids),
                      "token_labels": [id2label[i] for i in best.indices.tolist()],
                      "token_scores": best.values.tolist(), "entities": json.dumps(entities, ensure_ascii=False),
-                     "candidate_labels": [id2label[i] for i in sorted(id2label)]})
+                     "candidate_labels": [id2label[i] for i in sorted(id2label)], "rendered_prompt": text})
     return rows, {}

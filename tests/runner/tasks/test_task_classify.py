@@ -229,7 +229,8 @@ def test_summary_has_one_row_per_configuration():
     })
     out = classification_summary(df)
     assert list(out["shots"]) == [0, 2] and list(out["accuracy"]) == [0.5, 1.0]
-    assert list(out["confusion"]) == ["a: 1 0; b: 1 0", "a: 1 0; b: 0 1"]
+    assert list(out["confusion"]) == ["predicted a b; gold a: 1 0; gold b: 1 0",
+                                      "predicted a b; gold a: 1 0; gold b: 0 1"]
     assert "template" not in out.columns                               # constant columns are dropped
     no_gold = classification_summary(df.assign(label=None))
     assert list(no_gold["predicted"]) == ["a: 2", "a: 1; b: 1"] and list(no_gold["n"]) == [2, 2]
