@@ -86,6 +86,25 @@ def rolling_windows(length: int, first_target: int, max_length: int, stride: int
     return out
 
 
+LOGITS_BUDGET = 1 << 28            # logits values per forward pass (1 GiB in float32)
+
+
+def logit_groups(lengths: list[int], vocab: int, budget: int = LOGITS_BUDGET) -> list[list[int]]:
+    """Consecutive windows grouped into forward passes whose padded logits (rows × longest × vocab) stay
+    under `budget` values, at least one window each: a batch of long windows would otherwise hold
+    gigabytes of logits (8 windows of 8192 tokens × SmolLM2's 49152 tokens: 13 GB)."""
+    groups: list[list[int]] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        if groups and (len(groups[-1]) + 1) * max(longest, n) * vocab <= budget:
+            groups[-1].append(i)
+            longest = max(longest, n)
+        else:
+            groups.append([i])
+            longest = n
+    return groups
+
+
 def continuation_of(meta: str | dict | None, column: str) -> str | None:
     """A prompt row's continuation, from its free columns (`meta`: a file's extra columns, or an inline
     item's `meta:` mapping), or None: score the whole text."""
@@ -137,7 +156,8 @@ class Loglikelihood(Task):
         import torch
 
         tok, model, p = ctx.tokenizer, ctx.model, ctx.params
-        max_length = p.max_length or context_limit(model)
+        base = getattr(model, "module", model)              # a DeepSpeed engine wraps the model
+        max_length = p.max_length or context_limit(base)
         if not max_length:
             raise UnitFailure("the model's config has no max_position_embeddings; set task.max_length")
         stride = min(p.stride or max_length, max_length)
@@ -151,21 +171,25 @@ class Loglikelihood(Task):
                 for w in rolling_windows(len(encoded[u.unit_id][0]), encoded[u.unit_id][1], max_length, stride)]
         if not jobs:
             return [], errors
-        inputs = [encoded[uid][0][w.start:w.end] for uid, w in jobs]
-        batch = tok.pad({"input_ids": inputs}, return_tensors="pt", padding_side="right").to(ctx.device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        latency = time.perf_counter() - start
         scored: dict[str, list[tuple[float, bool]]] = {uid: [] for uid in encoded}
-        for b, (uid, w) in enumerate(jobs):
-            ids = encoded[uid][0]
-            rows_at = torch.arange(w.first - 1 - w.start, w.end - w.start)     # logits predicting first..end
-            logp = torch.log_softmax(logits[b, rows_at].float(), dim=-1)
-            targets = torch.tensor(ids[w.first:w.end + 1])
-            values = logp.gather(-1, targets[:, None])[:, 0].tolist()
-            greedy = (logp.argmax(-1) == targets).tolist()
-            scored[uid] += list(zip(values, greedy))
+        vocab = getattr(getattr(base, "config", None), "vocab_size", None) or len(tok)
+        start = time.perf_counter()
+        for part in logit_groups([w.end - w.start for _, w in jobs], vocab, LOGITS_BUDGET):
+            chunk = [jobs[i] for i in part]
+            inputs = [encoded[uid][0][w.start:w.end] for uid, w in chunk]
+            batch = tok.pad({"input_ids": inputs}, return_tensors="pt", padding_side="right").to(ctx.device)
+            with torch.inference_mode():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            for b, (uid, w) in enumerate(chunk):
+                ids = encoded[uid][0]
+                rows_at = torch.arange(w.first - 1 - w.start, w.end - w.start)     # logits predicting first..end
+                logp = torch.log_softmax(logits[b, rows_at].float(), dim=-1)
+                targets = torch.tensor(ids[w.first:w.end + 1], device=logp.device)
+                values = logp.gather(-1, targets[:, None])[:, 0].tolist()
+                greedy = (logp.argmax(-1) == targets).tolist()
+                scored[uid] += list(zip(values, greedy))
+            del logits
+        latency = time.perf_counter() - start
         rows = []
         for u in units:
             if u.unit_id not in encoded:

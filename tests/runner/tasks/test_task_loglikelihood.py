@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.cli import REPO, cli
 from helpers.task_runs import rows, run_spec
-from lmsweep.runner.tasks.loglikelihood import rolling_windows
+from lmsweep.runner.tasks import loglikelihood
+from lmsweep.runner.tasks.loglikelihood import logit_groups, rolling_windows
 
 PAIRS = [("The capital of France is", " Paris"), ("The capital of France is", " Rome"),
          ("Question: What is two plus two?\nAnswer: ", "four"),           # the trailing space moves
@@ -161,3 +162,24 @@ def test_an_example_config_runs(tmp_path, smollm2_dir):
     cli("run", str(REPO / "configs" / "loglikelihood.yaml"), "--output-dir", str(tmp_path), "--quiet", check=True)
     summary = cli("results", str(tmp_path / "loglikelihood"), "--summary", "--csv", check=True).stdout
     assert "perplexity" in summary.splitlines()[0]
+
+
+def test_logits_are_bounded_per_forward_pass():
+    lengths = [8192] * 8 + [10, 20, 5000]
+    groups = logit_groups(lengths, 49152)
+    assert [i for g in groups for i in g] == list(range(len(lengths)))   # every window once, in order
+    assert all(len(g) == 1 or len(g) * max(lengths[i] for i in g) * 49152 <= loglikelihood.LOGITS_BUDGET
+               for g in groups)
+    assert len(groups[0]) == 1 and groups[-2:] == [[8, 9], [10]]         # 3 × 5000 × 49152 > 2^28
+    assert logit_groups([3, 3, 3], 10, budget=1) == [[0], [1], [2]]
+
+
+def test_splitting_a_batch_into_forward_passes_changes_no_score(tiny_llama, tmp_path, monkeypatch):
+    prompts = prompt_file(tmp_path / "p.jsonl")
+    models = f"[{{alias: tiny, source: {tiny_llama}}}]"
+    task = "{type: loglikelihood, max_length: 8, stride: 4}"
+    whole = rows(run_spec(tmp_path / "whole", spec(models, prompts, task))).set_index("prompt_id")
+    monkeypatch.setattr(loglikelihood, "LOGITS_BUDGET", 1)                # one window per forward pass
+    split = rows(run_spec(tmp_path / "split", spec(models, prompts, task))).set_index("prompt_id").loc[whole.index]
+    assert (whole["num_windows"] > 1).any()
+    assert (whole["logprob"] - split["logprob"]).abs().max() < 1e-5
