@@ -188,17 +188,6 @@ def _system_ref(asked: str, profile) -> str:
     return str(Path(profile.source).resolve()) if is_path and profile.source else profile.name
 
 
-def throughput(execution, profile) -> tuple[float, str]:
-    """Tokens/s per rank that packing assumes, and where the figure came from: the spec's
-    `execution.tokens_per_second` when set, else the system profile's, else lmsweep's default."""
-    if "tokens_per_second" in execution.model_fields_set:
-        return execution.tokens_per_second, "execution.tokens_per_second"
-    if profile.tokens_per_second:
-        return profile.tokens_per_second, (f"system profile {profile.name}'s default; "
-                                           "set execution.tokens_per_second to override")
-    return execution.tokens_per_second, "lmsweep's default; set execution.tokens_per_second"
-
-
 @dataclass(frozen=True)
 class SubmitPacking:
     """A spec packed for one system's queue: what `submit` (and `validate`'s note) report."""
@@ -212,23 +201,32 @@ class SubmitPacking:
     tps_source: str
 
 
-def pack_spec(spec, plan, system: str, system_field: str, flags, *, live: bool = True) -> SubmitPacking:
-    """Profile → backend → options → packing for `system`; bad input raises SpecError."""
+def pack_spec(spec, plan, system: str, system_field: str, flags, *, live: bool = True,
+              exp: Path | None = None) -> SubmitPacking:
+    """Profile → backend → options → packing for `system`; bad input raises SpecError. With `exp`, the
+    throughput may come from what its finished elements measured (submit/throughput.py)."""
     from lmsweep.submit.base import scheduler_for
     from lmsweep.submit.options import resolve_options, with_packing
     from lmsweep.submit.packing import PackingError, pack, plan_unit_costs
+    from lmsweep.submit.throughput import choose, measured
 
     profile = load_profile(system, system_field)
     sched = scheduler_for(profile)
     opts = resolve_options(sched, flags, execution=spec.execution)
     limits = sched.live_limits(opts.queue) if live else {}
-    tps, source = throughput(spec.execution, profile)
+    costs = plan_unit_costs(plan)
+    learned = None
+    if exp is not None and (exp / "meta" / "history").is_dir() and (exp / "results").is_dir():
+        from lmsweep.results.load import done_unit_ids
+        learned = measured(exp, plan.units.column("unit_id").to_pylist(), costs,
+                           done_unit_ids(exp, plan.task["type"]), accelerated=profile.gpus_per_node > 0)
+    rate = choose(spec.execution, profile, learned)
+    tps, source = rate.tokens_per_second, rate.source
     tp = max(int(m.get("tensor_parallel") or 1) for m in plan.models.values())
     req = pack_request(sched, opts, tokens_per_second=tps, tensor_parallel=tp, live=limits,
                        max_units_per_element=spec.execution.max_units_per_element, ranks=opts.ranks)
     try:
-        packing = pack(plan.units.column("model").to_pylist(), plan_unit_costs(plan), req,
-                       model_order=list(plan.models))
+        packing = pack(plan.units.column("model").to_pylist(), costs, req, model_order=list(plan.models))
     except PackingError as e:
         raise packing_error(e, spec, flags, sched) from None
     return SubmitPacking(sched, with_packing(opts, packing.nodes, packing.ranks_per_node), req, packing,
@@ -289,7 +287,7 @@ def cmd_submit(args) -> int:
     spec, plan = validated(args.spec)
     exp = experiment_dir(spec, args.output_dir).resolve()
     system = args.system or spec.execution.system
-    sp = pack_spec(spec, plan, system, "--system" if args.system else "execution.system", flags)
+    sp = pack_spec(spec, plan, system, "--system" if args.system else "execution.system", flags, exp=exp)
     sched, opts, req, packing, live = sp.sched, sp.options, sp.request, sp.packing, sp.live
     profile = sched.profile
     python_line = check_paths(sched, opts, flags, exp)
@@ -461,7 +459,9 @@ def register(sub) -> None:
     s = sub.add_parser("submit", help="plan a spec, pack it for a system's queue and submit it as job arrays")
     s.add_argument("spec")
     s.add_argument("--system", help="system profile name (polaris, aurora, slurm-generic, local) or YAML path")
-    s.add_argument("--output-dir", help="parent of the experiment directory (default: the spec's output_dir)")
+    s.add_argument("--output-dir", help="parent of the experiment directory (default: the spec's output_dir); on "
+                   "a cluster it must be on a filesystem the compute nodes see (/tmp, /var/tmp, /dev/shm and "
+                   "$TMPDIR get a warning)")
     _scheduler_flags(s)
     s.set_defaults(func=cmd_submit)
 
