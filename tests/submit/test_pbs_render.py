@@ -281,7 +281,8 @@ def test_preflight_stops_an_element_whose_mpi4py_is_not_the_sites(tmp_path):
     proc = run_body(script, pbs_env(make_shims(tmp_path / "shims"), tmp_path, 2, tmp_path))
     assert proc.returncode == 4, proc.stdout + proc.stderr
     assert "lmsweep: preflight: mpi4py's MPI library is not 'CRAY MPICH' (found: 'MPICH Version:" in proc.stderr
-    assert "preflight failed on" in proc.stderr and "element 6 not started (exit 4; docs/cluster.md#which-python-runs-the-worker)" in proc.stderr
+    assert "preflight failed on" in proc.stderr
+    assert "element 6 not started (exit 4; docs/cluster.md#which-python-runs-the-worker)" in proc.stderr
     assert "index 2 -> element 6" in proc.stdout and "exited" not in proc.stdout   # the launcher never ran
 
 
