@@ -124,18 +124,22 @@ def child(code: str, *args: str) -> dict:
 
 
 # What the child processes run: imports first (their memory is the baseline), then the measured call.
+# Peak memory is VmHWM of /proc/self/status: ru_maxrss survives exec, so a child would report its parent's.
 _MEASURE = """
-import json, resource, sys, time
+import json, sys, time
 import pandas, pyarrow, duckdb
 import lmsweep
 from lmsweep.results import load, scan
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def hwm():
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+base = hwm()
 t0, c0 = time.perf_counter(), time.process_time()
 out = {}
 """
 _MEASURE_END = """
 out.update(wall_s=time.perf_counter() - t0, cpu_s=time.process_time() - c0, baseline_rss_mb=base,
-           peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+           peak_rss_mb=hwm())
 print(json.dumps(out))
 """
 LOAD_CHILD = _MEASURE + """

@@ -14,6 +14,8 @@ from lmsweep.results.integrity import live_parts, read_parts
 from lmsweep.results.schema import ERROR_SCHEMA, row_key, schema_for
 from lmsweep.results.writer import errors_dir, results_dir
 
+MAX_CHUNKS = 256
+
 
 def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=None,
                all_rows: bool = False) -> pa.Table:
@@ -32,8 +34,10 @@ def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=No
         filters = pq.filters_to_expression(filters)
     # Never from a damaged part: read_parts quarantines unreadable files and reads on without them.
     table = read_parts(exp_dir, directory, schema, columns=want, filter=filters)
-    # One chunk per column: a scan of 10,000 parts gives 10,000 chunks, which every later step pays for.
-    table = table.combine_chunks()
+    # A scan of 10,000 parts gives 10,000 chunks per column, which every later step pays for; a compacted
+    # tree gives a few, and copying them into one would double the memory of a large load for nothing.
+    if table.column(0).num_chunks > MAX_CHUNKS:
+        table = table.combine_chunks()
     if not all_rows:
         # Restrict to the plan after the scan, not in its filter: a pushed-down `isin` builds its hash set
         # of all planned ids once per part file (measured: 4x slower than the whole scan at 10,000 parts).
@@ -59,9 +63,11 @@ def _dedupe(table: pa.Table, keys: list[str]) -> pa.Table:
 
 def load(exp_dir: str | Path, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
     """The experiment as one pandas DataFrame, one row per result row, sorted by element and unit."""
-    df = load_table(exp_dir, columns, filters).to_pandas()
-    sort = [c for c in ("element", "unit_id", "sequence_index") if c in df.columns]
-    return df.sort_values(sort, kind="stable", ignore_index=True) if sort else df
+    table = load_table(exp_dir, columns, filters)
+    sort = [c for c in ("element", "unit_id", "sequence_index") if c in table.column_names]
+    if sort:        # in Arrow (stable): pandas sorts Arrow-backed strings ten times slower
+        table = table.take(pc.sort_indices(table, sort_keys=[(c, "ascending") for c in sort]))
+    return table.to_pandas()
 
 
 @dataclass
@@ -86,14 +92,19 @@ class Status:
 
 
 def done_unit_ids(exp_dir: Path, task: str) -> set[str]:
-    """Unit ids with a row. DuckDB reads one column of many small files at about half pyarrow's CPU per
-    file (benchmarks/results.py); a part it cannot read goes through read_parts, which quarantines it."""
+    return set(done_ids(exp_dir, task).to_pylist())
+
+
+def done_ids(exp_dir: Path, task: str) -> pa.Array:
+    """Distinct unit ids with a row. DuckDB reads one column of many small files at about half pyarrow's
+    CPU per file (benchmarks/results.py); a part it cannot read goes through read_parts, which quarantines it."""
+    none = pa.array([], pa.string())
     directory = results_dir(exp_dir, task)
     if not directory.is_dir():
-        return set()
+        return none
     files = [str(p) for p in live_parts(directory)]
     if not files:
-        return set()
+        return none
     import duckdb
 
     from lmsweep.results.scan import connect
@@ -101,27 +112,33 @@ def done_unit_ids(exp_dir: Path, task: str) -> set[str]:
     con = connect()
     try:
         ids = con.sql(f"SELECT DISTINCT unit_id FROM read_parquet({files!r}, "
-                                   "hive_partitioning = false)").arrow().read_all().column("unit_id")
+                      "hive_partitioning = false)").arrow().read_all().column("unit_id").combine_chunks()
         if not ids.null_count:
-            return set(ids.to_pylist())
+            return ids.cast(pa.string())
     except duckdb.Error:
         pass
     table = read_parts(exp_dir, directory, schema_for(task), columns=["unit_id"])
-    return set(pc.unique(table.column("unit_id")).drop_null().to_pylist()) if table is not None else set()
+    return pc.unique(table.column("unit_id")).drop_null() if table is not None else none
 
 
 def status(exp_dir: str | Path) -> Status:
     """Plan minus results: done, failed (with the error) and missing units, per element."""
     exp_dir = Path(exp_dir)
     plan = read_plan(exp_dir)
-    units = plan.units(columns=["unit_id", "element", "model"]).to_pandas()
-    done = done_unit_ids(exp_dir, plan.meta["task"]["type"])
-    units["done"] = units["unit_id"].isin(done)
+    units = plan.units(columns=["unit_id", "element", "model"])
+    ids = units.column("unit_id")
+    done_set = done_ids(exp_dir, plan.meta["task"]["type"])
+    done = pc.is_in(ids, value_set=done_set)
     errs = read_parts(exp_dir, errors_dir(exp_dir), ERROR_SCHEMA)
-    failures = errs.to_pandas() if errs is not None else ERROR_SCHEMA.empty_table().to_pandas()
-    failures = failures[failures["unit_id"].isin(units["unit_id"]) & ~failures["unit_id"].isin(done)]
-    failures = failures.sort_values("failed_at").drop_duplicates("unit_id", keep="last")
-    units["failed"] = ~units["done"] & units["unit_id"].isin(failures["unit_id"])
+    if errs is None:
+        errs = ERROR_SCHEMA.empty_table()
+    # Set membership in Arrow: pandas' isin on Arrow-backed strings loops in Python (1 s per 50,000 units).
+    errs = errs.filter(pc.and_(pc.is_in(errs.column("unit_id"), value_set=ids),
+                               pc.invert(pc.is_in(errs.column("unit_id"), value_set=done_set))))
+    failures = errs.to_pandas().sort_values("failed_at").drop_duplicates("unit_id", keep="last")
+    failed = pc.and_(pc.invert(done), pc.is_in(ids, value_set=pa.array(failures["unit_id"], pa.string())))
+    units = units.select(["element", "model"]).to_pandas().assign(
+        unit_id=1, done=done.to_numpy(zero_copy_only=False), failed=failed.to_numpy(zero_copy_only=False))
     units["missing"] = ~units["done"] & ~units["failed"]
     per = units.groupby(["element", "model"], sort=True).agg(
         planned=("unit_id", "size"), done=("done", "sum"), failed=("failed", "sum"),
