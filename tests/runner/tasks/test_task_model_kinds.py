@@ -70,3 +70,19 @@ def test_a_backend_the_task_does_not_declare_is_refused(tmp_path, tiny_llama):
         check_backend(spec, HfOnly())
     assert e.value.field == "execution.backend" and e.value.line == 5
     check_backend(spec, get_task("next_token"))                           # hf and deepspeed by default
+
+
+def test_a_model_of_unknown_kind_is_admitted_only_where_the_task_needs_one_kind(tmp_path, tiny_llama):
+    import json
+    import shutil
+
+    odd = tmp_path / "odd"
+    shutil.copytree(tiny_llama, odd)
+    config = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**config, "architectures": ["OddForConditionalGeneration"]}))
+    model = f"{{alias: odd, source: {odd}}}"
+    assert plan_spec(load_spec(spec_file(tmp_path, model, "next_token"))).n_units == 1
+    mixed = "{type: classify, labels: [a, b], method: [label_likelihood, embedding_similarity]}"
+    with pytest.raises(SpecError, match="'odd' .* is a model of unknown kind .*; the classify task runs on causal_lm "
+                                        "or encoder models"):
+        plan_spec(load_spec(spec_file(tmp_path, model, mixed)))
