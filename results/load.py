@@ -15,6 +15,7 @@ from lmsweep.results.schema import ERROR_SCHEMA, row_key, schema_for
 from lmsweep.results.writer import errors_dir, results_dir
 
 MAX_CHUNKS = 256
+FEW_FILES = 256
 
 
 def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=None,
@@ -105,6 +106,9 @@ def done_ids(exp_dir: Path, task: str) -> pa.Array:
     files = [str(p) for p in live_parts(directory)]
     if not files:
         return none
+    if len(files) <= FEW_FILES:           # a compacted tree: pyarrow, without DuckDB's ~0.15 s start
+        table = read_parts(exp_dir, directory, schema_for(task), columns=["unit_id"])
+        return pc.unique(table.column("unit_id")).drop_null() if table is not None else none
     import duckdb
 
     from lmsweep.results.scan import connect
