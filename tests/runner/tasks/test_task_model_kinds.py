@@ -35,10 +35,11 @@ def test_causal_lm_tasks_refuse_an_encoder_at_plan_time(task, tmp_path):
     assert not out.exists() or not any(out.iterdir())                      # nothing written
 
 
-def test_base_model_tasks_refuse_a_classification_head(tmp_path):
+@pytest.mark.parametrize("task", ["attention", "hidden_states"])
+def test_base_model_tasks_refuse_a_classification_head(task, tmp_path):
     head = make_tiny_bert(tmp_path / "clf", "sequence", {0: "neg", 1: "pos"})
-    spec = load_spec(spec_file(tmp_path, f"{{alias: clf, source: {head}}}", "{type: attention, layers: [0]}"))
-    with pytest.raises(SpecError, match="'clf' .* is a sequence_classification model; the attention task runs on "
+    spec = load_spec(spec_file(tmp_path, f"{{alias: clf, source: {head}}}", f"{{type: {task}, layers: [0]}}"))
+    with pytest.raises(SpecError, match=f"'clf' .* is a sequence_classification model; the {task} task runs on "
                                         "causal_lm or encoder models"):
         plan_spec(spec)
 
