@@ -151,7 +151,9 @@ def lmsweep_worker(python: Path, spec: dict, work: Path, env: dict) -> dict:
         raise SystemExit(f"{spec['name']}: worker exited {proc.returncode}\n{proc.stderr[-3000:]}")
     meta = json.loads(next((exp / "meta").glob("element-*-rank-*.json")).read_text())
     t = meta["timers"]
-    df = load(exp).sort_values("prompt_id")
+    order = {p["text"] if isinstance(p, dict) else p: i for i, p in enumerate(spec["prompts"][0]["items"])}
+    df = load(exp)
+    df = df.iloc[df["prompt_text"].map(order).argsort()]     # the prompt list's order, as raw vLLM returns it
     after_load = t["total_s"] - t["setup_s"] - t["load_s"]
     new = int(df["num_new_tokens"].sum())
     return {"wall_s": wall, "load_s": t["load_s"], "after_load_s": after_load, "model_s": t["model_s"],

