@@ -132,7 +132,8 @@ class ClassifyParams(TaskParams):
 
     @model_serializer(mode="wrap")
     def _without_default_balanced(self, handler):
-        # `balanced` joined later: left out at its default, so existing specs keep their spec hash and unit ids
+        # `balanced` joined later: left out of the spec's dump at its default, so existing specs keep their spec
+        # hash (few-shot variants name it, so their unit ids moved with the draw: see _normalise)
         data = handler(self)
         if isinstance(data, dict) and data.get("balanced") is True:
             data.pop("balanced")
@@ -156,6 +157,10 @@ def _normalise(v: dict) -> dict:
         v.update(shots=0, seed=0, examples=[], example_separator=None)
     if not v["shots"]:
         v.pop("balanced", None)            # no examples drawn: balanced changes nothing
+    else:
+        # Said explicitly in every few-shot variant, hence in its unit ids: the balanced draw (2026-12) shows
+        # other examples than the earlier one did, so rows drawn before must not count as done for it.
+        v["balanced"] = v.get("balanced", True)
     if v["method"] != "label_likelihood":
         v.update(length_norm=False, label_prefix=None)
     if v["method"] != "pipeline":

@@ -1,5 +1,5 @@
 """classify's prompts: templates refuse unknown placeholders and take doubled braces literally; few-shot
-draws are label-balanced by default without moving unit ids; the scored prompt is stored; the
+draws are label-balanced by default (few-shot unit ids say so); the scored prompt is stored; the
 confusion matrix names its axes."""
 from __future__ import annotations
 
@@ -106,16 +106,26 @@ def test_balanced_draws_with_too_few_of_a_label_and_many_labels():
         assert drawn == fewshot_indices(many, f"p{j}")
 
 
-def test_balanced_keeps_unit_ids_and_balanced_false_gets_its_own(tmp_path, tiny_llama):
-    def ids(extra: str) -> list[str]:
+def test_fewshot_unit_ids_name_the_draw_and_zero_shot_ids_do_not_move(tmp_path, tiny_llama):
+    """Few-shot variants say `balanced` in their hashed parameters, so their ids moved with the new draw
+    (rows drawn the old way rerun instead of counting as done); zero-shot units draw nothing and keep
+    their ids whatever `balanced` says; the spec hash moves only when balanced is set off its default."""
+    def plan(shots: int, extra: str):
         path = tmp_path / "spec.yaml"
         path.write_text(spec_text(f"[{{alias: tiny, source: {tiny_llama}}}]",
-                                  "{type: classify, labels: [good, bad], shots: 1, examples: [{label: good, text: x},"
-                                  f" {{label: bad, text: y}}]{extra}}}"))
-        return sorted(plan_spec(load_spec(path)).units.column("unit_id").to_pylist())
+                                  f"{{type: classify, labels: [good, bad], shots: {shots}, examples: [{{label: good, "
+                                  f"text: x}}, {{label: bad, text: y}}]{extra}}}"))
+        return plan_spec(load_spec(path))
 
-    assert ids("") == ids(", balanced: true")
-    assert set(ids(", balanced: false")).isdisjoint(ids(""))
+    def ids(shots: int, extra: str) -> list[str]:
+        return sorted(plan(shots, extra).units.column("unit_id").to_pylist())
+
+    assert ids(1, "") == ids(1, ", balanced: true")
+    assert set(ids(1, ", balanced: false")).isdisjoint(ids(1, ""))
+    assert [v["balanced"] for v in plan(1, "").variants] == [True]
+    assert [v["balanced"] for v in plan(1, ", balanced: false").variants] == [False]
+    assert "balanced" not in plan(0, "").variants[0] and ids(0, "") == ids(0, ", balanced: false")
+    assert plan(1, "").spec_hash == plan(1, ", balanced: true").spec_hash != plan(1, ", balanced: false").spec_hash
 
 
 def test_the_confusion_matrix_names_its_axes():
