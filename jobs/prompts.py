@@ -33,7 +33,7 @@ def load_prompt_set(ps: PromptSetSpec, index: int, spec_file: str, spec_dir: Pat
     """Read one prompt set; errors point at the spec line (inline) or the file row (files)."""
     if ps.items is not None:
         rows = [(line_of(lines, ("prompts", index, "items", i)),
-                 {"id": f"p{i}", "text": it} if isinstance(it, str) else it.model_dump())
+                 {"id": f"p{i}", "text": it} if isinstance(it, str) else _inline_row(it))
                 for i, it in enumerate(ps.items)]
         return _to_prompts(ps, rows, spec_file, lambda i: f"prompts[{index}].items[{i}]")
     path = Path(ps.file)
@@ -44,6 +44,13 @@ def load_prompt_set(ps: PromptSetSpec, index: int, spec_file: str, spec_dir: Pat
                         line=line_of(lines, ("prompts", index, "file")), field=f"prompts[{index}].file")
     rows = _read_rows(path)
     return _to_prompts(ps, rows, str(path), lambda i: f"row {i + 1}")
+
+
+def _inline_row(item: PromptItem) -> dict[str, Any]:
+    """An inline item as a file row: its `meta:` mapping's keys become the row's free columns (they were
+    stored nested, as `{"meta": {...}}`, unlike a file's extra columns)."""
+    row = item.model_dump(exclude={"meta"})
+    return {**{k: v for k, v in item.meta.items() if k not in KNOWN}, **row}
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:

@@ -110,8 +110,6 @@ def continuation_of(meta: str | dict | None, column: str) -> str | None:
     item's `meta:` mapping), or None: score the whole text."""
     meta = json.loads(meta or "{}") if isinstance(meta, str) else (meta or {})
     value = meta.get(column)
-    if value is None and isinstance(meta.get("meta"), dict):
-        value = meta["meta"].get(column)
     return None if value is None else str(value)
 
 

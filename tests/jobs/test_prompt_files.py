@@ -100,3 +100,13 @@ def test_specs_without_a_column_mapping_keep_their_spec_hash(tmp_path):
     a, b = load_spec(tmp_path / "a.yaml"), load_spec(tmp_path / "b.yaml")
     assert "text_column" not in a.canonical()["prompts"][0] and b.canonical()["prompts"][0]["text_column"] == "text"
     assert a.spec_hash() != b.spec_hash()
+
+
+def test_an_inline_items_meta_is_stored_like_a_files_extra_columns(tmp_path):
+    """An inline item's `meta: {source: r1}` used to be stored nested as {"meta": {"source": "r1"}}."""
+    (tmp_path / "spec.yaml").write_text(
+        "name: p\nmodels: [package:smollm2-135m-instruct]\nprompts:\n  - name: reviews\n    items:\n"
+        "      - {id: a, text: The game was great, label: positive, meta: {source: r1}}\n"
+        "      - {id: b, text: Terrible controls}\ntask: generate\n")
+    prompts = load_prompts(load_spec(tmp_path / "spec.yaml"))
+    assert [json.loads(p.meta) for p in prompts] == [{"source": "r1"}, {}]
