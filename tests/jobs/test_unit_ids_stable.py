@@ -33,7 +33,7 @@ def _uninstalled_packages(path) -> list[str]:
 def test_example_spec_plans_to_the_recorded_unit_ids(name):
     missing = _uninstalled_packages(REPO / "configs" / name)
     if missing and os.environ.get("CI", "").lower() not in ("1", "true", "yes"):
-        pytest.skip(f"{', '.join(missing)} not installed (opt-in; CI installs it)")
+        pytest.skip(f"{', '.join(missing)} not installed (opt-in: LMSWEEP_GEMMA=1 make test installs it; CI does)")
     plan = lmsweep.plan(lmsweep.load_spec(REPO / "configs" / name))
     units = plan.units.to_pydict()
     got = sorted(map(list, zip(units["unit_id"], units["unit_key"], units["element"])))
