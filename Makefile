@@ -37,11 +37,15 @@ $(GEMMA_STAMP): $(STAMP)
 VLLM_VENV  := .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-$(VLLM_STAMP): pyproject.toml requirements-vllm.lock
+$(VLLM_VENV)/.deps: requirements-vllm.lock
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -r requirements-vllm.lock
+	touch $@
+
+# After .venv's own editable install (| order only): under `make -j2` both would write lmsweep.egg-info at once.
+$(VLLM_STAMP): $(VLLM_VENV)/.deps pyproject.toml | $(STAMP)
 	$(VLLM_VENV)/bin/python -m pip install -q --no-deps -e .
 	touch $(VLLM_STAMP)
 
