@@ -17,6 +17,7 @@ import ssl
 import subprocess
 import tarfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -165,3 +166,26 @@ def test_bertviz_pages_draw_in_headless_chromium(experiment, cdn, tmp_path):
         else:                   # a thumbnail per (layer, head), each a line per (query, key)
             assert drawn == ["Heads", "0", "1", "2", "3", "Layers", "0", "1"]
             assert dom.count("<line") == 2 * heads * n * n
+
+
+def test_without_bertviz_the_flag_is_one_line_saying_how_to_install_it(experiment, tmp_path):
+    """In this environment minus bertviz (a subprocess over a copy of site-packages without it): exit 2, one
+    line naming the extra, and nothing written."""
+    import sys
+
+    import transformers
+
+    exp, df = experiment
+    site = Path(transformers.__file__).parents[1]
+    shadow = tmp_path / "site"
+    shadow.mkdir()
+    for entry in site.iterdir():
+        if not entry.name.startswith("bertviz"):
+            (shadow / entry.name).symlink_to(entry)
+    out = tmp_path / "plots"
+    args = ["plot", "attention", str(exp), "--unit", df["unit_id"].iloc[0], "--bertviz", "--out", str(out)]
+    code = f"import site, sys; site.addsitedir({str(shadow)!r}); from lmsweep.cli import main; sys.exit(main({args!r}))"
+    proc = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "bertviz is not installed" in proc.stderr and "pip install 'lmsweep[bertviz]'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not out.exists()
