@@ -92,3 +92,30 @@ def test_ctrl_c_ends_the_watch_with_130(tmp_path, tiny_llama):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, out + err
     assert line.strip().endswith("0/4 done, 0 failed, 4 missing")
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_watch_follows_a_real_slurm_array_until_complete(tmp_path, tiny_llama):
+    """The same against the one-node Slurm of tests/infra: the states come from its batched query."""
+    import shutil
+
+    from helpers.cli import REPO
+
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    up = subprocess.run(["bash", str(REPO / "tests/infra/slurm-up.sh")], capture_output=True, text=True, timeout=180)
+    if up.returncode != 0:
+        pytest.skip(f"Slurm could not start here (tests/infra/slurm-up.sh exited {up.returncode})")
+    conf = next(line.split("=", 1)[1] for line in up.stdout.splitlines() if line.startswith("slurm up: SLURM_CONF="))
+    env = {"SLURM_CONF": conf.strip()}
+    path = spec(tmp_path, tiny_llama, "sw")
+    path.write_text(path.read_text() + "  slurm: {partition: debug}\n")
+    cli("submit", str(path), "--system", "slurm-generic", env=env, check=True)
+    proc = subprocess.run([sys.executable, "-m", "lmsweep", "status", str(tmp_path / "runs" / "sw"), "--watch",
+                           "--interval", "1"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **env})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    seen = LINE.findall(proc.stdout)
+    assert seen[-1][:2] == ("4", "4") and "complete" in proc.stdout.splitlines()[-1]
+    assert any(sched for *_, sched in seen), proc.stdout           # Slurm's states were shown
