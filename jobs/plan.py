@@ -141,7 +141,10 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
     blocks: dict[str, list] = {"model": [], "variant": [], "point": [], "seed": [], "gen": [], "element": []}
     elements: list[Element] = []
     ex = spec.execution
-    groups = max(1, ex.ranks_per_element // max(m.tensor_parallel for m in spec.models))
+    # Model copies working at once: deepspeed's tensor-parallel groups span ranks; a vLLM rank runs its own
+    # engine over `tensor_parallel` devices, so every rank is a copy.
+    span = 1 if ex.backend == "vllm" else max(m.tensor_parallel for m in spec.models)
+    groups = max(1, ex.ranks_per_element // span)
     budget = ex.walltime_seconds * ELEMENT_FILL * groups * ex.tokens_per_second   # tokens per element
     for m in spec.models:
         ref = refs[m.alias]

@@ -82,3 +82,22 @@ def test_vllm_rank_without_enough_gpus_is_told_how_to_launch(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")            # narrowed to one GPU, but TP=4 asked
     with pytest.raises(Exception, match="needs tensor_parallel=4 GPUs but sees 1"):
         vllm.bind(World(rank=0, size=4, local_rank=0, local_size=4), "cuda", 4, threads=8)
+
+
+def test_elements_are_sized_for_one_engine_per_rank_under_vllm(tmp_path):
+    """deepspeed's tensor-parallel groups span ranks (4 ranks at TP=2: 2 model copies); a vLLM rank runs
+    its own engine over its TP devices (4 ranks: 4 copies), so a vllm element holds twice the units."""
+    from lmsweep.jobs.plan import plan_spec
+    from lmsweep.jobs.spec import load_spec
+
+    def units_per_element(backend: str) -> int:
+        path = write_spec(tmp_path / f"{backend}.yaml",
+                          HEAD.replace("items: [Once upon a time]", "items: [" + ", ".join(f"p{i}" for i in range(400))
+                                       + "]").replace("package:smollm2-135m-instruct\n",
+                                                      "package:smollm2-135m-instruct\n    tensor_parallel: 2\n")
+                          + "task: generate\ndecoding: {max_new_tokens: 64}\nexecution:\n"
+                          f"  backend: {backend}\n  ranks_per_element: 4\n  walltime: '00:02:00'\n"
+                          "  tokens_per_second: 20\n")
+        return max(e.n_units for e in plan_spec(load_spec(path)).elements)
+
+    assert units_per_element("vllm") == 2 * units_per_element("deepspeed")
