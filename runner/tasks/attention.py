@@ -13,7 +13,6 @@ into a run.
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Literal
 
@@ -22,7 +21,7 @@ from pydantic import AfterValidator, Field
 
 from lmsweep.runner.tasks.base import PlannedUnits, Task, TaskParams
 from lmsweep.runner.tasks.registry import register_task
-from lmsweep.runner.units import TaskContext, Unit, UnitFailure, render_prompt
+from lmsweep.runner.units import TaskContext, Unit, UnitFailure, forward_prompts
 
 if TYPE_CHECKING:
     from lmsweep.jobs.model_facts import ModelFacts
@@ -97,17 +96,10 @@ class Attention(Task):
 
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
         import numpy as np
-        import torch
 
         tok, model, p = ctx.tokenizer, ctx.model, ctx.params
-        rendered = [render_prompt(tok, u.prompt) for u in units]
-        full = [tok(text, add_special_tokens=add)["input_ids"] for text, add in rendered]
-        kept = [ids[:p.max_tokens] for ids in full]
-        batch = tok.pad({"input_ids": kept}, return_tensors="pt", padding_side="right").to(ctx.device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            attentions = model(**batch, output_attentions=True).attentions
-        latency = time.perf_counter() - start
+        forward = forward_prompts(ctx, units, p.max_tokens, output_attentions=True)
+        attentions = forward.outputs.attentions
         if not attentions or attentions[0] is None:
             raise UnitFailure("the model returned no attention weights (needs attn_implementation: eager)")
 
@@ -126,11 +118,10 @@ class Attention(Task):
         column = "attention" if p.dtype == "float16" else "attention_f32"
 
         rows = []
-        for b, (u, ids) in enumerate(zip(units, kept)):
-            n = len(ids)
+        for b, u in enumerate(units):
+            n = len(forward.kept[b])
             common = {"unit_id": u.unit_id, "num_layers": n_layers, "num_heads": n_heads, "num_kv_heads": n_kv,
-                      "seq_len": n, "truncated": len(full[b]) > n, "num_prompt_tokens": len(full[b]),
-                      "tokens": [tok.decode([t]) for t in ids], "token_ids": ids, "batch_latency_s": latency}
+                      **forward.token_columns(tok, b)}
             for layer in layers:
                 weights = attentions[layer][b, heads, :n, :n].float().cpu()
                 if p.head_mean:

@@ -14,7 +14,6 @@ checks this task shares).
 """
 from __future__ import annotations
 
-import time
 from collections import Counter
 from typing import Literal
 
@@ -24,7 +23,7 @@ from pydantic import Field
 from lmsweep.runner.tasks.attention import DTYPE_BYTES, Selection, _size, check_selection, selected, token_counts
 from lmsweep.runner.tasks.base import PlannedUnits, Task, TaskParams
 from lmsweep.runner.tasks.registry import register_task
-from lmsweep.runner.units import TaskContext, Unit, UnitFailure, render_prompt
+from lmsweep.runner.units import TaskContext, Unit, UnitFailure, forward_prompts
 
 
 class HiddenStatesParams(TaskParams):
@@ -65,17 +64,10 @@ class HiddenStates(Task):
 
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
         import numpy as np
-        import torch
 
-        tok, model, p = ctx.tokenizer, ctx.model, ctx.params
-        rendered = [render_prompt(tok, u.prompt) for u in units]
-        full = [tok(text, add_special_tokens=add)["input_ids"] for text, add in rendered]
-        kept = [ids[:p.max_tokens] for ids in full]
-        batch = tok.pad({"input_ids": kept}, return_tensors="pt", padding_side="right").to(ctx.device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            states = model(**batch, output_hidden_states=True).hidden_states
-        latency = time.perf_counter() - start
+        tok, p = ctx.tokenizer, ctx.params
+        forward = forward_prompts(ctx, units, p.max_tokens, output_hidden_states=True)
+        states = forward.outputs.hidden_states
         if not states:
             raise UnitFailure("the model returned no hidden states")
         n_layers = len(states) - 1
@@ -85,12 +77,10 @@ class HiddenStates(Task):
             raise UnitFailure(f"layer index {bad[0]} out of range (embeddings + {n_layers} layers)")
         dtype, column = (np.float16, "hidden") if p.dtype == "float16" else (np.float32, "hidden_f32")
         rows = []
-        for b, (u, ids) in enumerate(zip(units, kept)):
-            n = len(ids)
+        for b, u in enumerate(units):
+            n = len(forward.kept[b])
             common = {"unit_id": u.unit_id, "num_layers": n_layers, "hidden_size": states[0].shape[-1],
-                      "pooling": p.pooling, "seq_len": n, "truncated": len(full[b]) > n,
-                      "num_prompt_tokens": len(full[b]), "tokens": [tok.decode([t]) for t in ids],
-                      "token_ids": ids, "batch_latency_s": latency}
+                      "pooling": p.pooling, **forward.token_columns(tok, b)}
             for layer in layers:
                 h = states[layer][b, :n].float().cpu()
                 value = h[n - 1] if p.pooling == "last" else h.mean(0) if p.pooling == "mean" else h
