@@ -84,15 +84,7 @@ def bertviz_inputs(rows: pd.DataFrame) -> tuple[list, list[str], list[int]]:
 
 
 def _rows(exp: str | Path, unit: str, layers: list[int] | None, heads: list[int] | None) -> pd.DataFrame:
-    rows = load_unit(Path(exp), unit)
-    if layers is not None:
-        rows = rows[rows["layer"].isin(layers)]
-    if heads is not None:
-        rows = rows[rows["head"].isin(heads)]
-    if rows.empty:
-        raise SpecError("no rows left after --layers/--heads; those layers or heads were not stored",
-                        field="--layers")
-    return rows
+    return load_unit(Path(exp), unit, layers, heads)
 
 
 def _bertviz():

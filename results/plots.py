@@ -41,7 +41,9 @@ def find_unit(exp_dir: Path, unit: str) -> str:
     raise SpecError(f"unit prefix {unit!r} matches {len(matches)} units; give more characters", field="--unit")
 
 
-def load_unit(exp_dir: Path, unit: str) -> pd.DataFrame:
+def load_unit(exp_dir: Path, unit: str, layers: list[int] | None = None,
+              heads: list[int] | None = None) -> pd.DataFrame:
+    """One attention unit's rows (by id or prefix), ordered by layer and head, kept to `layers`/`heads`."""
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load
 
@@ -50,7 +52,15 @@ def load_unit(exp_dir: Path, unit: str) -> pd.DataFrame:
         raise SpecError(f"{exp_dir} is a {task} experiment; attention plots need task: attention",
                         field="experiment")
     uid = find_unit(exp_dir, unit)
-    return load(exp_dir, filters=pc.field("unit_id") == uid).sort_values(["layer", "head"], ignore_index=True)
+    rows = load(exp_dir, filters=pc.field("unit_id") == uid).sort_values(["layer", "head"], ignore_index=True)
+    if layers is not None:
+        rows = rows[rows["layer"].isin(layers)]
+    if heads is not None:
+        rows = rows[rows["head"].isin(heads)]
+    if rows.empty:
+        raise SpecError("no rows left after --layers/--heads; those layers or heads were not stored",
+                        field="--layers")
+    return rows
 
 
 def _head_name(head: int) -> str:
@@ -124,14 +134,7 @@ def head_view_html(rows: pd.DataFrame, out: Path) -> Path:
 
 def plot_attention(exp_dir: Path, unit: str, out_dir: Path | None = None, layers: list[int] | None = None,
                    heads: list[int] | None = None) -> tuple[Path, Path]:
-    rows = load_unit(exp_dir, unit)
-    if layers is not None:
-        rows = rows[rows["layer"].isin(layers)]
-    if heads is not None:
-        rows = rows[rows["head"].isin(heads)]
-    if rows.empty:
-        raise SpecError("no rows left after --layers/--heads; those layers or heads were not stored",
-                        field="--layers")
+    rows = load_unit(exp_dir, unit, layers, heads)
     out_dir = out_dir or exp_dir / "plots"
     stem = f"attention-{rows['unit_id'].iloc[0][:12]}"
     return heatmap_grid(rows, out_dir / f"{stem}.png"), head_view_html(rows, out_dir / f"{stem}.html")
