@@ -109,7 +109,8 @@ def test_an_interpreter_under_tmp_is_warned_about(tmp_path, tiny_llama):
     python.parent.mkdir(parents=True)
     python.write_text("#!/bin/bash\n")
     python.chmod(0o755)
-    shared = Path.cwd() / "runs-not-written"            # not node-local: only the interpreter is warned about
+    # not node-local (the checkout, and even HOME, may be under /tmp in CI): only the interpreter is warned about
+    shared = Path("/lmsweep-shared-not-written") / tmp_path.name
     spec = spec_file(tmp_path, tiny_llama, out=shared, per_element=1000)
     proc = cli("submit", str(spec), "--system", "aurora", "--python", str(python), "--dry-run", check=True)
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("warning:")]
