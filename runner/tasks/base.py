@@ -12,6 +12,7 @@ methods that run on a worker or on results.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -104,6 +105,13 @@ class PlannedUnits:
         """The prompt indexes as plain ints, for a check that iterates over them."""
         pi = self.prompt_index
         return pi.tolist() if hasattr(pi, "tolist") else list(pi)
+
+    def prompt_counts(self, aliases: Sequence[str]) -> dict[str, Counter]:
+        """Per model alias, how many units each prompt index has (for per-prompt size checks)."""
+        counts: dict[str, Counter] = {alias: Counter() for alias in aliases}
+        for alias, qi in zip(self.models, self.prompt_indexes()):
+            counts[alias][qi] += 1
+        return counts
 
 
 class Task:

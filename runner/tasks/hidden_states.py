@@ -57,10 +57,7 @@ class HiddenStates(Task):
     )
 
     def check_plan(self, spec, facts, prompts, units: PlannedUnits) -> None:
-        per_model: dict[str, Counter] = {m.alias: Counter() for m in spec.models}
-        for alias, qi in zip(units.models, units.prompt_indexes()):
-            per_model[alias][qi] += 1
-        check_hidden_states(spec, facts, prompts, per_model)
+        check_hidden_states(spec, facts, prompts, units.prompt_counts([m.alias for m in spec.models]))
 
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
         import numpy as np
