@@ -6,7 +6,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -424,11 +424,9 @@ def _known_keys(parent: tuple) -> list[str]:
 
 def _model_types(annotation: Any):
     """The pydantic models inside an annotation such as `list[ModelSpec] | None`."""
-    import typing
-
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         yield annotation
-    for arg in typing.get_args(annotation):
+    for arg in get_args(annotation):
         yield from _model_types(arg)
 
 
