@@ -15,6 +15,13 @@ Steps, each safe to be killed after (the kill tests stop at every one, `LMSWEEP_
 A merge killed between steps is finished or undone by the next compaction of the element (`recover`).
 The caller must hold the element's lock (runner/locks.py): the worker does at the end of its element;
 `lmsweep results EXP --compact` takes it without waiting and leaves running elements alone.
+
+A manifest is data on disk, so it is read as untrusted (`read_manifest`): every name in it must be a plain
+part name of the manifest's own element, as the writer makes them (no separators, no `..`), naming a
+regular file (not a symlink) in the manifest's own directory, and the manifest itself must be a regular
+file of our name pattern holding `{"merged": str, "replaces": [str, ...]}`. Anything else (a path out of
+the experiment, malformed JSON, wrong types, a symlink) is refused: the manifest is moved to
+EXP/quarantine/ with a `.reason` note, reported on one line, and nothing it names is deleted or skipped.
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ import fcntl
 import json
 import os
 import re
+import stat
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -43,6 +52,11 @@ WORKER_MIN_PARTS = 16
 ROW_GROUP_ROWS = 128 * 1024
 ROW_GROUP_BYTES = 64 * 2**20
 _ELEMENT = re.compile(r"^part-e(\d{5})-")
+# What the writers name files: results/writer.part_name (part-e<el>-r<rank>-<ns>-<host>-<pid>-<n>.parquet),
+# compact_dir's merged file (part-e<el>-c<ns>-<pid>.parquet) and its manifest (_compact-e<el>-<ns>-<pid>.json).
+PART_NAME = re.compile(r"^part-e(\d{5})-(?:r\d{4}-\d+-[0-9a-f]{8}-\d+-\d+|c\d+-\d+)\.parquet$")
+MANIFEST_NAME = re.compile(r"^" + re.escape(MANIFEST_PREFIX) + r"e(\d{5})-\d+(?:-\d+)?\.json$")
+MANIFEST_MAX_BYTES = 64 * 2**20
 
 Hook = Callable[[], None] | None
 
@@ -66,31 +80,143 @@ def element_parts(directory: Path, element: int) -> list[Path]:
     return [p for p in live_parts(directory) if p.name.startswith(prefix)] if directory.is_dir() else []
 
 
-def recover(directory: Path, element: int) -> None:
-    """Finish (merged file in place) or undo (not yet) a merge of this element that was killed."""
+class BadManifest(ValueError):
+    """A compaction manifest that is not one our writer made; the message says why (one line)."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    path: Path
+    element: int
+    merged: str                 # a plain part name in the manifest's directory
+    replaces: tuple[str, ...]   # plain part names of the same element, never `merged`
+
+    def merged_in_place(self) -> bool:
+        """The merged file exists as a regular file (not a symlink): the merge passed its step 3."""
+        return _regular_file(self.path.parent / self.merged)
+
+
+def _regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _plain_part_name(value, element: int, what: str) -> str:
+    if not isinstance(value, str):
+        raise BadManifest(f"{what} is {type(value).__name__} {value!r:.80}, not a file name")
+    m = PART_NAME.match(value)
+    if m is None or "/" in value or "\\" in value or ".." in value or "\0" in value:
+        raise BadManifest(f"{what} {value!r:.200} is not a part file name of this directory")
+    if int(m.group(1)) != element:
+        raise BadManifest(f"{what} {value!r:.200} is a part of element {int(m.group(1))}, not of element {element}")
+    return value
+
+
+def read_manifest(path: Path) -> Manifest:
+    """A manifest as our writer makes it, or BadManifest (FileNotFoundError: deleted meanwhile)."""
+    path = Path(path)
+    named = MANIFEST_NAME.match(path.name)
+    if named is None:
+        raise BadManifest(f"name {path.name!r} is not {MANIFEST_PREFIX}eNNNNN-<ns>-<pid>.json")
+    element = int(named.group(1))
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise BadManifest("not a regular file" + (" (a symlink)" if stat.S_ISLNK(st.st_mode) else ""))
+    if st.st_size > MANIFEST_MAX_BYTES:
+        raise BadManifest(f"{st.st_size} bytes, more than a manifest ever holds")
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MANIFEST_MAX_BYTES + 1)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadManifest(f"not JSON: {str(e).splitlines()[0][:200]}") from None
+    if not isinstance(data, dict) or not {"merged", "replaces"} <= data.keys():
+        raise BadManifest(f'expected {{"merged": "<part>", "replaces": ["<part>", ...]}}, got {raw[:120]!r}')
+    merged = _plain_part_name(data["merged"], element, "merged")
+    if not isinstance(data["replaces"], list):
+        raise BadManifest(f"replaces is {type(data['replaces']).__name__}, not a list of file names")
+    replaces = tuple(_plain_part_name(name, element, "replaces") for name in data["replaces"])
+    if merged in replaces:
+        raise BadManifest(f"merged {merged!r} is also among the parts it replaces")
+    directory = path.parent
+    for name in (merged, *replaces):
+        target = directory / name
+        if target.parent != directory or (target.is_symlink() or (target.exists() and not _regular_file(target))):
+            raise BadManifest(f"{name!r} is a symlink or not a regular file")
+    return Manifest(path, element, merged, replaces)
+
+
+def _experiment_of(directory: Path) -> Path:
+    """EXP for EXP/results/task=<task>/ and EXP/errors/, the only directories that hold manifests."""
+    return directory.parent if directory.name == "errors" else directory.parent.parent
+
+
+def quarantine_manifest(path: Path, reason: str, exp_dir: Path | None = None) -> Path | None:
+    """Move a refused manifest to EXP/quarantine/ (same relative path, plus a `.reason` note), and say so on
+    one line; a symlink is moved as a link, never followed. None if it could not be moved (read-only tree)."""
+    exp_dir = Path(exp_dir) if exp_dir is not None else _experiment_of(path.parent)
+    try:
+        rel = path.parent.resolve().relative_to(exp_dir.resolve()) / path.name
+    except ValueError:
+        rel = Path(path.name)
+    dest = exp_dir / "quarantine" / rel
+    if dest.exists() or dest.is_symlink():
+        dest = dest.with_name(f"{dest.name}.{time.time_ns()}")
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, dest)
+    except FileNotFoundError:
+        return None                                   # another process moved or deleted it first
+    except OSError as e:
+        print(f"warning: ignoring compaction manifest {path} ({reason}); cannot move it to quarantine: "
+              f"{e.strerror}", file=sys.stderr, flush=True)
+        return None
+    dest.with_name(dest.name + ".reason").write_text(f"{path}\n{reason}\n")
+    print(f"warning: refused compaction manifest {path} → {dest} ({reason}); nothing it names was deleted",
+          file=sys.stderr, flush=True)
+    return dest
+
+
+def checked_manifests(directory: Path, exp_dir: Path | None = None) -> list[Manifest]:
+    """The directory's manifests that our writer could have made; every other one is quarantined."""
+    out = []
     for path in manifests(directory):
-        if not path.name.startswith(f"{MANIFEST_PREFIX}e{element:05d}-"):
-            continue
         try:
-            m = json.loads(path.read_text())
-        except (OSError, ValueError):
+            out.append(read_manifest(path))
+        except FileNotFoundError:
+            continue                                  # the merge finished and deleted it meanwhile
+        except (BadManifest, OSError) as e:
+            reason = f"{type(e).__name__}: {e}" if not isinstance(e, BadManifest) else str(e)
+            quarantine_manifest(path, reason.replace("\n", " "), exp_dir)
+    return out
+
+
+def recover(directory: Path, element: int, exp_dir: Path | None = None) -> None:
+    """Finish (merged file in place) or undo (not yet) a merge of this element that was killed."""
+    for m in checked_manifests(directory, exp_dir):
+        if m.element != element:
             continue
-        if (directory / m["merged"]).is_file():
-            for name in m["replaces"]:
-                (directory / name).unlink(missing_ok=True)
+        if m.merged_in_place():
+            for name in m.replaces:
+                target = directory / name
+                if _regular_file(target):             # never a symlink, never a directory
+                    target.unlink(missing_ok=True)
             fsync_dir(directory)
-        path.unlink(missing_ok=True)
+        m.path.unlink(missing_ok=True)
     for tmp in [*directory.glob(f".part-e{element:05d}-c*.tmp"),          # killed before its rename
                 *directory.glob(f".{MANIFEST_PREFIX}e{element:05d}-*.tmp")]:
         tmp.unlink(missing_ok=True)
 
 
 def compact_dir(directory: Path, schema: pa.Schema, keys: list[str] | None, element: int, min_parts: int = 2,
-                hook: Hook = None) -> Compacted | None:
+                hook: Hook = None, exp_dir: Path | None = None) -> Compacted | None:
     """Merge the element's parts in `directory` into one file, de-duplicated by `keys` (None: keep all)."""
     if not directory.is_dir():
         return None
-    recover(directory, element)
+    recover(directory, element, exp_dir)
     parts = element_parts(directory, element)
     if len(parts) < min_parts:
         return None
@@ -128,10 +254,10 @@ def compact_element(exp_dir: Path, task: str, element: int, min_parts: int = 2, 
     for directory, schema, keys in ((results_dir(exp_dir, task), schema_for(task), row_key(task)),
                                     (errors_dir(exp_dir), ERROR_SCHEMA, None)):
         try:
-            done = compact_dir(directory, schema, keys, element, min_parts, hook)
+            done = compact_dir(directory, schema, keys, element, min_parts, hook, exp_dir)
         except READ_ERRORS:               # a damaged part: quarantine it (its units are rerun), merge the rest
             verify_element_parts(exp_dir, directory, schema, element)
-            done = compact_dir(directory, schema, keys, element, min_parts, hook)
+            done = compact_dir(directory, schema, keys, element, min_parts, hook, exp_dir)
         if done is not None:
             out.append(done)
     return out
@@ -212,7 +338,7 @@ def elements_with_parts(exp_dir: Path, task: str) -> list[int]:
     for directory in (results_dir(exp_dir, task), errors_dir(exp_dir)):
         if directory.is_dir():
             found |= {e for p in os.scandir(directory) if (e := element_of(p.name)) is not None}
-            found |= {int(p.name[len(MANIFEST_PREFIX) + 1:][:5]) for p in manifests(directory)}
+            found |= {m.element for m in checked_manifests(directory, exp_dir)}
     return sorted(found)
 
 

@@ -16,7 +16,6 @@ compaction reads every row once.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -39,13 +38,34 @@ READ_ERRORS = (pa.ArrowException, OSError, ValueError)
 MANIFEST_PREFIX = "_compact-"
 
 
+# JSON files beside the parts are records, never rows: a worker's element crash record in errors/
+# (errors/element-NNNNN.json, runner/worker.py); compaction manifests start with "_" anyway.
+RECORD_SUFFIXES = (".json",)
+
+
 def part_files(directory: Path) -> list[Path]:
     """Every file a dataset scan of `directory` would read."""
     out = []
     for root, dirs, files in os.walk(directory):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(IGNORED_PREFIXES))
-        out += [Path(root) / f for f in sorted(files) if not f.startswith(IGNORED_PREFIXES)]
+        for d in dirs:
+            if d.startswith(PART_PREFIX):
+                _warn_once(Path(root) / d, "skipped a directory where a part file should be (it holds no rows; "
+                                           "move it aside)")
+        dirs[:] = sorted(d for d in dirs if not d.startswith(IGNORED_PREFIXES + (PART_PREFIX,)))
+        out += [Path(root) / f for f in sorted(files)
+                if not f.startswith(IGNORED_PREFIXES) and not f.endswith(RECORD_SUFFIXES)]
     return out
+
+
+PART_PREFIX = "part-"
+_WARNED: set[str] = set()
+
+
+def _warn_once(path: Path, what: str) -> None:
+    """A warning on stderr, once per path and process (a read lists a directory several times)."""
+    if str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        print(f"warning: {what}: {path}", file=sys.stderr, flush=True)
 
 
 def check_part(path: Path, schema: pa.Schema) -> str | None:
@@ -93,15 +113,14 @@ def manifests(directory: Path) -> list[Path]:
 
 
 def superseded(directory: Path) -> set[str]:
-    """Names of parts a finished merge replaced (its merged file exists) but that are not deleted yet."""
+    """Names of parts a finished merge replaced (its merged file exists) but that are not deleted yet.
+    A manifest our writer could not have made (a path out of the directory, malformed) is quarantined."""
+    from lmsweep.results.compact import checked_manifests  # lazily: compact imports this module
+
     out: set[str] = set()
-    for path in manifests(directory):
-        try:
-            m = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue                      # deleted meanwhile (the merge finished); or not ours
-        if (directory / m["merged"]).is_file():
-            out.update(m["replaces"])
+    for m in checked_manifests(directory):
+        if m.merged_in_place():
+            out.update(m.replaces)
     return out
 
 
