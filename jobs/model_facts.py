@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmsweep.jobs.model_files import read_config, weights_problem
 from lmsweep.jobs.model_sources import PACKAGES, ModelRef
 
 if TYPE_CHECKING:
@@ -56,15 +57,18 @@ def model_kind(ref: ModelRef) -> str:
     config = Path(ref.path) / "config.json"
     if not config.is_file():
         return "unknown"
-    return kind_of(json.loads(config.read_text()).get("architectures") or [])
+    architectures = read_config(config).get("architectures")
+    return kind_of([a for a in architectures if isinstance(a, str)] if isinstance(architectures, list) else [])
 
 
 def model_facts(ref: ModelRef) -> ModelFacts:
     if ref.gguf:
         return _gguf_facts(ref)
     path = Path(ref.path)
-    cfg = json.loads((path / "config.json").read_text())
-    text = cfg.get("text_config", cfg)        # multimodal configs nest the language model's
+    cfg = read_config(path / "config.json")
+    text = cfg.get("text_config")             # multimodal configs nest the language model's
+    if not isinstance(text, dict):
+        text = cfg
     heads = text.get("num_attention_heads") or text.get("n_head")
     tok = path / "tokenizer.json"
     return ModelFacts(kind=model_kind(ref), num_layers=text.get("num_hidden_layers") or text.get("n_layer"),
@@ -113,6 +117,31 @@ def _gguf_facts(ref: ModelRef) -> ModelFacts:
 
 def variants_per_model(spec: ExperimentSpec, task: Task, refs: dict[str, ModelRef], variants: list[dict]
                        ) -> tuple[dict[str, ModelFacts], dict[str, list[int]]]:
+    """(facts per model alias, indices of the task variants each model runs), or a SpecError; see
+    `_variants_per_model`. A model directory whose weights the task will load has its safetensors
+    files checked too (check_weights)."""
+    facts, fitting = _variants_per_model(spec, task, refs, variants)
+    typed = [task.variant(v) for v in variants]
+    check_weights(spec, refs, {alias: any(task.auto_class_for(typed[vi]) is not None for vi in vis)
+                               for alias, vis in fitting.items()})
+    return facts, fitting
+
+
+def check_weights(spec: ExperimentSpec, refs: dict[str, ModelRef], loads_weights: dict[str, bool]) -> None:
+    """Each model directory (local or Hub cache) whose weights will be loaded must have whole safetensors
+    files: a header that parses and a size equal to what it says (jobs.model_files), so that a truncated
+    copy is refused here, in one line naming the file, rather than by a traceback on the compute node.
+    Reads only the headers. A tokenizer-only task (tokenize) never reads the weights, so skips this."""
+    for i, m in enumerate(spec.models):
+        ref = refs[m.alias]
+        if ref.kind in ("dir", "hub") and not ref.gguf and loads_weights.get(m.alias):
+            problem = weights_problem(Path(ref.path))
+            if problem:
+                raise spec.source.error(problem, f"models[{i}].source", ("models", i, "source"))
+
+
+def _variants_per_model(spec: ExperimentSpec, task: Task, refs: dict[str, ModelRef], variants: list[dict]
+                        ) -> tuple[dict[str, ModelFacts], dict[str, list[int]]]:
     """(facts per model alias, indices of the task variants each model runs), or a SpecError.
 
     Every task declares the kinds of model it runs on (`Task.model_kinds`, per variant) and the

@@ -8,12 +8,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import importlib.util
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.model_files import read_config
 
 
 @dataclass(frozen=True)
@@ -115,10 +115,7 @@ def _directory(source: str, path: Path, allow_pickle: bool, trust_remote_code: b
     config = path / "config.json"
     if not config.is_file():
         raise SpecError(f"{path} has no config.json; not a transformers model directory")
-    try:
-        cfg = json.loads(config.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SpecError(f"{config} is not valid JSON: {e}") from None
+    cfg = read_config(config)      # a JSON object, or one line naming config.json
     if cfg.get("auto_map") and not trust_remote_code:
         raise SpecError(f"{path} needs custom code (auto_map in config.json); set trust_remote_code: true "
                         "on this model only if you trust that code")
@@ -131,6 +128,9 @@ def _directory(source: str, path: Path, allow_pickle: bool, trust_remote_code: b
             raise SpecError(f"{path} has only pickle checkpoints ({pickles[0].name}), which can run code "
                             "when loaded; convert to safetensors or set allow_pickle: true on this model")
         weights = pickles
+    for file in weights:
+        if not file.is_file():       # a directory, FIFO or device named like weights: never opened
+            raise SpecError(f"{file} is not a regular file")
     return ModelRef(source, "dir", str(path), _fingerprint([config] + weights))
 
 

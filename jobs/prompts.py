@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,11 +41,31 @@ def load_prompt_set(ps: PromptSetSpec, index: int, spec_file: str, spec_dir: Pat
     path = Path(ps.file)
     if not path.is_absolute():
         path = spec_dir / path
-    if not path.is_file():
-        raise SpecError(f"prompt file not found: {path}", file=spec_file,
-                        line=line_of(lines, ("prompts", index, "file")), field=f"prompts[{index}].file")
+    problem = "prompt file not found: the path is empty" if not ps.file.strip() else _not_a_file(path)
+    if problem:
+        raise SpecError(problem, file=spec_file, line=line_of(lines, ("prompts", index, "file")),
+                        field=f"prompts[{index}].file")
     rows = _read_rows(path)
     return _to_prompts(ps, rows, str(path), lambda i: f"row {i + 1}")
+
+
+FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+              (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` cannot be read as a prompt file, or None. Decided by stat alone: a FIFO is never opened
+    (opening one blocks until a writer comes), nor a device (/dev/zero never ends)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return f"prompt file not found: {path}"
+    except OSError as e:      # a broken symlink loop, a path through a file, no permission
+        return f"cannot read prompt file {path}: {e.strerror}"
+    if stat.S_ISREG(mode):
+        return None
+    what = next((name for test, name in FILE_KINDS if test(mode)), "not a regular file")
+    return f"prompt file {path} is {what}, not a regular file"
 
 
 def _inline_row(item: PromptItem) -> dict[str, Any]:
@@ -72,7 +94,7 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         return out
     if suffix in (".jsonl", ".ndjson"):
         out = []
-        with path.open(encoding="utf-8", errors="strict") as f:
+        with path.open(encoding="utf-8-sig", errors="strict") as f:    # -sig: a leading BOM is dropped
             try:
                 for n, line in enumerate(f, 1):
                     if not line.strip():
@@ -89,11 +111,10 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         return out
     if suffix == ".csv":
         try:
-            with path.open(encoding="utf-8", newline="") as f:
-                reader = csv.DictReader(f)
-                if not reader.fieldnames:
-                    raise SpecError("empty CSV (no header row)", file=shown)
-                return [(n + 2, dict(row)) for n, row in enumerate(reader)]  # line 1 is the header
+            # -sig: a leading BOM (Excel writes one) is dropped, or it would glue itself to the first
+            # column's name and turn `id` into metadata.
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                return _csv_rows(csv.reader(f), shown)
         except UnicodeDecodeError:
             raise SpecError("not UTF-8 text", file=shown) from None
         except csv.Error as e:
@@ -107,6 +128,30 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
         return [(None, row) for row in table.to_pylist()]
     raise SpecError(f"unsupported prompt file type {suffix!r}; expected .yaml, .jsonl, .csv or .parquet",
                     file=shown)
+
+
+def _csv_rows(reader, shown: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line, row) per record; a record with more or fewer fields than the header is an error at its
+    line (a field quoted over several lines counts from the line it starts on; blank lines are skipped,
+    as DictReader does)."""
+    header = next(reader, None)
+    if not header:
+        raise SpecError("empty CSV (no header row)", file=shown)
+    out = []
+    end = reader.line_num
+    for record in reader:
+        line, end = end + 1, reader.line_num
+        if not record:
+            continue
+        if len(record) != len(header):
+            raise SpecError(f"row {len(out) + 1} has {_fields(len(record))}, the header has {len(header)}",
+                            file=shown, line=line)
+        out.append((line, dict(zip(header, record))))
+    return out
+
+
+def _fields(n: int) -> str:
+    return f"{n} field" if n == 1 else f"{n} fields"
 
 
 def _unpaired_surrogate(value: str | None) -> str | None:

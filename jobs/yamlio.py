@@ -1,6 +1,7 @@
 """Safe YAML loading that remembers the line of every key, so errors can point at it."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,18 @@ def load_yaml(path: Path) -> tuple[Any, dict[Path_, int]]:
     """Return (data, lines) where lines maps a key path like ('decoding', 'top_p') to its 1-based line."""
     shown = str(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:       # at most one byte past the limit: /dev/zero is refused, not read
+            raw = f.read(MAX_BYTES + 1)
+            size = os.fstat(f.fileno()).st_size      # 0 for a pipe or a device
     except FileNotFoundError:
         raise SpecError("file not found", file=shown) from None
     except OSError as e:
         raise SpecError(f"cannot read: {e.strerror}", file=shown) from None
     if len(raw) > MAX_BYTES:
-        raise SpecError(f"file is {len(raw)} bytes; a spec must be under {MAX_BYTES}", file=shown)
+        raise SpecError(f"file is {f'{size} bytes' if size > MAX_BYTES else f'over {MAX_BYTES} bytes'}; a spec "
+                        f"must be under {MAX_BYTES}", file=shown)
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")    # -sig: a leading byte-order mark (some Windows editors) is dropped
     except UnicodeDecodeError as e:
         raise SpecError(f"not UTF-8 text (byte {e.start})", file=shown) from None
     return parse_yaml(text, shown)

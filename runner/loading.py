@@ -5,6 +5,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lmsweep.errors import BadInput
+from lmsweep.jobs.model_files import weights_problem
 from lmsweep.runner.model_cache import materialize, tokenizer_dir
 
 if TYPE_CHECKING:
@@ -48,6 +50,10 @@ def load(model: ModelInfo, model_class: str | None, attn_implementation: str | N
     attn = attn_implementation or model.attn_implementation
     if attn:
         kwargs["attn_implementation"] = attn
+    if not model.path.endswith(".gguf"):      # a converted GGUF was checked by materialize
+        problem = weights_problem(path)
+        if problem:     # changed or damaged since it was planned: one line, not a traceback from the loader
+            raise BadInput(f"model {model.alias!r}: {problem}")
     cls = getattr(transformers, model_class)
     weights = cls.from_pretrained(path, **kwargs)
     weights.eval()

@@ -4,6 +4,8 @@ Dequantising SmolLM2's GGUF takes ~25 s and 1 GiB (Gemma 3 270M's ~85 s); loadin
 safetensors takes ~2 s. Many ranks may start at once: a file lock makes one convert while the others
 wait, and the finished directory appears by rename, so a killed conversion never leaves a half cache
 behind. A GGUF split over chunk packages (Gemma 3 270M) is first joined into the cache the same way.
+A converted model is checked before each use (config.json, each safetensors file's header and size:
+jobs.model_files) and rebuilt when it was damaged after it was made.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.model_files import read_config, weights_problem
 from lmsweep.runner import signals
 
 
@@ -34,8 +38,19 @@ def materialize(path: str, fingerprint: str) -> Path:
         _convert_gguf(Path(path), tmp)
         signals.test_point("convert")
 
-    return _built_once(target, convert, stamp=fingerprint,
+    return _built_once(target, convert, stamp=fingerprint, verify=converted_problem,
                        note=f"converting {path} into {target} (once; other processes wait for it)")
+
+
+def converted_problem(directory: Path) -> str | None:
+    """What is wrong with a finished conversion, cheaply (headers and sizes, no tensor read): its
+    config.json is not a JSON object, or a safetensors file is cut short or damaged (jobs.model_files). A
+    cache damaged after it was built (a disk that filled, a cleaner that truncated files) is rebuilt."""
+    try:
+        read_config(directory / "config.json")
+    except SpecError as e:
+        return e.message
+    return weights_problem(directory)
 
 
 def tokenizer_dir(path: str, fingerprint: str) -> Path:
@@ -64,20 +79,25 @@ def assemble(module: str, name: str, version_tag: str) -> Path:
 
 
 def _built_once(target: Path, build: Callable[[Path], None], *, stamp: str | None = None,
-                note: str | None = None) -> Path:
+                note: str | None = None, verify: Callable[[Path], str | None] | None = None) -> Path:
     """`target` as `build(tmp)` makes it, built once across processes: under a file lock, into a temporary
     sibling renamed into place, so a killed build never leaves a half-made target. A directory target
     (`stamp` given) counts as built when its `.complete` file (holding `stamp`) exists; a file target when
-    it exists."""
+    it exists. `verify(target)`, when given, says what is wrong with a built target (None: nothing): a
+    damaged one is rebuilt under the same lock, with one line on stderr saying so and why."""
     def built() -> bool:
         return (target / ".complete").exists() if stamp is not None else target.is_file()
 
-    if built():
+    if built() and (verify is None or verify(target) is None):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if built():
-            return target
+            # Another process may have rebuilt it while this one waited for the lock: look again.
+            damage = verify(target) if verify else None
+            if damage is None:
+                return target
+            note = f"rebuilding {target}: {damage}"
         # Holding the lock, any .tmp-* sibling is what a killed build left behind (0.5 GB for a model).
         for stale in target.parent.glob(f"{target.name}.tmp-*"):
             if stale.is_dir():
@@ -90,7 +110,7 @@ def _built_once(target: Path, build: Callable[[Path], None], *, stamp: str | Non
         build(tmp)
         if stamp is not None:
             (tmp / ".complete").write_text(stamp + "\n")
-            shutil.rmtree(target, ignore_errors=True)   # a stale, incomplete directory from a crash
+            shutil.rmtree(target, ignore_errors=True)   # a stale, incomplete directory from a crash; a damaged one
         os.replace(tmp, target)
     return target
 
