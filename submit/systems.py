@@ -5,6 +5,11 @@ Profiles are small YAML files in ``configs/systems/`` (schema documented at the 
 validated strictly on load, because a wrong limit only shows up hours later as a job that
 PBS rejects or never starts; errors name the file, line and key:
 ``configs/systems/x.yaml:12: queues.prod.max_nodes: expected int, got 'ten'``.
+
+Values that become scheduler directives (queue names, the default queue, PBS filesystems) are held to the
+same plain charset as the spec's and the flags' (`submit/options.py` SCHEDULER_NAME, FILESYSTEM_NAME), so
+a profile cannot put `;`, `$(`, a backtick or a newline into a `#PBS`/`#SBATCH` line. The launcher, GPU
+binding and environment setup are shell by design: a profile is configuration like code.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ PACKAGE_ROOT = CONFIG_DIR.parents[1]      # error messages name shipped profiles
 
 LAUNCHER_FIELDS = frozenset({"nranks", "ppn", "depth", "nnodes"})
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
+# PBS `-l filesystems=` names, as the spec's execution.pbs.filesystems takes them (submit/backends/pbs.py)
+FILESYSTEM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 
 _TOP_KEYS = (
     "name", "scheduler", "gpus_per_node", "cpus_per_node", "ranks_per_node", "default_queue",
@@ -273,8 +280,12 @@ class _Reader:
         ranks = self.integer(top, ("ranks_per_node",), 1, optional=True) or max(gpus, 1)
 
         queues_raw = self.mapping(self._get(top, ("queues",), False), ("queues",), None)
+        for q in queues_raw:
+            self._scheduler_name(q, ("queues", str(q)), "queue name")
         queues = {str(q): self.queue(str(q), limits) for q, limits in queues_raw.items()}
         default_queue = self.text(top, ("default_queue",), optional=True)
+        if default_queue is not None:
+            self._scheduler_name(default_queue, ("default_queue",), "queue")
         if not uses_queues:
             if queues:
                 raise self.error(("queues",), f"must be empty for scheduler {scheduler}")
@@ -304,7 +315,7 @@ class _Reader:
             ranks_per_node=ranks,
             default_queue=default_queue,
             queues=MappingProxyType(queues),
-            filesystems=self.strings(top, ("filesystems",)),
+            filesystems=self.filesystems(top),
             launcher=launcher,
             gpu_bind=gpu_bind,
             env_setup=self.strings(top, ("env_setup",)),
@@ -338,6 +349,23 @@ class _Reader:
             max_concurrent_subjobs=self.integer(m, (*base, "max_concurrent_subjobs"), 1, optional=True),
             preemptable=self.boolean(m, (*base, "preemptable")),
         )
+
+    def _scheduler_name(self, value: Any, path: tuple[str, ...], what: str) -> None:
+        """A value that goes into a #PBS/#SBATCH line: the spec's and the flags' charset (SCHEDULER_NAME)."""
+        from lmsweep.submit.options import scheduler_name
+
+        try:
+            scheduler_name(value if isinstance(value, str) else repr(value), what)
+        except ValueError as exc:
+            raise self.error(path, str(exc)) from None
+
+    def filesystems(self, top: dict) -> tuple[str, ...]:
+        names = self.strings(top, ("filesystems",))
+        for i, fs in enumerate(names):
+            if not FILESYSTEM_NAME.match(fs):
+                raise self.error(("filesystems", str(i)), f"filesystem {fs!r} must be 1-32 lowercase letters, "
+                                 "digits, '_', starting with a letter")
+        return names
 
     def _check_launcher(self, launcher: str, ranks: int) -> None:
         if not launcher.strip():
