@@ -11,6 +11,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lmsweep.jobs.decoding import DecodingPoint
-from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.errors import ExperimentError, SpecError
 from lmsweep.jobs.model_facts import variants_per_model
 from lmsweep.jobs.model_sources import ModelRef, resolve
 from lmsweep.jobs.prompts import Prompt, load_prompt_set
@@ -287,6 +288,50 @@ def _run_settings(execution: dict) -> ExecutionSpec:
     return _stored(ExecutionSpec, {k: v for k, v in execution.items() if not isinstance(v, dict)})
 
 
+class StoredElement(BaseModel):
+    """One element as plan.json stores it (the shape `read_plan` checks before building an Element)."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    index: int
+    model: str
+    n_units: int
+    est_seconds: float
+
+
+class StoredTask(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+
+class StoredPlan(BaseModel):
+    """plan.json's shape, as `write_plan` writes it: what `read_plan` checks before anything reads a field."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    format: int
+    experiment: str
+    spec_hash: str
+    spec_file: str | None = None
+    created: float
+    spec: dict[str, Any]
+    models: dict[str, dict[str, Any]]
+    task: StoredTask
+    variants: list[dict[str, Any]]
+    points: list[dict[str, Any]]
+    elements: list[StoredElement]
+    n_units: int
+
+
+# What every reader of an experiment may find there: files that must be files, directories that must be
+# directories. A part of the tree of the wrong type (`results` left as a file by a copy gone wrong) is one
+# ExperimentError naming it, not an empty result or a traceback later.
+PLAN_TABLES = {"plan.parquet": "the plan's unit table", "prompts.parquet": "the plan's prompt table"}
+EXPERIMENT_DIRS = ("results", "errors", "meta", "jobs", "locks", "logs", "quarantine")
+REPLAN = "re-plan with `lmsweep plan SPEC` (finished units are kept)"
+
+
 @dataclass(frozen=True)
 class PlanFiles:
     """A written plan, as a worker or the results stage sees it: plan.json read and typed once by
@@ -306,37 +351,133 @@ class PlanFiles:
 
     @classmethod
     def from_meta(cls, exp_dir: Path, meta: dict) -> PlanFiles:
-        return cls(exp_dir=exp_dir, meta=meta, experiment=meta["experiment"], spec_hash=meta["spec_hash"],
-                   spec_file=meta.get("spec_file"), task_type=meta["task"]["type"],
-                   execution=_run_settings(meta["spec"].get("execution", {})),
-                   models={alias: _stored(ModelInfo, m) for alias, m in meta["models"].items()},
-                   variants=meta["variants"], points=[DecodingPoint(**p) for p in meta["points"]],
-                   elements=[Element(**e) for e in meta["elements"]])
+        stored = StoredPlan.model_validate(meta)
+        return cls(exp_dir=exp_dir, meta=meta, experiment=stored.experiment, spec_hash=stored.spec_hash,
+                   spec_file=stored.spec_file, task_type=stored.task.type,
+                   execution=_run_settings(stored.spec.get("execution", {})),
+                   models={alias: _stored_model(exp_dir, alias, m) for alias, m in stored.models.items()},
+                   variants=stored.variants, points=[DecodingPoint(**p) for p in stored.points],
+                   elements=[Element(**e.model_dump()) for e in stored.elements])
 
     def model_field(self, alias: str) -> str:
         """Where a model's settings are in the spec (`models[i]`), for errors a worker raises about them."""
-        aliases = [m.get("alias") for m in self.meta["spec"].get("models", [])]
+        models = self.meta["spec"].get("models", [])
+        aliases = [m.get("alias") for m in models if isinstance(m, dict)] if isinstance(models, list) else []
         return f"models[{aliases.index(alias)}]" if alias in aliases else f"model {alias}"
 
     def units(self, element: int | None = None, columns: list[str] | None = None) -> pa.Table:
         filters = [("element", "=", element)] if element is not None else None
-        return pq.read_table(self.exp_dir / "plan.parquet", columns=columns, filters=filters)
+        return _read_table(self.exp_dir / "plan.parquet", columns=columns, filters=filters)
 
     def prompts(self) -> pa.Table:
-        return pq.read_table(self.exp_dir / "prompts.parquet")
+        return _read_table(self.exp_dir / "prompts.parquet")
+
+
+def _stored_model(exp_dir: Path, alias: str, data: dict) -> ModelInfo:
+    try:
+        return _stored(ModelInfo, data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(["models", alias, *map(str, first["loc"])])
+        raise ExperimentError(f"does not read as a plan ({first['msg']}); {REPLAN}",
+                              file=str(exp_dir / "plan.json"), field=field) from None
+
+
+def _read_table(path: Path, columns: list[str] | None = None, filters=None) -> pa.Table:
+    """One of the plan's tables; ExperimentError naming it when it is gone or does not read."""
+    what = PLAN_TABLES[path.name]
+    if not path.is_file():
+        _missing(path, what)
+    try:
+        return pq.read_table(path, columns=columns, filters=filters)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise ExperimentError(f"cannot be read as {what} ({_first_line(e)}); {REPLAN}", file=str(path)) from None
+
+
+def _missing(path: Path, what: str) -> None:
+    if path.is_dir():
+        raise ExperimentError(f"is a directory; expected {what} (a file); {REPLAN}", file=str(path))
+    raise ExperimentError(f"missing: {what} is gone (a copy cut short?); {REPLAN}", file=str(path))
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300]}" if text else type(e).__name__
+
+
+def _check_table(path: Path, schema: pa.Schema, rows: int | None) -> None:
+    """The table is there, reads as Parquet (its footer), has the columns it should and, for the unit table,
+    one row per planned unit. Reads the footer only."""
+    what = PLAN_TABLES[path.name]
+    if not path.is_file():
+        _missing(path, what)
+    try:
+        meta = pq.read_metadata(path)
+        names = set(meta.schema.to_arrow_schema().names)
+    except (pa.ArrowException, ValueError, OSError) as e:
+        raise ExperimentError(f"cannot be read as {what} (damaged or cut short: {_first_line(e)}); {REPLAN}",
+                              file=str(path)) from None
+    lacking = [name for name in schema.names if name not in names]
+    if lacking:
+        raise ExperimentError(f"has no column {lacking[0]!r}: not {what}; {REPLAN}", file=str(path))
+    if rows is not None and meta.num_rows != rows:
+        raise ExperimentError(f"holds {meta.num_rows} unit(s) but plan.json plans {rows}: the two do not belong "
+                              f"together; {REPLAN}", file=str(path))
+
+
+def check_layout(exp_dir: Path, task: str) -> None:
+    """The experiment's directories are directories (where they exist)."""
+    for name in (*EXPERIMENT_DIRS, f"results/task={task}"):
+        path = exp_dir / name
+        if path.exists() and not path.is_dir():
+            raise ExperimentError("is not a directory (a file of that name is in the way); move it aside",
+                                  file=str(path))
 
 
 def read_plan(exp_dir: str | Path) -> PlanFiles:
+    """The experiment's plan, checked: plan.json (JSON, its shape, a known task), the unit and prompt
+    tables (present, Parquet, the right columns, one row per unit) and the directories' types. Anything
+    damaged, missing or of the wrong type is one ExperimentError naming the file."""
+    from lmsweep.runner.tasks.registry import task_names
+
     exp_dir = Path(exp_dir)
     meta_file = exp_dir / "plan.json"
-    if not meta_file.is_file():
-        raise SpecError(f"no plan here (missing {meta_file}); run `lmsweep plan SPEC` first", file=str(exp_dir))
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format") != PLAN_FORMAT:
-        raise SpecError(f"plan format {meta.get('format')} is not {PLAN_FORMAT}; re-plan with this lmsweep",
-                        file=str(meta_file))
+    if not exp_dir.is_dir():
+        what = "is not a directory" if exp_dir.exists() else "does not exist"
+        raise ExperimentError(f"no plan here: {what} (an experiment directory holds plan.json)", file=str(exp_dir))
+    if meta_file.is_dir():
+        raise ExperimentError(f"is a directory; expected the plan `lmsweep plan` writes; {REPLAN}",
+                              file=str(meta_file))
+    if not meta_file.exists():
+        raise ExperimentError(f"no plan here (missing {meta_file}); run `lmsweep plan SPEC` first", file=str(exp_dir))
     try:
-        return PlanFiles.from_meta(exp_dir, meta)
-    except (KeyError, TypeError, ValidationError) as e:
-        raise SpecError(f"plan.json does not read as a plan ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                        "re-plan with this lmsweep", file=str(meta_file)) from None
+        meta = json.loads(meta_file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ExperimentError(f"is not valid JSON (damaged or cut short: {_first_line(e)}); {REPLAN}",
+                              file=str(meta_file)) from None
+    if not isinstance(meta, dict):
+        raise ExperimentError(f"expected a JSON object (the plan), found {type(meta).__name__}; {REPLAN}",
+                              file=str(meta_file))
+    if meta.get("format") != PLAN_FORMAT:
+        raise ExperimentError(f"plan format {meta.get('format')!r} is not {PLAN_FORMAT}; re-plan with this lmsweep",
+                              file=str(meta_file))
+    try:
+        plan = PlanFiles.from_meta(exp_dir, meta)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or None
+        raise ExperimentError(f"does not read as a plan ({first['msg']}); {REPLAN}", file=str(meta_file),
+                              field=where) from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ExperimentError(f"does not read as a plan ({_first_line(e)}); {REPLAN}", file=str(meta_file)) from None
+    if plan.task_type not in task_names():
+        raise ExperimentError(f"unknown task {plan.task_type!r} (known: {', '.join(task_names())})",
+                              file=str(meta_file), field="task.type")
+    for i, element in enumerate(plan.elements):
+        if element.model not in plan.models:
+            raise ExperimentError(f"element {i} runs model {element.model!r}, which the plan's models lack; {REPLAN}",
+                                  file=str(meta_file), field=f"elements.{i}.model")
+    _check_table(exp_dir / "plan.parquet", UNIT_SCHEMA, meta["n_units"])
+    _check_table(exp_dir / "prompts.parquet", PROMPT_SCHEMA, None)
+    check_layout(exp_dir, plan.task_type)
+    return plan

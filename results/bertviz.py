@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lmsweep.jobs.errors import SpecError
+from lmsweep.errors import UsageError
 from lmsweep.results.plots import attention_matrix, load_unit
+from lmsweep.results.writer import write_text_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,9 +57,8 @@ def write_pages(exp: Path, unit: str, out_dir: Path | None = None, layers: list[
     for view, make in (("head", bv.head_view), ("model", bv.model_view)):
         fragment = make(attention, tokens, include_layers=include, html_action="return").data
         path = out_dir / f"{stem}-{view}.html"
-        path.write_text(f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>bertviz {view} "
-                        f"view · {html.escape(title)}</title></head>\n<body>\n{fragment}\n</body></html>\n",
-                        encoding="utf-8")
+        write_text_atomic(path, f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>bertviz "
+                                f"{view} view · {html.escape(title)}</title></head>\n<body>\n{fragment}\n</body></html>\n")
         written.append(path)
     return written[0], written[1]
 
@@ -74,7 +74,7 @@ def bertviz_inputs(rows: pd.DataFrame) -> tuple[list, list[str], list[int]]:
     by_key = {(int(r["layer"]), int(r["head"])): r for _, r in rows.iterrows()}
     missing = [(layer, h) for layer in layers for h in heads if (layer, h) not in by_key]
     if missing:
-        raise SpecError(f"layer {missing[0][0]} has no row for head {missing[0][1]}; bertviz needs the same heads "
+        raise UsageError(f"layer {missing[0][0]} has no row for head {missing[0][1]}; bertviz needs the same heads "
                         "in every layer (choose them with --heads)", field="--heads")
     stored = {layer: torch.from_numpy(np.stack([attention_matrix(by_key[(layer, h)]) for h in heads])).unsqueeze(0)
               for layer in layers}
@@ -91,5 +91,5 @@ def _bertviz():
     try:
         import bertviz
     except ImportError as e:
-        raise SpecError(f"bertviz is not installed ({e.name} missing); {INSTALL}", field="--bertviz") from None
+        raise UsageError(f"bertviz is not installed ({e.name} missing); {INSTALL}", field="--bertviz") from None
     return bertviz

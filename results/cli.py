@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from lmsweep.console import console, err, print_df
-from lmsweep.jobs.errors import SpecError
+from lmsweep.errors import UsageError
 
 
 def report(exp: Path, quiet: bool = False) -> int:
@@ -22,10 +22,11 @@ def report(exp: Path, quiet: bool = False) -> int:
         shown = task_examples(df, task)
         if shown is not None:
             print_df(shown, "examples")
-    console.print(f"{st.done}/{st.planned} units done, {st.failed} failed, {st.missing} missing; "
-                  f"results in {exp / 'results'}")
+    console.print(f"{st.counts(units=True)}; results in {exp / 'results'}", markup=False)
     for row in st.failures.head(5).itertuples():
         err.print(f"failed unit {row.unit_id} (element {row.element}): {row.error}", markup=False)
+    for line in st.warnings():
+        err.print(line, markup=False, highlight=False)
     return 0 if st.complete else 1
 
 
@@ -55,7 +56,7 @@ def cmd_results(args) -> int:
         wanted = args.columns.split(",")
         unknown = [c for c in wanted if c not in df.columns]
         if unknown:
-            raise SpecError(f"unknown column {unknown[0]!r}; see the README's column reference", field="--columns")
+            raise UsageError(f"unknown column {unknown[0]!r}; see the README's column reference", field="--columns")
         df = df[wanted]
     if args.csv:
         df.to_csv(sys.stdout, index=False)
@@ -99,9 +100,11 @@ def cmd_status(args) -> int:
              f"status per element: {args.experiment}")
     if len(st.per_model) > 1 or len(st.per_element) > args.elements:
         print_df(st.per_model, "status per model")
-    console.print(f"{st.done}/{st.planned} done, {st.failed} failed, {st.missing} missing")
+    console.print(st.counts(), markup=False)
     for row in st.failures.head(args.errors).itertuples():
         console.print(f"failed {row.unit_id} (element {row.element}): {row.error}", markup=False)
+    for line in st.warnings():
+        err.print(line, markup=False, highlight=False)
     for note in notes:
         console.print(note, markup=False)
     return 0 if st.complete else 1
@@ -177,7 +180,7 @@ def _int_list(text: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise SpecError(f"expected comma-separated integers, got {text!r}", field="--layers/--heads") from None
+        raise UsageError(f"expected comma-separated integers, got {text!r}", field="--layers/--heads") from None
 
 
 def cmd_plot_attention(args) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from lmsweep.jobs.errors import SpecError
+from lmsweep.errors import UsageError
 from lmsweep.jobs.spec import Tolerances
 from lmsweep.results.schema import row_key
 from lmsweep.runner.tasks.registry import get_task
@@ -154,11 +154,11 @@ def plan_units(exp: Path) -> pd.DataFrame:
 
 def compare(baseline: str | Path, current: str | Path, *, by: str = "auto",
             tolerances: Tolerances | None = None) -> Comparison:
-    """Read two experiment directories and compare them (SpecError if they cannot be compared)."""
+    """Read two experiment directories and compare them (UsageError if they cannot be compared)."""
     baseline, current = Path(baseline), Path(current)
     base, cur = side_info(baseline), side_info(current)
     if base.task != cur.task:
-        raise SpecError(f"cannot compare a {base.task} experiment with a {cur.task} experiment",
+        raise UsageError(f"cannot compare a {base.task} experiment with a {cur.task} experiment",
                         file=str(current))
     return compare_frames(read_rows(baseline, base.task), read_rows(current, cur.task), base, cur,
                           by=by, tolerances=tolerances or Tolerances(),
@@ -195,7 +195,7 @@ def pair_models(base_models: list[str], cur_models: list[str]) -> dict[str, str]
         return {m: m for m in cur_models}
     if len(base_models) == 1 and len(cur_models) == 1:
         return {cur_models[0]: base_models[0]}
-    raise SpecError(f"cannot pair models for a unit_key join: baseline has {sorted(base_models)}, current has "
+    raise UsageError(f"cannot pair models for a unit_key join: baseline has {sorted(base_models)}, current has "
                     f"{sorted(cur_models)}; use the same aliases on both sides or compare one model each",
                     field="--by")
 
@@ -495,16 +495,13 @@ def flagged_frame(c: Comparison) -> pd.DataFrame:
 
 def write_reports(c: Comparison, out_dir: Path, stem: str = "compare") -> dict[str, Path]:
     """compare.md, compare.html and compare-units.csv (every flagged unit) in out_dir, atomically."""
-    import os
+    from lmsweep.results.writer import write_text_atomic
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out_dir / f"{stem}.md", "html": out_dir / f"{stem}.html",
              "csv": out_dir / f"{stem}-units.csv"}
     texts = {"markdown": to_markdown(c), "html": to_html(c), "csv": flagged_frame(c).to_csv(index=False)}
     for kind, path in paths.items():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(texts[kind], encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, texts[kind])
     return paths
 
 
@@ -519,5 +516,5 @@ def tolerances_from(regression: dict | None, overrides: dict[str, Any]) -> tuple
     except ValidationError as e:
         err = e.errors()[0]
         name = str(err["loc"][0]) if err["loc"] else "tolerances"
-        raise SpecError(f"{err['msg']}, got {err.get('input')!r}", field="--" + name.replace("_", "-")) from None
+        raise UsageError(f"{err['msg']}, got {err.get('input')!r}", field="--" + name.replace("_", "-")) from None
     return tol, reg.get("by") or "auto"

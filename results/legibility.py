@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lmsweep.errors import UsageError
 from lmsweep.jobs.errors import SpecError
 
 # Outputs as loglikelihood pairs: the prompt is the context, the generated text the continuation (outputs
@@ -39,7 +40,7 @@ def legibility_table(generated: str | Path, scores: str | Path) -> pd.DataFrame:
     scored = load(scores, columns=["model", "prompt_id", "logprob", "num_scored_tokens"])
     joined = scored.merge(gen, left_on="prompt_id", right_on="id", suffixes=("_scorer", ""))
     if joined.empty:
-        raise SpecError(f"no scored row of {scores} names an output of {generated}; export its outputs with "
+        raise UsageError(f"no scored row of {scores} names an output of {generated}; export its outputs with "
                         f'lmsweep results {generated} --csv --sql "{EXPORT_SQL}"', field="experiment")
     ppl = (joined.groupby(["model", "decoding", "model_scorer"])
            .apply(lambda g: math.exp(-g["logprob"].sum() / g["num_scored_tokens"].sum()), include_groups=False)

@@ -1,7 +1,8 @@
 """Read an experiment's rows with pyarrow datasets (no per-file Python loop) into pandas."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -79,10 +80,30 @@ class Status:
     missing: int
     per_element: pd.DataFrame      # element, model, planned, done, failed, missing
     failures: pd.DataFrame         # unit_id, element, error (latest per unit, for units not done)
+    # element → why it crashed as a whole (its EXP/errors/element-NNNNN.json), for unfinished elements
+    crashed: dict[int, str] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)     # "path (why)" of crash records that did not read
 
     @property
     def complete(self) -> bool:
         return self.done == self.planned
+
+    def counts(self, units: bool = False) -> str:
+        """`3/5 done, 0 failed, 2 missing; element 1 crashed: ...`: the line `status` and `run` end with."""
+        return (f"{self.done}/{self.planned}{' units' if units else ''} done, {self.failed} failed, "
+                f"{self.missing} missing{self.crash_note()}")
+
+    def crash_note(self, shown: int = 3) -> str:
+        """`; element 0 crashed: <error>` per crashed element (the first `shown`), or ""."""
+        if not self.crashed:
+            return ""
+        items = sorted(self.crashed.items())
+        note = "".join(f"; element {e} crashed: {line}" for e, line in items[:shown])
+        more = len(items) - shown
+        return note + (f"; {more} more element(s) crashed (lmsweep.status(EXP).crashed)" if more > 0 else "")
+
+    def warnings(self) -> list[str]:
+        return [f"warning: skipped damaged crash record {s}" for s in self.skipped]
 
     @property
     def per_model(self) -> pd.DataFrame:
@@ -147,6 +168,43 @@ def status(exp_dir: str | Path) -> Status:
     per = units.groupby(["element", "model"], sort=True).agg(
         planned=("unit_id", "size"), done=("done", "sum"), failed=("failed", "sum"),
         missing=("missing", "sum")).reset_index()
+    unfinished = {int(e) for e, d, p in zip(per["element"], per["done"], per["planned"]) if d < p}
+    crashed, skipped = element_errors(exp_dir, unfinished)
     return Status(planned=len(units), done=int(units["done"].sum()), failed=int(units["failed"].sum()),
                   missing=int(units["missing"].sum()), per_element=per,
-                  failures=failures[["unit_id", "element", "model", "error"]].reset_index(drop=True))
+                  failures=failures[["unit_id", "element", "model", "error"]].reset_index(drop=True),
+                  crashed=crashed, skipped=skipped)
+
+
+CRASH_RECORD_KEYS = {"element": int, "error": str, "exit_code": int}
+
+
+def element_errors(exp_dir: Path, elements: set[int]) -> tuple[dict[int, str], list[str]]:
+    """The crash records (EXP/errors/element-NNNNN.json, written by a worker whose element failed as a
+    whole) of `elements`: element → its one line. A record that does not read as one is skipped and
+    named in the second list ("path (why)"), never an error: it only explains, the units decide."""
+    directory = errors_dir(exp_dir)
+    crashed: dict[int, str] = {}
+    skipped: list[str] = []
+    if not directory.is_dir():
+        return crashed, skipped
+    for path in sorted(directory.glob("element-*.json")):
+        try:
+            record = json.loads(path.read_bytes().decode("utf-8"))
+        except FileNotFoundError:
+            continue                      # the element completed meanwhile and its worker deleted it
+        except (OSError, ValueError) as e:
+            skipped.append(f"{path} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})")
+            continue
+        bad = [k for k, t in CRASH_RECORD_KEYS.items()
+               if not isinstance(record, dict) or not isinstance(record.get(k), t) or isinstance(record.get(k), bool)]
+        if bad:
+            skipped.append(f"{path} (expected {{\"element\": int, \"error\": str, \"exit_code\": int, ...}}; "
+                           f"{bad[0]!r} is missing or of another type)")
+            continue
+        if record["element"] in elements:
+            line = " ".join(record["error"].split())
+            crashed[record["element"]] = f"{line} (exit {record['exit_code']}" + \
+                (f", {record['host']}" if isinstance(record.get("host"), str) else "") + \
+                (f", {record['time']}" if isinstance(record.get("time"), str) else "") + ")"
+    return crashed, skipped

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from lmsweep.jobs.errors import SpecError
+from lmsweep.errors import UsageError
+from lmsweep.results.writer import naming, write_text_atomic
 
 
 def attention_matrix(row) -> np.ndarray:
@@ -36,9 +37,9 @@ def find_unit(exp_dir: Path, unit: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise SpecError(f"no attention rows for unit {unit!r} in {exp_dir} ({len(ids)} units have rows)",
+        raise UsageError(f"no attention rows for unit {unit!r} in {exp_dir} ({len(ids)} units have rows)",
                         field="--unit")
-    raise SpecError(f"unit prefix {unit!r} matches {len(matches)} units; give more characters", field="--unit")
+    raise UsageError(f"unit prefix {unit!r} matches {len(matches)} units; give more characters", field="--unit")
 
 
 def load_unit(exp_dir: Path, unit: str, layers: list[int] | None = None,
@@ -49,7 +50,7 @@ def load_unit(exp_dir: Path, unit: str, layers: list[int] | None = None,
 
     task = read_plan(exp_dir).meta["task"]["type"]
     if task != "attention":
-        raise SpecError(f"{exp_dir} is a {task} experiment; attention plots need task: attention",
+        raise UsageError(f"{exp_dir} is a {task} experiment; attention plots need task: attention",
                         field="experiment")
     uid = find_unit(exp_dir, unit)
     rows = load(exp_dir, filters=pc.field("unit_id") == uid).sort_values(["layer", "head"], ignore_index=True)
@@ -58,7 +59,7 @@ def load_unit(exp_dir: Path, unit: str, layers: list[int] | None = None,
     if heads is not None:
         rows = rows[rows["head"].isin(heads)]
     if rows.empty:
-        raise SpecError("no rows left after --layers/--heads; those layers or heads were not stored",
+        raise UsageError("no rows left after --layers/--heads; those layers or heads were not stored",
                         field="--layers")
     return rows
 
@@ -108,7 +109,8 @@ def heatmap_grid(rows: pd.DataFrame, out: Path, max_labels: int = 24) -> Path:
                  f"(rows: query token, columns: attended token)", fontsize=9)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    with naming(out):
+        fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
 
@@ -127,8 +129,7 @@ def head_view_html(rows: pd.DataFrame, out: Path) -> Path:
     page = (_PAGE.replace("__TITLE__", html.escape(title))
             .replace("__PROMPT__", html.escape(str(first["prompt_text"])))
             .replace("__DATA__", json.dumps(data).replace("</", "<\\/")))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    write_text_atomic(out, page)
     return out
 
 
@@ -155,13 +156,13 @@ def plot_hidden_states(exp_dir: Path, out_dir: Path | None = None, layers: list[
 
     task = read_plan(exp_dir).meta["task"]["type"]
     if task != "hidden_states":
-        raise SpecError(f"{exp_dir} is a {task} experiment; hidden-state plots need task: hidden_states",
+        raise UsageError(f"{exp_dir} is a {task} experiment; hidden-state plots need task: hidden_states",
                         field="experiment")
     df = load(exp_dir)
     if models:
         unknown = sorted(set(models) - set(df["model"]))
         if unknown:
-            raise SpecError(f"no rows for model {unknown[0]!r}; models: {', '.join(sorted(set(df['model'])))}",
+            raise UsageError(f"no rows for model {unknown[0]!r}; models: {', '.join(sorted(set(df['model'])))}",
                             field="--model")
         df = df[df["model"].isin(models)]
     stored = sorted(int(x) for x in df["layer"].unique())
@@ -170,7 +171,7 @@ def plot_hidden_states(exp_dir: Path, out_dir: Path | None = None, layers: list[
         layers = sorted({stored[int(round(i))] for i in picks})
     missing = [x for x in layers if x not in stored]
     if missing:
-        raise SpecError(f"layer {missing[0]} is not stored (stored layers: {_ranges(stored)})", field="--layers")
+        raise UsageError(f"layer {missing[0]} is not stored (stored layers: {_ranges(stored)})", field="--layers")
     out_dir = out_dir or exp_dir / "plots"
     out = []
     for model, g in df[df["layer"].isin(layers)].groupby("model", sort=True):
@@ -206,7 +207,8 @@ def _panels(n: int):
 def _save(plt, fig, out: Path) -> Path:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=90)
+    with naming(out):
+        fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
 

@@ -270,7 +270,7 @@ def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
     """Everything known about how one unit's row was made: the plan's spec and model, the row's own
     columns, and the sidecar of the run that wrote it (same element and rank, the first to finish after
     the row was written)."""
-    from lmsweep.jobs.errors import SpecError
+    from lmsweep.errors import UsageError
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load
 
@@ -278,7 +278,7 @@ def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
     plan = read_plan(exp)
     rows = load(exp, filters=[("unit_id", "=", unit_id)])
     if rows.empty:
-        raise SpecError(f"no result row for unit {unit_id!r} in {exp}", field="--trace")
+        raise UsageError(f"no result row for unit {unit_id!r} in {exp}", field="--trace")
     r = rows.iloc[0]
     model = plan.meta["models"].get(r["model"], {})
     written = r["finished_at"].timestamp() if pd.notna(r["finished_at"]) else 0.0
@@ -322,8 +322,7 @@ def build_report(exp: str | Path) -> str:
     body = ["<h2>Spec</h2>", spec_tables(meta)]
     state = "pass" if st.complete else "fail"
     body += ["<h2>Status</h2>",
-             f"<p class='verdict {state}'>{st.done}/{st.planned} units done, {st.failed} failed, "
-             f"{st.missing} missing</p>", "<h3>Per model</h3>", html_table(st.per_model),
+             f"<p class='verdict {state}'>{html.escape(st.counts(units=True))}</p>", "<h3>Per model</h3>", html_table(st.per_model),
              "<h3>Per element</h3>", html_table(st.per_element, limit=100)]
     if not st.failures.empty:
         body += ["<h3>Failures</h3>", html_table(st.failures, limit=50)]
@@ -346,11 +345,8 @@ def build_report(exp: str | Path) -> str:
 
 
 def write_report(exp: str | Path, out: str | Path | None = None) -> Path:
+    from lmsweep.results.writer import write_text_atomic
+
     exp = Path(exp)
     out = Path(out) if out else exp / "report.html"
-    text = build_report(exp)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
-    return out
+    return write_text_atomic(out, build_report(exp))

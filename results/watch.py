@@ -33,6 +33,7 @@ class Snapshot:
     missing: int
     scheduler: tuple[tuple[str, int], ...]   # (state, tasks) of the elements' latest tasks; () unsubmitted
     notes: tuple[str, ...]
+    crashed: str = ""                        # `; element 0 crashed: ...` (Status.crash_note)
 
     @property
     def complete(self) -> bool:
@@ -46,7 +47,7 @@ class Snapshot:
     def line(self) -> str:
         jobs = ", ".join(f"{state} {n}" for state, n in self.scheduler)
         return (f"{datetime.now():%H:%M:%S} {self.done}/{self.planned} done, {self.failed} failed, "
-                f"{self.missing} missing" + (f"; scheduler: {jobs}" if jobs else ""))
+                f"{self.missing} missing{self.crashed}" + (f"; scheduler: {jobs}" if jobs else ""))
 
 
 def snapshot(exp: Path) -> Snapshot:
@@ -61,7 +62,7 @@ def snapshot(exp: Path) -> Snapshot:
         per, notes = scheduler_view(exp, st.per_element)
         if "scheduler" in per:
             states = tuple(sorted(Counter(s for s in per["scheduler"] if s != "-").items()))
-    return Snapshot(st.planned, st.done, st.failed, st.missing, states, tuple(notes))
+    return Snapshot(st.planned, st.done, st.failed, st.missing, states, tuple(notes), st.crash_note())
 
 
 def next_wait(wait: float, interval: float, changed: bool) -> float:

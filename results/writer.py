@@ -6,7 +6,8 @@ import os
 import socket
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -71,6 +72,36 @@ def fsync_dir(directory: Path) -> None:
             os.close(fd)
     except OSError:                  # some network filesystems refuse fsync on a directory
         pass
+
+
+@contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """An OSError inside names `path` when it names no file itself: a full disk fails a write() or close(),
+    whose error carries no file name, so the `lmsweep` command could not say where (lmsweep.cli)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """`text` into `path` whole or not at all (a temp dot-file, then a rename; the temp file is removed if
+    the write fails). An OSError names the file (see `naming`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with naming(path):
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise
+    return path
 
 
 class UnknownColumn(ValueError):

@@ -16,7 +16,7 @@ from typing import Any
 
 from lmsweep.console import console, err
 from lmsweep.jobs.cli import experiment_dir, print_plan, validated
-from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.errors import SpecError, UsageError
 
 
 def cmd_run(args) -> int:
@@ -96,7 +96,7 @@ def _active_jobs(exp: Path) -> list[str]:
         return []
     states, problems = query_states(subs)
     if problems:
-        raise SpecError("; ".join(problems) + " — cannot tell whether earlier jobs still run", file=str(exp))
+        raise UsageError("; ".join(problems) + " — cannot tell whether earlier jobs still run", file=str(exp))
     return sorted({t.task_id for t in states.values() if t.active})
 
 
@@ -111,11 +111,11 @@ def dry_run_out(args) -> Path | None:
     if args.out is None:
         return None
     if not args.dry_run:
-        raise SpecError("only with --dry-run (a real submit writes its scripts to EXP/jobs/sub-NNNN/)",
+        raise UsageError("only with --dry-run (a real submit writes its scripts to EXP/jobs/sub-NNNN/)",
                         field="--out")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise SpecError(f"{shown(out)} exists and is not a directory", field="--out")
+        raise UsageError(f"{shown(out)} exists and is not a directory", field="--out")
     return out
 
 
@@ -319,7 +319,7 @@ def cmd_submit(args) -> int:
         return 0
     active = _active_jobs(exp)
     if active:
-        raise SpecError(f"{len(active)} job task(s) of this experiment are still queued or running "
+        raise UsageError(f"{len(active)} job task(s) of this experiment are still queued or running "
                         f"({', '.join(active[:5])}{' ...' if len(active) > 5 else ''}); a new submission would "
                         f"re-group the plan under them. Wait, or `lmsweep cancel {exp}` first", file=str(exp))
     write_plan(plan, exp)
@@ -353,7 +353,7 @@ def cmd_resubmit(args) -> int:
     plan = read_plan(exp)
     subs = current_submissions(exp)
     if not subs:
-        raise SpecError("no submission recorded for this plan; use `lmsweep submit SPEC`", file=str(exp))
+        raise UsageError("no submission recorded for this plan; use `lmsweep submit SPEC`", file=str(exp))
     last = subs[-1]
     profile = load_profile(last.system, "system")
     sched = scheduler_for(profile)
@@ -364,7 +364,7 @@ def cmd_resubmit(args) -> int:
     todo = [int(e) for e in st.per_element.query("done < planned")["element"]]
     states, problems = ({}, []) if args.dry_run else query_states(subs)
     if problems:
-        raise SpecError("; ".join(problems), file=str(exp))
+        raise UsageError("; ".join(problems), file=str(exp))
     latest = jobs_dir.latest_tasks(subs)
     running = [e for e in todo if e in latest and (t := states.get((latest[e][0].job_id, latest[e][1])))
                and t.active]
@@ -382,7 +382,7 @@ def cmd_resubmit(args) -> int:
         nodes, ppn, _ = choose_nodes(req)
         arrays, throttle, notes = split_arrays(todo, req, nodes)
     except PackingError as e:
-        raise SpecError(str(e), file=str(exp)) from None
+        raise UsageError(str(e), file=str(exp)) from None
     opts = with_packing(opts, nodes, ppn)
     decision = [f"resubmitting {len(todo)} element(s) with missing or failed units: "
                 f"{', '.join(map(str, todo[:20]))}{' ...' if len(todo) > 20 else ''}",
@@ -415,7 +415,7 @@ def cmd_cancel(args) -> int:
     exp = Path(args.experiment).resolve()
     subs = load_submissions(exp)
     if not subs:
-        raise SpecError("no submissions recorded here (EXP/jobs/ is empty)", file=str(exp))
+        raise UsageError("no submissions recorded here (EXP/jobs/ is empty)", file=str(exp))
     states, problems = query_states(subs)
     for p in problems:
         err.print(p, markup=False)

@@ -16,7 +16,11 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lmsweep.errors import ExperimentError
 from lmsweep.submit.base import RecordedJob
 
 JOBS_DIR = "jobs"
@@ -83,15 +87,67 @@ def create(exp: Path, name: str) -> Path:
         return directory
 
 
+class _StoredArray(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    part: int
+    script: str
+    elements: list[int]
+    job_id: str | None = None
+    submitted_at: float | None = None
+    depends_on: str | None = None
+    error: str | None = None
+
+
+class _StoredSubmission(BaseModel):
+    """submission.json's shape, as `Submission.save` writes it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str
+    kind: str
+    system: str
+    scheduler: str
+    plan_created: float
+    options: dict[str, Any]
+    packing: list[str]
+    arrays: list[_StoredArray]
+    created: float
+
+
+def read_submission(path: Path) -> Submission:
+    """One submission record, checked; ExperimentError naming the file when it is damaged or of the wrong shape."""
+    if not path.is_file():
+        what = "is a directory" if path.is_dir() else "is missing"
+        raise ExperimentError(f"{what}; expected the submission record `lmsweep submit` writes", file=str(path))
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+        stored = _StoredSubmission.model_validate(data)
+    except (UnicodeDecodeError, ValueError) as e:      # JSONDecodeError and ValidationError are ValueErrors
+        if isinstance(e, ValidationError):
+            first = e.errors()[0]
+            why = f"{'.'.join(map(str, first['loc'])) or 'the record'}: {first['msg']}"
+        else:
+            why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExperimentError(f"is not a submission record (damaged or cut short: {why}); move the submission "
+                              f"directory {path.parent.name} aside (its jobs are then no longer tracked)",
+                              file=str(path)) from None
+    fields = stored.model_dump()
+    fields["arrays"] = [ArrayRecord(**a) for a in fields["arrays"]]
+    return Submission(directory=path.parent, **fields)
+
+
 def load_submissions(exp: Path) -> list[Submission]:
+    """Every submission recorded under EXP/jobs/, oldest name first (ExperimentError on a damaged record)."""
     root = jobs_root(exp)
-    out = []
-    for f in sorted(root.glob("sub-*/submission.json")) if root.is_dir() else []:
-        data = json.loads(f.read_text())
-        data["directory"] = f.parent
-        data["arrays"] = [ArrayRecord(**a) for a in data["arrays"]]
-        out.append(Submission(**data))
-    return out
+    if root.exists() and not root.is_dir():
+        raise ExperimentError("is not a directory (a file of that name is in the way); move it aside",
+                              file=str(root))
+    if not root.is_dir():
+        return []
+    # a sub-NNNN without its record is a submit that stopped before writing it: nothing was sent
+    return [read_submission(d / "submission.json") for d in sorted(root.glob("sub-*"))
+            if d.is_dir() and (d / "submission.json").exists()]
 
 
 def latest_tasks(subs: list[Submission]) -> dict[int, tuple[RecordedJob, int]]:

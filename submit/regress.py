@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lmsweep.console import console, err
-from lmsweep.jobs.errors import SpecError
+from lmsweep.jobs.errors import SpecError, UsageError
 
 
 def run_dir(parent: Path, name: str) -> Path:
@@ -52,14 +52,14 @@ def promote(run: Path, baseline: Path, note: dict) -> None:
 
 
 def _check_baseline(baseline: Path, task: str) -> bool:
-    """True if a usable baseline exists; SpecError if something is there but is not one."""
+    """True if a usable baseline exists; UsageError if something is there but is not one."""
     if not baseline.exists():
         return False
     from lmsweep.jobs.plan import read_plan
 
     meta = read_plan(baseline).meta
     if meta["task"]["type"] != task:
-        raise SpecError(f"baseline is a {meta['task']['type']} experiment but the spec's task is {task}",
+        raise UsageError(f"baseline is a {meta['task']['type']} experiment but the spec's task is {task}",
                         file=str(baseline))
     return True
 
@@ -125,7 +125,7 @@ def cmd_regress(args) -> int:
     baseline = Path(baseline_arg)
     have_baseline = _check_baseline(baseline, spec.task.type)
     if not have_baseline and not args.promote:
-        raise SpecError(f"baseline {baseline} does not exist; run once with --promote to make this run the "
+        raise UsageError(f"baseline {baseline} does not exist; run once with --promote to make this run the "
                         "baseline", field="--baseline")
 
     from lmsweep.jobs.cli import experiment_dir
