@@ -7,6 +7,11 @@ written, and exits with EXIT_PREEMPTED (3). The current batch gets `LMSWEEP_PREE
 at once, with the same exit code. Cutting a batch short is safe: every file is written under a
 temporary dot-name and renamed only when complete, which tests/test_kill_resume.py checks with kill -9.
 
+A second stop signal changes nothing: the first one set the stop request and started the grace, so a
+signal that reaches a worker twice (sent to its process group and passed on by `lmsweep run` as well)
+counts once. `lmsweep run` starts each worker in a process group of its own and passes a stop on once
+(submit/local.py), so a terminal's Ctrl-C reaches a worker once anyway.
+
 The watchdog does not depend on the main thread returning to Python (it may sit in a long C call:
 a matmul, an MPI collective): the signal's byte arrives on a wakeup fd that the watchdog thread reads.
 
@@ -40,6 +45,14 @@ _passes: Counter[str] = Counter()
 def stop_requested() -> bool:
     """True once SIGTERM or SIGINT arrived (always False unless `install()` ran)."""
     return _state["signum"] is not None
+
+
+def request_stop(reason: str) -> None:
+    """A stop request from inside (e.g. the reader of the worker's output is gone): like SIGTERM between
+    batches, without the grace watchdog (the main thread asks, so it is at a batch boundary)."""
+    if _state["signum"] is None:
+        _state["signum"] = int(signal.SIGTERM)
+        print(f"{reason}: no new batch; exiting with code {EXIT_PREEMPTED}", file=sys.stderr, flush=True)
 
 
 def grace_seconds() -> float:

@@ -10,14 +10,24 @@
    the batch size; a stop request is honoured between batches; a failing unit fails alone.
 5. write the sidecars (meta/, runner/sidecars.py).
 
-Exit 0 when every unit of the element is done, 1 when some failed (their errors are in errors/), 2 for a
-bad plan (SpecError), 3 when preempted (SIGTERM/SIGINT; see runner/signals.py).
+Checks: an element past the plan's last is refused before anything (`check_element`, runner/cli.py); a
+results or errors directory that is not a directory, cannot be written or has no room is refused after
+the claim, before the model loads (`check_writable`): one line and exit 2 either way.
+
+Exit 0 when every unit of the element is done, 1 when some failed (their errors are in errors/) or the
+element crashed, 2 for a bad plan (SpecError) or experiment directory, 3 when preempted (SIGTERM/SIGINT;
+see runner/signals.py). An element that ends in an error of its own (not a unit's) leaves one line for
+`lmsweep status` in EXP/errors/element-NNNNN.json (`record_element_error`, written by runner/cli.py);
+the next run of the element that ends without one deletes it.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -25,18 +35,19 @@ from pathlib import Path
 from typing import Any
 
 from lmsweep.jobs.decoding import DecodingPoint, point_labels
-from lmsweep.jobs.errors import SpecError
+from lmsweep.errors import ExperimentError, SpecError, UsageError
 from lmsweep.jobs.plan import ModelInfo, PlanFiles, read_plan
 from lmsweep.results.compact import WORKER_MIN_PARTS, compact_element
 from lmsweep.results.load import done_unit_ids
 from lmsweep.results.schema import SCHEMA_VERSION
-from lmsweep.results.writer import PartWriter
+from lmsweep.results.writer import PartWriter, errors_dir, results_dir
 from lmsweep.runner import autobatch, backends, distributed, loading, locks, sidecars, signals
 from lmsweep.runner.backends import vllm
 from lmsweep.runner.batches import BatchQueue, OutOfMemory, release_memory, run_isolated
 from lmsweep.runner.units import TaskContext, Unit
 
-EXIT_OK, EXIT_UNITS_FAILED = 0, 1
+EXIT_OK, EXIT_UNITS_FAILED, EXIT_CRASHED = 0, 1, 1
+MIN_FREE_BYTES = 16 * 2**20              # less free space than this where results go: refused before the load
 
 
 def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> int:
@@ -51,18 +62,109 @@ def run_element(exp_dir: Path, element: int, batch_size: int | None = None) -> i
         progress(claim.done_before, claim.total, f"element {element} rank {rank.rank}")
     if not claim.pending:
         compact_parts(run, rank)
-        return EXIT_OK
+        return ended(run, rank, EXIT_OK)
+    if signals.stop_requested():         # stopped before the model loads (e.g. while torch was imported)
+        return preempted(run, rank, claim.done_before, claim.total)
+    check_writable(run)                  # before the load: a directory that cannot take results is one line
     model = load_model(run, rank, claim, timers)
     outcome = run_batches(run, rank, claim, model, batch_size or run.plan.execution.batch_size, timers)
     if outcome.preempted:
-        print(f"preempted: element {element} rank {rank.rank} stopped after {outcome.finished} of {claim.total} "
-              f"units; exit {signals.EXIT_PREEMPTED}", file=sys.stderr, flush=True)
-        return signals.EXIT_PREEMPTED
+        return preempted(run, rank, outcome.finished, claim.total)
     ranks = write_sidecars(run, rank, claim, model, outcome, timers)
     if any(m["units_failed"] for m in ranks):
-        return EXIT_UNITS_FAILED
+        return ended(run, rank, EXIT_UNITS_FAILED)
     compact_parts(run, rank)
-    return EXIT_OK
+    return ended(run, rank, EXIT_OK)
+
+
+def preempted(run: ElementRun, rank: Rank, finished: int, total: int) -> int:
+    print(f"preempted: element {run.element} rank {rank.rank} stopped after {finished} of {total} "
+          f"units; exit {signals.EXIT_PREEMPTED}", file=sys.stderr, flush=True)
+    return signals.EXIT_PREEMPTED
+
+
+def ended(run: ElementRun, rank: Rank, code: int) -> int:
+    """The element ran to its end (units may have failed alone): an earlier run's crash record is stale."""
+    if rank.rank == 0:
+        clear_element_error(run.exp_dir, run.element)
+    return code
+
+
+# ---- checks before anything runs, and the element's own error record -------------------------------------
+
+def check_element(exp_dir: Path, element: int) -> None:
+    """An element number the plan has (`--element`), else a UsageError naming how many it has."""
+    n = len(read_plan(exp_dir).elements)
+    if not 0 <= element < n:
+        last = f"0 to {n - 1}" if n > 1 else "only element 0" if n == 1 else "none"
+        raise UsageError(f"{element}: no such element; the plan of {exp_dir} has {n} element(s) ({last})",
+                         field="--element")
+
+
+def check_writable(run: ElementRun) -> None:
+    """Before the model loads: the results and errors directories are directories (made if missing), a
+    file can be written in them, and their filesystem has MIN_FREE_BYTES free. Else an ExperimentError
+    naming the directory (one line, exit 2), instead of a traceback after a long load."""
+    for directory in (results_dir(run.exp_dir, run.plan.task_type), errors_dir(run.exp_dir)):
+        for d in reversed([directory, *directory.parents]):
+            if d.is_relative_to(run.exp_dir) and d.exists() and not d.is_dir():
+                raise ExperimentError("is not a directory, so no results can be written under it; move it "
+                                      "away and rerun", file=str(d))
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".probe-", suffix=".tmp", dir=directory)
+            try:
+                os.write(fd, b"\0" * 4096)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(probe)
+        except OSError as e:
+            raise ExperimentError(f"cannot write here: {e.strerror or e}", file=str(directory)) from None
+        free = shutil.disk_usage(directory).free
+        if free < MIN_FREE_BYTES:
+            raise ExperimentError(f"no space to write results: {free / 2**20:.1f} MiB free on its filesystem, "
+                                  f"at least {MIN_FREE_BYTES // 2**20} MiB needed", file=str(directory))
+
+
+def element_error_path(exp_dir: Path, element: int) -> Path:
+    return errors_dir(Path(exp_dir)) / f"element-{element:05d}.json"
+
+
+def record_element_error(exp_dir: Path, element: int, line: str, exit_code: int) -> Path | None:
+    """EXP/errors/element-NNNNN.json: why the element as a whole failed, one line, for `lmsweep status`
+    (written whole under a temporary dot-name, then renamed). Best effort: where errors/ cannot be written
+    either (the error may be just that), the line is only in the log."""
+    path = element_error_path(exp_dir, element)
+    record = {"element": int(element), "error": " ".join(str(line).split()), "exit_code": int(exit_code),
+              "host": socket.gethostname(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, path)
+        return path
+    except OSError as e:
+        print(f"(could not record the element's error in {path}: {e})", file=sys.stderr, flush=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        return None
+
+
+def clear_element_error(exp_dir: Path, element: int) -> None:
+    try:
+        element_error_path(exp_dir, element).unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def crash_line(e: BaseException, limit: int = 500) -> str:
+    """An unexpected exception as one line: its type and its message's first lines, whitespace folded."""
+    text = " ".join(str(e).split())
+    line = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def compact_parts(run: ElementRun, rank: Rank) -> None:
@@ -119,8 +221,18 @@ class Timers:
 
 
 def progress(done: int, total: int, note: str = "") -> None:
-    """A machine-readable line the local backend turns into a progress bar; humans can read it too."""
-    print(f"PROGRESS {done} {total} {note}".rstrip(), flush=True)
+    """A machine-readable line the local backend turns into a progress bar; humans can read it too.
+
+    If the reader of stdout is gone (the `lmsweep run` that started this worker was killed), that is taken
+    as a stop request: the batch just written stays written, the worker exits 3 at the next batch boundary
+    instead of dying of BrokenPipeError, and stdout goes to /dev/null from here on."""
+    try:
+        print(f"PROGRESS {done} {total} {note}".rstrip(), flush=True)
+    except BrokenPipeError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+        signals.request_stop("the reader of this worker's output is gone")
 
 
 # ---- 1. set up the rank ----------------------------------------------------------------------------------

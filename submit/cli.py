@@ -20,32 +20,51 @@ from lmsweep.jobs.errors import SpecError, UsageError
 
 
 def cmd_run(args) -> int:
+    import dataclasses
+    import signal
+
     from lmsweep.jobs.plan import write_plan
     from lmsweep.results.cli import report
-    from lmsweep.results.load import status
-    from lmsweep.submit.local import run_elements
+    from lmsweep.results.load import Status, status
+    from lmsweep.runner.signals import EXIT_PREEMPTED
+    from lmsweep.submit.local import Stopper, run_elements
 
-    spec, plan = validated(args.spec)
-    exp = experiment_dir(spec, args.output_dir)
-    write_plan(plan, exp)
-    if not args.quiet:
-        print_plan(plan, exp)
-    before = status(exp)
-    todo = [int(e) for e in before.per_element.query("done < planned")["element"]]
+    # SIGTERM/SIGINT/SIGHUP from here on stop the run: passed on to the workers, which finish their batch
+    # and exit 3; the run waits for them, then exits 3 (submit/local.py). None starts after a stop request.
+    with Stopper() as stopper:
+        spec, plan = validated(args.spec)
+        exp = experiment_dir(spec, args.output_dir)
+        write_plan(plan, exp)
+        if not args.quiet:
+            print_plan(plan, exp)
+        before = status(exp)
+        todo = [int(e) for e in before.per_element.query("done < planned")["element"]]
+        ran = []
+        if todo:
+            console.print(f"running {before.planned - before.done} unit(s) in {len(todo)} element(s) locally")
+            ex = spec.execution
+            ran = run_elements(exp, todo, concurrency=ex.concurrency, ranks=ex.ranks_per_element,
+                               threads=ex.threads_per_rank, show_progress=not args.quiet, stopper=stopper)
+    if any(r.returncode == 2 for r in ran):   # a worker refused its input (printed above): bad input
+        return 2
+    if stopper.stopped or any(r.returncode == EXIT_PREEMPTED for r in ran):   # finished batches are kept
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):             # another one: just exit 3
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, lambda *_: sys.exit(EXIT_PREEMPTED))
+        report(exp, quiet=True)
+        console.print("preempted; rerun the same command to continue where it stopped")
+        return EXIT_PREEMPTED
     if not todo:
         console.print("all units already done; nothing to run")
-    else:
-        console.print(f"running {before.planned - before.done} unit(s) in {len(todo)} element(s) locally")
-        ex = spec.execution
-        ran = run_elements(exp, todo, concurrency=ex.concurrency, ranks=ex.ranks_per_element,
-                           threads=ex.threads_per_rank, show_progress=not args.quiet)
-        if any(r.returncode == 2 for r in ran):   # a worker refused its input (printed above): bad input
-            return 2
-        if any(r.returncode == 3 for r in ran):   # preempted (SIGTERM/Ctrl-C): finished batches are kept
-            report(exp, quiet=True)
-            console.print("preempted; rerun the same command to continue where it stopped")
-            return 3
-    return report(exp, quiet=args.quiet)
+    code = report(exp, quiet=args.quiet)
+    crashed = [r for r in ran if r.crashed]
+    # The summary counts units; unless it names crashed elements itself (a Status that reads
+    # errors/element-*.json), say here which elements failed as a whole.
+    if "crashed" not in {f.name for f in dataclasses.fields(Status)}:
+        for r in crashed:
+            console.print(f"element {r.element} crashed (exit {r.returncode}): {r.error}", markup=False,
+                          soft_wrap=True)
+    return 1 if crashed and code == 0 else code
 
 
 # ---- options ---------------------------------------------------------------------------------------------
