@@ -44,6 +44,7 @@ def cmd_results(args) -> int:
     if args.compact:
         return compact(exp)
     plan = read_plan(exp)
+    crash_notes(exp, plan)
     if args.sql:
         from lmsweep.results.scan import sql
 
@@ -65,6 +66,21 @@ def cmd_results(args) -> int:
         if not args.summary and len(df) > args.limit:
             console.print(f"... {len(df)} rows; --limit N or --csv for all")
     return 0
+
+
+def crash_notes(exp: Path, plan) -> None:
+    """On stderr, each element a worker recorded as crashed (EXP/errors/element-NNNNN.json; deleted once the
+    element ends cleanly), so the rows shown are not taken for the whole experiment; `status` counts them."""
+    from lmsweep.results.load import element_errors, status
+
+    crashed, skipped = element_errors(exp, set(range(len(plan.elements))))
+    if crashed:                          # only the elements still unfinished (a record may be stale)
+        crashed = status(exp).crashed
+    for element, line in sorted(crashed.items()):
+        err.print(f"note: element {element} crashed: {line}; its rows are missing (lmsweep status {exp})",
+                  markup=False, highlight=False)
+    for s in skipped:
+        err.print(f"warning: skipped damaged crash record {s}", markup=False, highlight=False)
 
 
 def compact(exp: Path) -> int:

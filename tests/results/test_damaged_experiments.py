@@ -433,6 +433,9 @@ def test_status_and_the_run_summary_show_an_element_crash_record_and_skip_a_dama
     out = capsys.readouterr().out
     assert "1/3 units done, 0 failed, 2 missing; element 0 crashed: RuntimeError" in out.replace("\n", " ")
 
+    rc, text = run_in_process(["results", str(exp), "--csv"], capsys)
+    assert rc == 0 and "note: element 0 crashed: RuntimeError: CUDA error" in text and "element 1" not in text, text
+
     (exp / "errors" / "element-00000.json").write_text('{"element": 0, "err')          # cut short
     rc, text = run_in_process(["status", str(exp)], capsys)
     assert rc == 1 and "Traceback" not in text and "crashed" not in text.replace("crash record", ""), text
