@@ -28,6 +28,7 @@ import pytest
 
 import lmsweep
 from helpers.task_runs import run_spec
+from helpers.tolerances import logprob_tolerance, max_abs_logit
 from lmsweep.runner.tasks.next_token import topk_delta
 
 pytestmark = pytest.mark.slow
@@ -144,7 +145,7 @@ def test_sampling_is_reproducible_across_chunks_and_processes_and_seeded(engine_
     assert sum(a != b for a, b in pairs) >= len(pairs) - 1, "the two returned sequences should differ"
 
 
-def test_next_token_topk_matches_hf(engine_runs, hf_runs):
+def test_next_token_topk_matches_hf(engine_runs, hf_runs, smollm2_dir):
     v = lmsweep.load(engine_runs["nt"]).sort_values("unit_id", ignore_index=True)
     h = lmsweep.load(hf_runs["nt"]).sort_values("unit_id", ignore_index=True)
     assert v["unit_id"].tolist() == h["unit_id"].tolist() and len(v) == len(PROMPTS)
@@ -154,7 +155,14 @@ def test_next_token_topk_matches_hf(engine_runs, hf_runs):
               zip(v["topk_ids"], v["topk_probs"], h["topk_ids"], h["topk_probs"])]
     print(f"next-token top-{TOP_K}: max |dp| vs hf {max(d[0] for d in deltas):.2e}; "
           f"min overlap {min(d[1] for d in deltas):.2f}")
-    assert max(d[0] for d in deltas) <= 1e-4
+    # two fp32 computations (vLLM's CPU kernels, transformers'): |Δp| ≤ p·|Δ log p| (helpers/tolerances.py)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    assert max(d[0] for d in deltas) <= logprob_tolerance(
+        model.config, max_abs_logit(model, [tok(text)["input_ids"] for text in PROMPTS]))
     assert all(d[2] for d in deltas)                          # same top-1 everywhere
     meta = json.loads(next((engine_runs["nt"] / "meta").glob("element-*-rank-*.json")).read_text())
     assert meta["backend_config"]["engine"]["max_logprobs"] >= TOP_K
