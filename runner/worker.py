@@ -227,7 +227,10 @@ def progress(done: int, total: int, note: str = "") -> None:
     as a stop request: the batch just written stays written, the worker exits 3 at the next batch boundary
     instead of dying of BrokenPipeError, and stdout goes to /dev/null from here on."""
     try:
-        print(f"PROGRESS {done} {total} {note}".rstrip(), flush=True)
+        # One write (unbuffered, PYTHONUNBUFFERED: print would write the newline apart), so that the lines
+        # of several ranks that mpiexec merges into one stream never run into each other.
+        sys.stdout.write(f"PROGRESS {done} {total} {note}".rstrip() + "\n")
+        sys.stdout.flush()
     except BrokenPipeError:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())

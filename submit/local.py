@@ -188,10 +188,9 @@ def run_elements(exp_dir: Path, elements: list[int], *, concurrency: int = 1, ra
                     for line in proc.stdout:
                         fh.write(line)
                         fh.flush()
-                        parts = line.split()
-                        if len(parts) >= 3 and parts[0] == "PROGRESS":
-                            rank = int(parts[parts.index("rank") + 1]) if "rank" in parts else 0
-                            update(element, rank, int(parts[1]), int(parts[2]))
+                        progress = parse_progress(line)
+                        if progress is not None:
+                            update(element, *progress)
                     rc = proc.wait()
                 finally:
                     stopper.forget(proc)
@@ -218,6 +217,19 @@ def run_elements(exp_dir: Path, elements: list[int], *, concurrency: int = 1, ra
         for t in threads_:
             t.join()
     return sorted(results, key=lambda r: r.element)
+
+
+def parse_progress(line: str) -> tuple[int, int, int] | None:
+    """(rank, done, total) of a worker's `PROGRESS done total element E rank R` line; None for any other
+    line, a garbled one included (never an exception: the pump must read on until the worker exits)."""
+    parts = line.split()
+    if len(parts) < 3 or parts[0] != "PROGRESS":
+        return None
+    try:
+        rank = int(parts[parts.index("rank") + 1]) if "rank" in parts[:-1] else 0
+        return rank, int(parts[1]), int(parts[2])
+    except ValueError:
+        return None
 
 
 def error_lines(log: Path, since: int = 0) -> list[str]:
