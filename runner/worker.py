@@ -102,9 +102,10 @@ def check_element(exp_dir: Path, element: int) -> None:
 
 
 def check_writable(run: ElementRun) -> None:
-    """Before the model loads: the results and errors directories are directories (made if missing), a
-    file can be written in them, and their filesystem has MIN_FREE_BYTES free. Else an ExperimentError
-    naming the directory (one line, exit 2), instead of a traceback after a long load."""
+    """After the claim (the element's lock is held), before the model loads: the results and errors
+    directories are directories (made if missing), a file can be written in them, and their filesystem
+    has MIN_FREE_BYTES free. Else an ExperimentError naming the directory (one line, exit 2), instead of
+    a traceback after a long load."""
     for directory in (results_dir(run.exp_dir, run.plan.task_type), errors_dir(run.exp_dir)):
         for d in reversed([directory, *directory.parents]):
             if d.is_relative_to(run.exp_dir) and d.exists() and not d.is_dir():
@@ -112,7 +113,8 @@ def check_writable(run: ElementRun) -> None:
                                       "away and rerun", file=str(d))
         directory.mkdir(parents=True, exist_ok=True)
         try:
-            fd, probe = tempfile.mkstemp(prefix=".probe-", suffix=".tmp", dir=directory)
+            # named as the element's temporary parts, so that a probe left by a kill is swept with them
+            fd, probe = tempfile.mkstemp(prefix=f".part-e{run.element:05d}-probe-", suffix=".tmp", dir=directory)
             try:
                 os.write(fd, b"\0" * 4096)
                 os.fsync(fd)

@@ -134,6 +134,7 @@ def test_no_space_left_is_refused_before_the_model_loads(tmp_path, tiny_llama):
     assert record(exp)["exit_code"] == 2
 
 
+@pytest.mark.slow
 def test_an_unexpected_exception_in_the_worker_is_one_line_a_record_and_exit_1(tmp_path, tiny_llama):
     model = tmp_path / "model"
     shutil.copytree(tiny_llama, model)
