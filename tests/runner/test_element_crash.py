@@ -104,21 +104,38 @@ def test_errors_path_that_is_a_file_is_refused_before_the_model_loads(tmp_path, 
         assert "loaded model" not in element_log(exp)
 
 
-def _full_filesystem_prefix(tmp_path: Path) -> list[str]:
-    """A command prefix that runs the rest in a private mount namespace with a 1 MiB tmpfs on "$1"."""
+FULL_FS = 'mount -t tmpfs -o size=1m lmsweep-full "$1" && shift && exec "$@"'
+READ_ONLY = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"'
+
+
+def _in_a_mount_namespace(tmp_path: Path, script: str) -> list[str]:
+    """A command prefix that runs `script` (which mounts something on "$1", then execs the rest) in a
+    private mount namespace: what it mounts is seen by that command alone and is gone when it ends."""
     ns = ["unshare", "--mount", "--propagation", "private"] if os.geteuid() == 0 else \
         ["unshare", "--user", "--map-root-user", "--mount"]
     probe = tmp_path / "probe"
     probe.mkdir()
-    script = 'mount -t tmpfs -o size=1m lmsweep-full "$1" && shift && exec "$@"'
     if shutil.which("unshare") is None or subprocess.run(ns + ["sh", "-c", script, "sh", str(probe), "true"],
                                                          capture_output=True).returncode != 0:
-        pytest.skip("cannot mount a small tmpfs in a private mount namespace here (no unshare, or not allowed)")
+        pytest.skip("cannot mount in a private mount namespace here (no unshare, or not allowed)")
     return ns + ["sh", "-c", script, "sh"]
 
 
+def test_a_read_only_results_directory_is_refused_before_the_model_loads(tmp_path, tiny_llama):
+    prefix = _in_a_mount_namespace(tmp_path, READ_ONLY)
+    spec = write_spec(tmp_path, tiny_llama)
+    exp = tmp_path / "runs" / "crash"
+    (exp / "results").mkdir(parents=True)
+    proc = run(prefix + [str(exp / "results"),
+                         *lmsweep_cmd("run", str(spec), "--output-dir", str(tmp_path / "runs"), "--quiet")])
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert_one_error_line(proc, str(exp / "results"), "Read-only file system")
+    assert "loaded model" not in element_log(exp)
+    assert record(exp)["exit_code"] == 2
+
+
 def test_no_space_left_is_refused_before_the_model_loads(tmp_path, tiny_llama):
-    prefix = _full_filesystem_prefix(tmp_path)
+    prefix = _in_a_mount_namespace(tmp_path, FULL_FS)
     spec = write_spec(tmp_path, tiny_llama)
     out = tmp_path / "runs"
     out.mkdir()
