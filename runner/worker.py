@@ -34,8 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from lmsweep.jobs.decoding import DecodingPoint, point_labels
 from lmsweep.errors import ExperimentError, SpecError, UsageError
+from lmsweep.jobs.decoding import DecodingPoint, point_labels
 from lmsweep.jobs.plan import ModelInfo, PlanFiles, read_plan
 from lmsweep.results.compact import WORKER_MIN_PARTS, compact_element
 from lmsweep.results.load import done_unit_ids
