@@ -52,10 +52,11 @@ WORKER_MIN_PARTS = 16
 ROW_GROUP_ROWS = 128 * 1024
 ROW_GROUP_BYTES = 64 * 2**20
 _ELEMENT = re.compile(r"^part-e(\d{5})-")
-# What the writers name files: results/writer.part_name (part-e<el>-r<rank>-<ns>-<host>-<pid>-<n>.parquet),
-# compact_dir's merged file (part-e<el>-c<ns>-<pid>.parquet) and its manifest (_compact-e<el>-<ns>-<pid>.json).
-PART_NAME = re.compile(r"^part-e(\d{5})-(?:r\d{4}-\d+-[0-9a-f]{8}-\d+-\d+|c\d+-\d+)\.parquet$")
-MANIFEST_NAME = re.compile(r"^" + re.escape(MANIFEST_PREFIX) + r"e(\d{5})-\d+(?:-\d+)?\.json$")
+# What the writers name files: results/writer.part_name (part-e<el>-r<rank>-<ns>-<host>-<pid>-<n>.parquet;
+# before the host hash, part-e<el>-r<rank>-<ns>-<pid>.parquet), compact_dir's merged file
+# (part-e<el>-c<ns>-<pid>.parquet) and its manifest (_compact-e<el>-<ns>-<pid>.json).
+PART_NAME = re.compile(r"^part-e(\d{5})-(?:r\d{4}-\d+-(?:[0-9a-f]{8}-\d+-\d+|\d+)|c\d+-\d+)\.parquet\Z")
+MANIFEST_NAME = re.compile(r"^" + re.escape(MANIFEST_PREFIX) + r"e(\d{5})-\d+(?:-\d+)?\.json\Z")
 MANIFEST_MAX_BYTES = 64 * 2**20
 
 Hook = Callable[[], None] | None
