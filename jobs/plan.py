@@ -449,7 +449,7 @@ def read_plan(exp_dir: str | Path) -> PlanFiles:
         raise ExperimentError(f"is a directory; expected the plan `lmsweep plan` writes; {REPLAN}",
                               file=str(meta_file))
     if not meta_file.exists():
-        raise ExperimentError(f"no plan here (missing {meta_file}); run `lmsweep plan SPEC` first", file=str(exp_dir))
+        raise ExperimentError("no plan here: missing; run `lmsweep plan SPEC` first", file=str(meta_file))
     try:
         meta = json.loads(meta_file.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:

@@ -88,19 +88,21 @@ def naming(path: Path) -> Iterator[None]:
 
 def write_text_atomic(path: Path, text: str) -> Path:
     """`text` into `path` whole or not at all (a temp dot-file, then a rename; the temp file is removed if
-    the write fails). An OSError names the file (see `naming`)."""
+    the write fails). An OSError names `path` (a full disk's write error names no file; see `naming`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with naming(path):
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-    except OSError:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as e:
         try:
             tmp.unlink(missing_ok=True)
         except OSError:
             pass
-        raise
+        if e.errno is None or e.filename not in (None, str(tmp)):
+            raise
+        # the file the user asked for, not our temporary name for it
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from None
     return path
 
 

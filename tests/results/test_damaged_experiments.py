@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+import lmsweep
+
 SPEC = """
 name: dmg
 models:
@@ -255,6 +257,7 @@ class Case:
     damage: Callable
     expect: dict[str, str] = field(default_factory=dict)     # verb → ERROR/USAGE/OK/SKIP; ERROR if absent
     default: str = ERROR
+    names: dict[str, str] = field(default_factory=dict)      # verb → what its line names, if not the damage's
 
     def wants(self, verb: str) -> str:
         return self.expect.get(verb, self.default)
@@ -301,7 +304,8 @@ CASES = {
     "meta/ a file": LAYOUT(meta_a_file),
     # read-only or full: readers work; a verb that must write there says where it cannot (report writes
     # EXP/report.html, compaction and the worker EXP/locks and results)
-    "read-only filesystem": Case(read_only, {**READERS_OK, "plot": USAGE, "regress": NA}),
+    "read-only filesystem": Case(read_only, {**READERS_OK, "plot": USAGE, "regress": NA},
+                                 names={"report": "dmg/report.html: Read-only file system"}),
     "disk full": Case(disk_full, {**READERS_OK, "plot": USAGE, "regress": NA,      # element 0 is done and has
                                   "results --compact": OK, "worker": OK}),      # one part: nothing to write
 }
@@ -397,9 +401,18 @@ def test_every_verb_meets_a_damaged_experiment_with_one_line_and_exit_2(case, ba
             copy = shutil.copytree(base / "runs" / "dmg", work / "runs" / "dmg", symlinks=True)
             exp, named = spec.damage(copy)
             rc, text = run_in_process(verbs(base, exp, work)[verb], capsys)
-        problem = check(verb, spec.wants(verb), named, rc, text)
+        problem = check(verb, spec.wants(verb), spec.names.get(verb, named), rc, text)
         if problem:
             failures[verb] = problem
+    if spec.wants("status") == ERROR:    # and in Python: the notebook API raises the same one error
+        from lmsweep.errors import ExperimentError
+        from lmsweep.submit.jobs_dir import load_submissions
+
+        api = lmsweep.status if "submission" not in case else load_submissions
+        exp, named = spec.damage(shutil.copytree(base / "runs" / "dmg", tmp_path / "api" / "dmg", symlinks=True))
+        with pytest.raises(ExperimentError) as e:
+            api(exp)
+        assert named in e.value.file and str(e.value).startswith(e.value.file), str(e.value)
     assert not failures, f"{case}: " + "\n\n".join(f"[{v}] {p}" for v, p in failures.items())
 
 
@@ -407,7 +420,6 @@ def test_status_and_the_run_summary_show_an_element_crash_record_and_skip_a_dama
     """A worker whose element failed as a whole leaves EXP/errors/element-NNNNN.json (runner/worker.py): status
     and the run's summary line say so instead of "0 failed"; a stale record of a finished element is not shown,
     a damaged one is skipped and named."""
-    import lmsweep
     from lmsweep.results.cli import report
 
     exp = shutil.copytree(base / "runs" / "dmg", tmp_path / "dmg", symlinks=True)
