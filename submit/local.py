@@ -186,8 +186,11 @@ def run_elements(exp_dir: Path, elements: list[int], *, concurrency: int = 1, ra
                 try:
                     # Read to the end whatever happens here: a worker must never write into a closed pipe.
                     for line in proc.stdout:
-                        fh.write(line)
-                        fh.flush()
+                        try:
+                            fh.write(line)
+                            fh.flush()
+                        except OSError:       # the log's disk is full: the PROGRESS lines still count
+                            pass
                         progress = parse_progress(line)
                         if progress is not None:
                             update(element, *progress)
