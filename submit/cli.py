@@ -48,11 +48,16 @@ def cmd_run(args) -> int:
     if any(r.returncode == 2 for r in ran):   # a worker refused its input (printed above): bad input
         return 2
     if stopper.stopped or any(r.returncode == EXIT_PREEMPTED for r in ran):   # finished batches are kept
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):             # another one: just exit 3
-            if signal.getsignal(sig) is not signal.SIG_IGN:
-                signal.signal(sig, lambda *_: sys.exit(EXIT_PREEMPTED))
-        report(exp, quiet=True)
-        console.print("preempted; rerun the same command to continue where it stopped")
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            for sig, handler in previous.items():                               # another one: just exit 3
+                if handler is not signal.SIG_IGN:
+                    signal.signal(sig, lambda *_: sys.exit(EXIT_PREEMPTED))
+            report(exp, quiet=True)
+            console.print("preempted; rerun the same command to continue where it stopped")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         return EXIT_PREEMPTED
     if not todo:
         console.print("all units already done; nothing to run")
