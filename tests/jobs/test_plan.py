@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers.cli import FIXTURES
-from lmsweep.jobs.errors import SpecError
+from lmsweep.errors import ExperimentError
 from lmsweep.jobs.plan import plan_spec, read_plan, write_plan
 from lmsweep.jobs.spec import load_spec
 
@@ -104,9 +104,9 @@ def test_a_plan_written_before_the_typed_reader_still_loads():
     assert [p.max_new_tokens for p in files.points] == [2, 4, 32, 32]
 
 
-def test_a_damaged_plan_json_is_a_spec_error(tmp_path):
+def test_a_damaged_plan_json_is_an_experiment_error_naming_the_field(tmp_path):
     for name in ("plan.json", "plan.parquet", "prompts.parquet"):
         (tmp_path / name).write_bytes((FIXTURES / "plans" / "format1" / name).read_bytes())
     (tmp_path / "plan.json").write_text((tmp_path / "plan.json").read_text().replace('"bfloat16"', '"float8"'))
-    with pytest.raises(SpecError, match="plan.json does not read as a plan"):
+    with pytest.raises(ExperimentError, match=r"plan.json: models.smol.dtype: does not read as a plan"):
         read_plan(tmp_path)
