@@ -227,7 +227,7 @@ def pack(unit_models: Sequence[str], unit_costs: np.ndarray, req: PackRequest,
             element_of_unit[ix] = chunks + len(elements)
             sums = np.bincount(chunks, weights=costs[ix], minlength=n_chunks)
             counts = np.bincount(chunks, minlength=n_chunks)
-            elements += [Element(len(elements), m, int(counts[c]), float(sums[c]) / req.tokens_per_second)
+            elements += [Element(len(elements) + c, m, int(counts[c]), float(sums[c]) / req.tokens_per_second)
                          for c in range(n_chunks)]
         if limit is None or len(elements) <= limit:
             break

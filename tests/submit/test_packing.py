@@ -148,3 +148,12 @@ def test_local_runs_without_a_queue():
     packing = pack(*units(20), request("local", None, ranks=2, max_units_per_element=5, array_limit=2))
     assert packing.queue is None and (packing.nodes, packing.ranks_per_node) == (1, 2)
     assert len(packing.elements) == 4 and packing.throttle == 2
+
+
+def test_every_element_has_its_own_index():
+    """Element i of the packing is `elements[i]` and its units are those with element_of_unit == i (a model cut
+    into several elements once gave them all the index of its first)."""
+    models, costs = units(20, models=2)
+    packing = pack(models, costs, request("local", None, max_units_per_element=3))
+    assert [e.index for e in packing.elements] == list(range(len(packing.elements))) == list(range(8))
+    assert [e.n_units for e in packing.elements] == np.bincount(packing.element_of_unit).tolist()
