@@ -380,6 +380,8 @@ def _spec_errors(err: dict, file: str, lines: dict) -> list[SpecError]:
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         msg = f"unknown key{did_you_mean(str(loc[-1]), _known_keys(loc[:-1]))}"
+        if len(loc) == 3 and loc[0] == "execution":      # a scheduler block: say every key it takes
+            msg += f"; expected one of: {', '.join(_known_keys(loc[:-1]))}"
     elif err["type"] == "union_tag_invalid" and loc == ("task",):
         tag = err.get("ctx", {}).get("tag", "")
         msg = f"unknown task {tag!r}{did_you_mean(tag, TASK_NAMES)}; expected one of {', '.join(TASK_NAMES)}"
@@ -407,6 +409,10 @@ def _most_specific(errors: list[SpecError]) -> list[SpecError]:
 
 def _known_keys(parent: tuple) -> list[str]:
     """The keys the spec accepts under `parent` (for a did-you-mean), found by walking the spec's models."""
+    if len(parent) == 2 and parent[0] == "execution":      # a scheduler's block: its backend's model
+        from lmsweep.submit.backends import block_models
+        block = block_models().get(str(parent[1]))
+        return list(block.model_fields) if block is not None else []
     model: Any = ExperimentSpec
     for part in parent:
         if isinstance(part, int):

@@ -9,18 +9,22 @@ interface (`submit/options.py`, `submit/cli.py`, `submit/tracking.py`) and never
 it serves. docs/adding-a-scheduler.md lists the hooks.
 
 An `ArrayJob` runs `len(elements)` array tasks; task `i` runs plan element `elements[i]`. Indices are
-always 0..n-1 (so `--array=0-(n-1)` / `-J 0-(n-1)` stay within MaxArraySize / max_array_size);
-the script maps an index to its element, which lets a resubmit run any subset of elements.
+always 0..n-1 (so the array directive stays within the scheduler's largest array size); the script maps
+an index to its element, which lets a resubmit run any subset of elements. `ArrayJob.scheduler` holds the
+backend's own options (its block's keys, the profile's and the block's extra directives), which shared
+code passes along without reading.
 """
 from __future__ import annotations
 
 import shlex
 import subprocess
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+from lmsweep.errors import SchedulerError
 from lmsweep.submit.systems import SystemProfile
 
 if TYPE_CHECKING:
@@ -28,10 +32,6 @@ if TYPE_CHECKING:
 
 State = Literal["queued", "held", "running", "finished", "failed", "cancelled", "unknown"]
 ACTIVE_STATES: frozenset[str] = frozenset({"queued", "held", "running"})
-
-
-class SchedulerError(RuntimeError):
-    """A scheduler command failed; the message says which command and what it printed."""
 
 
 @dataclass(frozen=True)
@@ -47,16 +47,13 @@ class ArrayJob:
     ranks_per_node: int
     cpus_per_rank: int                  # --depth / --cpus-per-task / OMP_NUM_THREADS
     walltime: str                       # HH:MM:SS
-    queue: str | None                   # PBS queue / Slurm partition
+    queue: str | None                   # queue / partition
     account: str | None
     throttle: int | None                # at most this many tasks at once (%K)
     python: str                         # interpreter that runs `-m lmsweep worker`
-    filesystems: tuple[str, ...] = ()   # PBS -l filesystems
-    place: str = "scatter"              # PBS -l place
-    qos: str | None = None              # Slurm --qos
-    gpus_per_node: int = 0              # Slurm --gpus-per-node
     depends_on: str | None = None       # job id this array starts after (afterany: never afterok)
     preemptable: bool = False
+    scheduler: Mapping[str, Any] = field(default_factory=dict, hash=False)   # the backend's own options
 
     @property
     def n_tasks(self) -> int:
@@ -74,9 +71,6 @@ class ArrayJob:
     def job_name(self) -> str:
         # experiment names are restricted to [A-Za-z0-9._-]; schedulers want a leading letter
         return f"lms-{self.experiment}"
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -122,9 +116,19 @@ class Scheduler(ABC):
         self.profile = profile
 
     def defaults(self, execution) -> dict[str, Any]:
-        """Common options this backend fills in below the spec's block and the flags (profile facts
-        such as PBS filesystems or Slurm GPUs per node). `execution` is the spec's ExecutionSpec."""
+        """Options this backend fills in below the spec's block and the flags: common ones, or its own
+        (keys of its block) from profile facts. `execution` is the spec's ExecutionSpec."""
         return {}
+
+    def own_options(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """This backend's own options out of `values` (resolved or recorded), checked by its block: the
+        keys the block declares, set and not empty; other keys (another backend's, in a record of an
+        older version) are dropped. pydantic's ValidationError for a bad value."""
+        if self.block is None:
+            return {}
+        keys = self.block.own_keys()
+        return self.block.model_validate({k: v for k, v in values.items()
+                                          if k in keys and v not in (None, [], ())}).own()
 
     # -- the four hooks ------------------------------------------------------------------------------
     @abstractmethod
@@ -154,7 +158,7 @@ class Scheduler(ABC):
 
     def live_limits(self, queue: str | None) -> dict[str, int]:
         """Limits read from the running scheduler for `queue`: `max_array_size`, `max_queued`
-        (e.g. Slurm MaxArraySize / MaxJobCount); {} when unknown or unreachable."""
+        (the largest array, the most jobs queued); {} when unknown or unreachable."""
         return {}
 
     # -- shared plumbing -----------------------------------------------------------------------------
@@ -168,9 +172,6 @@ class Scheduler(ABC):
     def explain_submit_failure(self, cmd: list[str], proc: subprocess.CompletedProcess) -> str:
         said = (proc.stderr.strip() or proc.stdout.strip()).replace("\n", " | ")
         return f"`{shlex.join(cmd)}` exited {proc.returncode}: {said}"
-
-    def cancel(self, job_ids: list[str]) -> subprocess.CompletedProcess:
-        return run(self.cancel_command(job_ids))
 
 
 def run(cmd: list[str], cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

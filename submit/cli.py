@@ -106,8 +106,7 @@ def array_jobs(exp: Path, experiment: str, submission: str, arrays, throttle, op
     return [ArrayJob(experiment=experiment, exp_dir=str(exp), submission=submission, part=i, elements=tuple(els),
                      nodes=opts.nodes, ranks_per_node=opts.ranks_per_node, cpus_per_rank=opts.cpus_per_rank,
                      walltime=opts.walltime, queue=opts.queue, account=opts.account, throttle=throttle,
-                     python=opts.python, filesystems=opts.filesystems, place=opts.place,
-                     qos=opts.qos, gpus_per_node=opts.gpus_per_node, preemptable=opts.preemptable)
+                     python=opts.python, preemptable=opts.preemptable, scheduler=opts.scheduler)
             for i, els in enumerate(arrays)]
 
 

@@ -8,8 +8,9 @@ PBS rejects or never starts; errors name the file, line and key:
 
 Values that become scheduler directives (queue names, the default queue, PBS filesystems) are held to the
 same plain charset as the spec's and the flags' (`submit/options.py` SCHEDULER_NAME, FILESYSTEM_NAME), so
-a profile cannot put `;`, `$(`, a backtick or a newline into a `#PBS`/`#SBATCH` line. The launcher, GPU
-binding and environment setup are shell by design: a profile is configuration like code.
+a profile cannot put `;`, `$(`, a backtick or a newline into a directive line; so are its extra `directives`
+(checked by the backend's block: the safe charset, none of the flags the backend sets itself). The launcher,
+GPU binding and environment setup are shell by design: a profile is configuration like code.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 
 from lmsweep.configs import SYSTEMS as CONFIG_DIR
+from lmsweep.errors import ProfileError
 
 PACKAGE_ROOT = CONFIG_DIR.parents[1]      # error messages name shipped profiles as configs/systems/<name>.yaml
 
@@ -36,16 +38,12 @@ FILESYSTEM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _TOP_KEYS = (
     "name", "scheduler", "gpus_per_node", "cpus_per_node", "ranks_per_node", "default_queue",
     "queues", "filesystems", "launcher", "gpu_bind", "env_setup", "max_array_size",
-    "python", "mpi_library", "tokens_per_second",
+    "python", "mpi_library", "tokens_per_second", "directives",
 )  # fmt: skip
 _QUEUE_KEYS = (
     "min_nodes", "max_nodes", "max_walltime", "max_queued", "max_running",
     "max_concurrent_subjobs", "preemptable",
 )  # fmt: skip
-
-
-class ProfileError(ValueError):
-    """A profile is missing, malformed or inconsistent; the message is one actionable line."""
 
 
 def walltime_seconds(text: str) -> int:
@@ -101,6 +99,7 @@ class SystemProfile:
     python: str | None = None               # interpreter for the worker; None: the one running `lmsweep submit`
     mpi_library: str | None = None          # text mpi4py's MPI.Get_library_version() must hold; None: no preflight
     tokens_per_second: float | None = None  # per-rank throughput packing assumes unless the spec sets one
+    directives: tuple[str, ...] = ()        # extra directive lines of every job, before the spec's own
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -115,13 +114,6 @@ class SystemProfile:
             known = ", ".join(self.queues) or "none"
             raise ProfileError(f"system {self.name!r} has no queue {wanted!r} (known: {known})")
         return self.queues[wanted]
-
-    def launch_command(self, nnodes: int, ranks_per_node: int | None = None) -> str:
-        """The launcher line for ``nnodes`` nodes, e.g. ``mpiexec -n 8 --ppn 4 --depth 8 ...``."""
-        ppn = ranks_per_node or self.ranks_per_node
-        return self.launcher.format(
-            nranks=nnodes * ppn, ppn=ppn, depth=max(1, self.cpus_per_node // ppn), nnodes=nnodes
-        )
 
 
 def list_systems(config_dir: Path = CONFIG_DIR) -> list[str]:
@@ -323,6 +315,7 @@ class _Reader:
             python=python,
             mpi_library=self.text(top, ("mpi_library",), optional=True),
             tokens_per_second=self.number(top, ("tokens_per_second",)),
+            directives=self.directives(top, scheduler),
         )
 
     def queue(self, name: str, raw: Any) -> QueueLimits:
@@ -366,6 +359,24 @@ class _Reader:
                 raise self.error(("filesystems", str(i)), f"filesystem {fs!r} must be 1-32 lowercase letters, "
                                  "digits, '_', starting with a letter")
         return names
+
+    def directives(self, top: dict, scheduler: str) -> tuple[str, ...]:
+        """Extra directive lines, checked by the backend's block (one without a block takes none)."""
+        if top.get("directives") in (None, []):
+            return ()
+        from lmsweep.submit.backends import backends
+        from lmsweep.submit.options import directive
+
+        block = backends()[scheduler].block
+        if block is None:
+            raise self.error(("directives",), f"scheduler {scheduler} takes no directives")
+        lines = self.strings(top, ("directives",))
+        for i, line in enumerate(lines):
+            try:
+                directive(line, block.reserved)
+            except ValueError as exc:
+                raise self.error(("directives", str(i)), str(exc)) from None
+        return lines
 
     def _check_launcher(self, launcher: str, ranks: int) -> None:
         if not launcher.strip():

@@ -24,7 +24,12 @@ _STATE_MAP = {"exiting": "running"}
 
 
 class PbsBlock(SchedulerBlock):
-    """`execution.pbs`: PBS directives (ALCF Polaris/Aurora); unset values come from the system profile."""
+    """`execution.pbs`: PBS directives (ALCF Polaris/Aurora); unset values come from the system profile.
+    `filesystems`, `place` and `directives` are this backend's own options (`ArrayJob.scheduler`)."""
+
+    # what render() writes itself: an extra directive may not set these again
+    reserved = ("-N", "-A", "-q", "-l select", "-l place", "-l walltime", "-l filesystems", "-J", "-r",
+                "-o", "-e", "-W depend")
 
     account: str | None = None                   # -A project
     queue: str | None = None                     # -q
@@ -46,12 +51,6 @@ class PbsBlock(SchedulerBlock):
                 raise ValueError(f"filesystem {fs!r} must be lowercase letters, digits, '_'")
         return v
 
-    def common(self) -> dict[str, Any]:
-        out = super().common()
-        if "filesystems" in out:
-            out["filesystems"] = tuple(out["filesystems"])
-        return out
-
 
 @register
 class PbsScheduler(Scheduler):
@@ -61,7 +60,7 @@ class PbsScheduler(Scheduler):
     account_directive = "#PBS -A"
 
     def defaults(self, execution) -> dict[str, Any]:
-        return {"filesystems": tuple(self.profile.filesystems)}
+        return {"filesystems": list(self.profile.filesystems)}
 
     def live_limits(self, queue: str | None) -> dict[str, int]:
         """`max_array_size` of the server and the queue's `max_queued` from `qmgr -c "print server"`
@@ -75,17 +74,18 @@ class PbsScheduler(Scheduler):
         return limits_from_qmgr(proc.stdout, queue)
 
     def render(self, job: ArrayJob) -> str:
-        p = self.profile
+        p, own = self.profile, job.scheduler
+        filesystems = own.get("filesystems", p.filesystems)
         d = ["#!/bin/bash -l", f"#PBS -N {quote(job.job_name)}"]
         if job.account:
             d.append(f"#PBS -A {quote(job.account)}")
         if job.queue:
             d.append(f"#PBS -q {quote(job.queue)}")
         d += [f"#PBS -l select={job.nodes}:system={quote(p.name)}",
-              f"#PBS -l place={quote(job.place)}",
+              f"#PBS -l place={quote(own.get('place', 'scatter'))}",
               f"#PBS -l walltime={quote(job.walltime)}"]
-        if job.filesystems:
-            d.append(f"#PBS -l filesystems={quote(':'.join(job.filesystems))}")
+        if filesystems:
+            d.append(f"#PBS -l filesystems={quote(':'.join(filesystems))}")
         if job.is_array:
             throttle = f"%{job.throttle}" if job.throttle else ""
             d.append(f"#PBS -J 0-{job.n_tasks - 1}{throttle}")
@@ -96,6 +96,7 @@ class PbsScheduler(Scheduler):
         d += [f"#PBS -o {out}.out", f"#PBS -e {out}.err"]
         if job.depends_on:
             d.append(f"#PBS -W depend=afterany:{quote(job.depends_on)}")
+        d += [f"#PBS {x}" for x in own.get("directives", ())]      # checked against PbsBlock's charset
         return "\n".join(d + body(job, p, "${PBS_ARRAY_INDEX:-0}", "${PBS_JOBID:-}")) + "\n"
 
     def submit_command(self, script: Path) -> list[str]:

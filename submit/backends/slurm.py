@@ -47,9 +47,15 @@ def normalize(raw: str, reason: str | None = None) -> State:
 
 
 class SlurmBlock(SchedulerBlock):
-    """`execution.slurm`: sbatch options; unset values come from the system profile."""
+    """`execution.slurm`: sbatch options; unset values come from the system profile. `qos`,
+    `gpus_per_node` and `directives` are this backend's own options (`ArrayJob.scheduler`)."""
 
     renamed = {"partition": "queue", "time": "walltime"}
+    # what render() writes itself: an extra directive may not set these again (nor an abbreviation of one)
+    reserved = ("--job-name", "-J", "--array", "-a", "--nodes", "-N", "--ntasks-per-node", "--cpus-per-task",
+                "-c", "--gpus-per-node", "--time", "-t", "--partition", "-p", "--account", "-A", "--qos", "-q",
+                "--requeue", "--no-requeue", "--open-mode", "--output", "-o", "--error", "-e", "--dependency",
+                "-d")
 
     partition: str | None = None
     account: str | None = None
@@ -74,6 +80,8 @@ class SlurmScheduler(Scheduler):
         return {"gpus_per_node": self.profile.gpus_per_node}
 
     def render(self, job: ArrayJob) -> str:
+        own = job.scheduler
+        gpus, qos = own.get("gpus_per_node", self.profile.gpus_per_node), own.get("qos")
         d = ["#!/bin/bash", f"#SBATCH --job-name={quote(job.job_name)}"]
         if job.is_array:
             throttle = f"%{job.throttle}" if job.throttle else ""
@@ -81,21 +89,22 @@ class SlurmScheduler(Scheduler):
         d += [f"#SBATCH --nodes={job.nodes}",
               f"#SBATCH --ntasks-per-node={job.ranks_per_node}",
               f"#SBATCH --cpus-per-task={job.cpus_per_rank}"]
-        if job.gpus_per_node:
-            d.append(f"#SBATCH --gpus-per-node={job.gpus_per_node}")
+        if gpus:
+            d.append(f"#SBATCH --gpus-per-node={gpus}")
         d.append(f"#SBATCH --time={quote(job.walltime)}")
         if job.queue:
             d.append(f"#SBATCH --partition={quote(job.queue)}")
         if job.account:
             d.append(f"#SBATCH --account={quote(job.account)}")
-        if job.qos:
-            d.append(f"#SBATCH --qos={quote(job.qos)}")
+        if qos:
+            d.append(f"#SBATCH --qos={quote(qos)}")
         # relative to sbatch's working directory (EXP/jobs/<submission>/): no user path in a directive
         out = "logs/%A_%a" if job.is_array else "logs/%j"
         d += ["#SBATCH --requeue", "#SBATCH --open-mode=append",
               f"#SBATCH --output={out}.out", f"#SBATCH --error={out}.err"]
         if job.depends_on:
             d.append(f"#SBATCH --dependency=afterany:{quote(job.depends_on)}")
+        d += [f"#SBATCH {x}" for x in own.get("directives", ())]    # checked against SlurmBlock's charset
         job_id = "${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-}}_${SLURM_ARRAY_TASK_ID:-}"
         return "\n".join(d + body(job, self.profile, "${SLURM_ARRAY_TASK_ID:-0}", job_id)) + "\n"
 

@@ -111,7 +111,7 @@ def render(system: str, queue: str, n_units: int, *, ranks: int | None = None, n
     packing = pack([f"m{i % models}" for i in range(n_units)], np.full(n_units, 300.0), req)
     job = ArrayJob("sweep", "/eagle/myproj/runs/sweep", "sub-0001", 0, packing.arrays[0], packing.nodes,
                    packing.ranks_per_node, profile.cpus_per_rank, walltime, queue, account, packing.throttle,
-                   "/soft/venv/bin/python", profile.filesystems, preemptable=q.preemptable)
+                   "/soft/venv/bin/python", preemptable=q.preemptable)
     return PbsScheduler(profile).render(job)
 
 
@@ -235,7 +235,7 @@ def test_body_maps_index_to_element_and_binds_one_gpu_per_rank(tmp_path, system,
     canary.chmod(0o755)
     profile = load_system(system)
     job = ArrayJob("sweep", str(tmp_path / "exp"), "sub-0001", 0, (4, 5, 6), 1, profile.ranks_per_node, 1,
-                   "00:30:00", queue, "myproj", 1, str(canary), profile.filesystems)
+                   "00:30:00", queue, "myproj", 1, str(canary))
     (tmp_path / "exp").mkdir()
     script = tmp_path / "job.pbs"
     script.write_text(PbsScheduler(profile).render(job))
@@ -258,7 +258,7 @@ def test_body_maps_index_to_element_and_binds_one_gpu_per_rank(tmp_path, system,
 def test_body_refuses_an_index_outside_the_array(tmp_path):
     profile = load_system("polaris")
     job = ArrayJob("sweep", str(tmp_path), "sub-0001", 0, (0, 1), 1, 4, 8, "00:30:00", "debug", "p", 1,
-                   "/bin/false", profile.filesystems)
+                   "/bin/false")
     script = tmp_path / "job.pbs"
     script.write_text(PbsScheduler(profile).render(job))
     proc = run_body(script, pbs_env(make_shims(tmp_path / "shims"), tmp_path, 7, tmp_path))
@@ -267,7 +267,7 @@ def test_body_refuses_an_index_outside_the_array(tmp_path):
 
 def preflight_script(tmp_path: Path, python: str, profile) -> Path:
     job = ArrayJob("sweep", str(tmp_path / "exp"), "sub-0001", 0, (4, 5, 6), 1, 2, 1, "00:30:00", "debug",
-                   "myproj", 1, python, profile.filesystems)
+                   "myproj", 1, python)
     (tmp_path / "exp").mkdir(exist_ok=True)
     script = tmp_path / "job.pbs"
     script.write_text(PbsScheduler(profile).render(job))

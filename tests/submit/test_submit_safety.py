@@ -112,8 +112,7 @@ def test_a_newline_in_a_path_stays_inside_its_quotes(tmp_path):
     canary.write_text(ARGV_CANARY)
     canary.chmod(0o755)
     profile = load_system("polaris")
-    job = ArrayJob("x", str(exp), "sub-0001", 0, (0, 1), 1, 4, 8, "00:30:00", "debug", "p", 1, str(canary),
-                   profile.filesystems)
+    job = ArrayJob("x", str(exp), "sub-0001", 0, (0, 1), 1, 4, 8, "00:30:00", "debug", "p", 1, str(canary))
     text = PbsScheduler(profile).render(job)
     assert "#PBS -q evil" not in [line for line in text.splitlines() if line.startswith("#PBS")]
     script = tmp_path / "job.pbs"

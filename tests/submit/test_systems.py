@@ -31,7 +31,7 @@ def test_polaris_profile():
     assert p.queue("preemptable").preemptable and not p.queue("prod").preemptable
     assert p.queue().name == "debug"
     assert "export HF_HUB_OFFLINE=1" in p.env_setup and "module load conda" in p.env_setup
-    assert p.launch_command(2) == 'mpiexec -n 8 --ppn 4 --depth 8 --cpu-bind depth --hostfile "$PBS_NODEFILE"'
+    assert p.launcher == 'mpiexec -n {nranks} --ppn {ppn} --depth {depth} --cpu-bind depth --hostfile "$PBS_NODEFILE"'
     assert p.source == CONFIG_DIR / "polaris.yaml"
 
 
@@ -40,14 +40,14 @@ def test_aurora_profile():
     assert (p.gpus_per_node, p.ranks_per_node, p.filesystems) == (12, 12, ("home", "flare"))
     assert p.gpu_bind == "export ZE_AFFINITY_MASK=$((PALS_LOCAL_RANKID % 12))"
     assert "module load frameworks" in p.env_setup
-    assert p.launch_command(1).startswith("mpiexec -n 12 --ppn 12 --cpu-bind list:1-8:")
+    assert p.launcher.startswith("mpiexec -n {nranks} --ppn {ppn} --cpu-bind list:1-8:")
     assert p.queue("debug-scaling").min_nodes == 2
 
 
 def test_slurm_generic_profile():
     p = load_system("slurm-generic")
     assert (p.scheduler, p.default_queue, p.max_array_size) == ("slurm", "debug", 1001)
-    assert p.launch_command(1) == "srun -n 1 --ntasks-per-node 1 --cpus-per-task 2"
+    assert p.launcher == "srun -n {nranks} --ntasks-per-node {ppn} --cpus-per-task {depth}"
     assert p.gpu_bind == "" and p.filesystems == ()
 
 
@@ -111,7 +111,8 @@ def test_a_script_at_each_queue_limit_passes_the_rules(system):
                     f"#PBS -l filesystems={':'.join(profile.filesystems)}",
                     *(["#PBS -r y"] if q.preemptable else []),
                     *profile.env_setup,
-                    profile.launch_command(nodes),
+                    profile.launcher.format(nranks=nodes * profile.ranks_per_node, ppn=profile.ranks_per_node,
+                                            depth=profile.cpus_per_rank, nnodes=nodes),
                 ]
             )
             assert check_pbs_script(script, system) == [], (q.name, nodes)
@@ -159,7 +160,6 @@ def error_of(path: Path) -> str:
 def test_good_custom_profile_by_path(tmp_path):
     p = load_system(write(tmp_path, GOOD))
     assert p.ranks_per_node == 4  # defaults to one rank per GPU
-    assert p.launch_command(10) == "mpiexec -n 40 --ppn 4"
 
 
 def test_cpu_only_profile_defaults_to_one_rank(tmp_path):
@@ -190,7 +190,7 @@ def test_cpu_only_profile_defaults_to_one_rank(tmp_path):
         ("max_array_size: 10000", "max_array_size: 0", "19: max_array_size: must be >= 1, got 0"),
         ("env_setup: []", "env_setup: []\nextra: 1", ("19: extra: unknown key (expected one of: name, scheduler, "
          "gpus_per_node, cpus_per_node, ranks_per_node, default_queue, queues, filesystems, launcher, "
-         "gpu_bind, env_setup, max_array_size, python, mpi_library, tokens_per_second)")),
+         "gpu_bind, env_setup, max_array_size, python, mpi_library, tokens_per_second, directives)")),
         ("max_array_size: 10000", "max_array_size: 10000\ntokens_per_second: fast",
          "20: tokens_per_second: expected a number > 0, got 'fast'"),
         ("max_array_size: 10000", "max_array_size: 10000\npython: venv/bin/python",
