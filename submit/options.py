@@ -57,18 +57,28 @@ def directive(value: str, reserved: tuple[str, ...] = ()) -> str:
     if not DIRECTIVE.fullmatch(value):
         raise ValueError(f"directive {value!r} must be a flag ('-x' or '--name') and an optional value after "
                          f"'=' or one space, of {DIRECTIVE_CHARS}")
-    if value.startswith("--"):
-        flag, rest = re.split(r"[= ]", value, maxsplit=1)[0], ""
-        # a long option may be abbreviated (`--arr=` is `--array=`): any prefix of a reserved one is it
-        clash = next((r for r in reserved if r.startswith("--") and r.split()[0].startswith(flag)), None)
-    else:
-        flag, rest = value[:2], value[2:].lstrip(" =")       # `-N2` and `-N 2` alike
-        keys = {re.split(r"[=:]", item, maxsplit=1)[0] for item in rest.split(",")}
-        clash = next((r for r in reserved if not r.startswith("--") and r.split()[0] == flag
-                      and (len(r.split()) == 1 or r.split()[1] in keys)), None)
+    clash = next((r for r in reserved if _sets(value, r)), None)
     if clash:
         raise ValueError(f"directive {value!r} sets {clash}, which lmsweep sets itself")
     return value
+
+
+def _sets(value: str, reserved: str) -> bool:
+    """Does directive `value` set the `reserved` flag (`--array`, `-J`, `-sla`, or `-l walltime`: one
+    resource of a flag that takes `name=value,...`)?"""
+    flag, *resource = reserved.split()
+    if flag.startswith("--"):
+        # a long option may be abbreviated (`--arr=` is `--array=`): any prefix of a reserved one is it
+        given = re.split(r"[= ]", value, maxsplit=1)[0]
+        return value.startswith("--") and flag.startswith(given)
+    if len(flag) == 2:
+        hit = value.startswith(flag)                         # `-N2` and `-N 2` alike
+    else:
+        hit = value == flag or value.startswith((flag + " ", flag + "="))
+    if not hit or not resource:
+        return hit
+    rest = value[len(flag):].lstrip(" =")
+    return resource[0] in {re.split(r"[=:]", item, maxsplit=1)[0] for item in rest.split(",")}
 
 
 class SchedulerBlock(BaseModel):

@@ -188,6 +188,21 @@ def test_a_bad_directive_is_one_line_naming_its_key(tmp_path, tiny_llama, block,
     assert line.startswith(f"error: {spec}:10: execution.{key}: directive ") and why in line, line
 
 
+@pytest.mark.parametrize(("line", "ok"), [
+    ("--mem=0", True), ("--constraint=a100", True), ("-l debug=true", True), ("-M me@example.org", True),
+    ("--time-min=00:10:00", True), ("-Jx", False), ("-J x", False), ("--arr=0-3", False),
+    ("-l ngpus=4,walltime=9:00:00", False), ("-W depend=afterok:1", False), ("-W group_list=g", True),
+])
+def test_a_directive_may_not_set_what_lmsweep_sets(line, ok):
+    from lmsweep.submit.options import directive
+    reserved = ("-J", "--array", "-l walltime", "-W depend")
+    if ok:
+        assert directive(line, reserved) == line
+    else:
+        with pytest.raises(ValueError, match="which lmsweep sets itself"):
+            directive(line, reserved)
+
+
 def test_an_unknown_slurm_key_gets_a_did_you_mean_and_the_valid_ones(tmp_path, tiny_llama):
     spec = spec_file(tmp_path, tiny_llama, "  slurm:\n    partition: debug\n    directive: [--mem=0]")
     proc = cli("validate", str(spec))
