@@ -10,6 +10,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Output is read as a pipe's (160 columns, lmsweep/console.py) unless a test sets COLUMNS itself; pytest-xdist's
+# workers export COLUMNS=80, which every `lmsweep` the tests start would inherit.
+os.environ.pop("COLUMNS", None)
+os.environ.pop("LINES", None)
 
 from helpers.tiny_models import make_tiny_llama
 
@@ -28,3 +32,12 @@ def smollm2_dir() -> Path:
 
     ref = resolve("package:smollm2-135m-instruct")
     return materialize(ref.path, ref.fingerprint)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): one file's tests share a worker, so its
+    module fixtures (a model run, a vLLM engine) are built once, and every test on the one-node Slurm shares
+    one worker, so a second worker's arrays never queue behind the first's and time out."""
+    for item in items:
+        group = "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))

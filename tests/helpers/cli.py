@@ -42,11 +42,16 @@ def cli(*args: str, cwd: Path | None = None, check: bool = False, timeout: int =
 
 
 def _in_process(args: list[str], cwd: Path | None, env: dict[str, str]) -> subprocess.CompletedProcess:
+    from lmsweep import console as terminal
     from lmsweep.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_env, saved_cwd, saved_width = dict(os.environ), os.getcwd(), terminal.console.width
     os.environ.update(env)
+    # the width a process with its stdout on a pipe picks at import (lmsweep/console.py), whatever this
+    # process's stdout is (an xdist worker's, a terminal)
+    columns = os.environ.get("COLUMNS", "")
+    terminal.console.width = int(columns) if columns.isdigit() else terminal.PIPE_WIDTH
     try:
         if cwd is not None:
             os.chdir(cwd)
@@ -61,6 +66,7 @@ def _in_process(args: list[str], cwd: Path | None, env: dict[str, str]) -> subpr
                 traceback.print_exc()
                 code = 1
     finally:
+        terminal.console.width = saved_width
         os.chdir(saved_cwd)
         os.environ.clear()
         os.environ.update(saved_env)
