@@ -25,6 +25,7 @@ from lmsweep.jobs.model_sources import ModelRef, resolve
 from lmsweep.jobs.prompts import Prompt, load_prompt_set
 from lmsweep.jobs.spec import ExecutionSpec, ExperimentSpec, ModelSpec
 from lmsweep.jobs.units import canonical, unit_ids_block
+from lmsweep.runner.engines.base import get_engine
 from lmsweep.runner.tasks.base import PlannedUnits
 from lmsweep.runner.tasks.registry import get_task
 
@@ -142,9 +143,10 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
     blocks: dict[str, list] = {"model": [], "variant": [], "point": [], "seed": [], "gen": [], "element": []}
     elements: list[Element] = []
     ex = spec.execution
-    # Model copies working at once: deepspeed's tensor-parallel groups span ranks; a vLLM rank runs its own
-    # engine over `tensor_parallel` devices, so every rank is a copy.
-    span = 1 if ex.backend == "vllm" else max(m.tensor_parallel for m in spec.models)
+    # Model copies working at once: an engine whose tensor-parallel groups span ranks has one copy per group;
+    # one that keeps tensor parallelism inside a rank has a copy per rank (runner/engines, `model_copies`).
+    engine = get_engine(ex.backend)
+    span = max(engine.model_copies(m.tensor_parallel) for m in spec.models)
     groups = max(1, ex.ranks_per_element // span)
     budget = ex.walltime_seconds * ELEMENT_FILL * groups * ex.tokens_per_second   # tokens per element
     for m in spec.models:

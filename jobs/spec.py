@@ -23,6 +23,7 @@ from pydantic import (
 from lmsweep.jobs.decoding import DecodingGrid
 from lmsweep.jobs.errors import KeyProblems, SpecError, did_you_mean, raise_all
 from lmsweep.jobs.yamlio import SpecSource, dotted, line_of, load_yaml
+from lmsweep.runner.engines.base import DEFAULT as ENGINE_DEFAULT
 from lmsweep.runner.tasks.registry import all_tasks, task_names, task_spec_union, tolerance_fields
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -153,7 +154,7 @@ class ExecutionSpec(Strict):
 
     model_config = ConfigDict(extra="allow")
 
-    backend: Literal["hf", "deepspeed", "vllm"] = "hf"     # vllm: runner/backends/vllm.py
+    backend: str = ENGINE_DEFAULT      # an engine of runner/engines (`_backend` checks the registry)
     system: str = "local"
     batch_size: int | str = 8          # units per batch, or "auto": the runner picks and backs off on OOM
     ranks_per_element: int = Field(1, ge=1, le=100_000)
@@ -191,6 +192,16 @@ class ExecutionSpec(Strict):
         if errors:
             raise ValidationError.from_exception_data(cls.__name__, errors)
         return handler({**data, **blocks})
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        """One of the registered engines (runner/engines); listing them imports none of their libraries."""
+        from lmsweep.runner.engines.base import engine_names, unknown_message
+
+        if v not in engine_names():
+            raise ValueError(unknown_message(v))
+        return v
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -351,20 +362,15 @@ def load_spec(path: str | Path) -> ExperimentSpec:
 
 
 def _check_parallelism(spec: ExperimentSpec) -> None:
-    """Backend/tensor-parallel combinations that are wrong on any machine. What depends on the node's
-    accelerator (float16 or kernel injection on CPU) is checked by the worker before it runs a unit."""
+    """Backend/tensor-parallel combinations that are wrong on any machine, as the engine declares them
+    (runner/engines, `Engine.spec_problems`). What depends on the node's accelerator (float16 or kernel
+    injection on CPU) is checked by the worker before it runs a unit."""
+    from lmsweep.runner.engines.base import get_engine
+
     ex = spec.execution
+    engine = get_engine(ex.backend)
     for i, m in enumerate(spec.models):
-        problems = []
-        if ex.backend == "hf" and m.tensor_parallel > 1:
-            problems.append(("tensor_parallel", f"tensor_parallel={m.tensor_parallel} needs execution.backend: "
-                                                "deepspeed"))
-        if ex.backend != "deepspeed" and m.kernel_inject:
-            problems.append(("kernel_inject", "kernel_inject needs execution.backend: deepspeed"))
-        if ex.backend == "deepspeed" and ex.ranks_per_element % m.tensor_parallel:   # vllm: TP inside a rank
-            problems.append(("tensor_parallel", f"tensor_parallel={m.tensor_parallel} does not divide "
-                                                f"execution.ranks_per_element={ex.ranks_per_element}; an "
-                                                f"element's ranks form groups of {m.tensor_parallel}"))
+        problems = engine.spec_problems(ex, m)
         if problems:
             key, message = problems[0]
             raise spec.source.error(message, f"models[{i}].{key}", ("models", i, key))

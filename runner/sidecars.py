@@ -1,8 +1,9 @@
 """The metadata a worker leaves beside its rows: one JSON file per rank, one per element.
 
-`meta/element-NNNNN-rank-RRRR.json` says where and with what a rank ran (host, packages, device, threads,
-backend, timers); it is rewritten when an element is resumed, so `meta/history/` keeps every run's copy
-and rows an earlier run wrote stay traceable. `meta/element-NNNNN.json` is rank 0's summary of them all.
+`meta/element-NNNNN-rank-RRRR.json` says where and with what a rank ran (host, packages (lmsweep's and the
+engines' declared `packages`, runner/engines), device, threads, backend, timers); it is rewritten when an
+element is resumed, so `meta/history/` keeps every run's copy and rows an earlier run wrote stay traceable.
+`meta/element-NNNNN.json` is rank 0's summary of them all.
 Files are written under a temporary name and renamed, like the result parts.
 """
 from __future__ import annotations
@@ -29,12 +30,14 @@ def write_rank_sidecar(exp_dir: Path, element: int, rank: int, world: int, alias
             return None
 
     import torch
+
+    from lmsweep.runner.engines.base import recorded_packages
+
     meta = {
         "element": element, "rank": rank, "world_size": world, "model": alias,
         "model_path": loaded.path if loaded else None, "load_seconds": loaded.load_seconds if loaded else None,
         "host": socket.gethostname(), "python": platform.python_version(),
-        "packages": {n: version(n) for n in ("lmsweep", "torch", "transformers", "deepspeed", "mpi4py",
-                                             "pandas", "pyarrow")},
+        "packages": {n: version(n) for n in ("lmsweep", *recorded_packages(), "mpi4py", "pandas", "pyarrow")},
         "torch_threads": torch.get_num_threads(), "threads_requested": threads,
         "accelerator": "cuda" if torch.cuda.is_available() else "cpu", "backend": backend,
         "cuda": torch.version.cuda, "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]

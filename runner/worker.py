@@ -41,9 +41,9 @@ from lmsweep.results.compact import WORKER_MIN_PARTS, compact_element
 from lmsweep.results.load import done_unit_ids
 from lmsweep.results.schema import SCHEMA_VERSION
 from lmsweep.results.writer import PartWriter, errors_dir, results_dir
-from lmsweep.runner import autobatch, backends, distributed, loading, locks, sidecars, signals
-from lmsweep.runner.backends import vllm
+from lmsweep.runner import distributed, engines, loading, locks, sidecars, signals
 from lmsweep.runner.batches import BatchQueue, OutOfMemory, release_memory, run_isolated
+from lmsweep.runner.engines import base as engine_base
 from lmsweep.runner.units import TaskContext, Unit
 
 EXIT_OK, EXIT_UNITS_FAILED, EXIT_CRASHED = 0, 1, 1
@@ -247,7 +247,7 @@ class Rank:
     """This process's place in the element; the same settings on every rank of it."""
 
     world: distributed.World
-    settings: backends.Settings
+    settings: engines.Settings
     layout: distributed.TPLayout
     binding: dict                        # the device, and what to record about it (distributed.bind_device)
     threads: int
@@ -277,15 +277,15 @@ def set_up_rank(run: ElementRun) -> Rank:
     distributed.export_env(world)
     distributed.abort_on_crash(world)
     spec_file, where = run.plan.spec_file, run.where
-    settings = backends.resolve(run.plan.execution.backend, run.model, backends.detect_accelerator(),
-                                spec_file=spec_file, where=where)
-    backends.check_architecture(settings, backends.model_type(run.model.path), spec_file=spec_file, where=where)
+    settings = engines.resolve(run.plan.execution.backend, run.model, engines.detect_accelerator(),
+                               spec_file=spec_file, where=where)
+    engine = settings.engine
+    engine.check_architecture(settings, engine_base.model_type(run.model.path), spec_file=spec_file, where=where)
     layout = _tp_layout(world.size, settings.group_size, spec_file)
     threads, threads_from = distributed.threads_for_rank(run.plan.execution.threads_per_rank, world.local_size)
-    binding = vllm.bind(world, settings.accelerator, settings.tp, threads) if settings.backend == vllm.NAME \
-        else distributed.bind_device(world, settings.accelerator)
-    backends.prepare_environment(settings)
-    tp_group = backends.init_process_groups(world, layout, settings)
+    binding = engine.bind(world, settings, threads)
+    engine.prepare_environment(settings)
+    tp_group = engine_base.init_process_groups(world, layout, settings)
     return Rank(world, settings, layout, binding, threads, threads_from, tp_group)
 
 
@@ -352,12 +352,12 @@ class RankModel:
 
     loaded: loading.LoadedModel | None   # None: this rank has no units and no TP peers to join
     ctx: TaskContext | None
-    backend_info: dict                   # the backend config as recorded (backends.wrap)
+    backend_info: dict                   # the backend config as recorded (Engine.load)
     loads: int
 
 
 def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> RankModel:
-    start = time.perf_counter()          # load_s counts torch's import too (backend vllm imports it first here)
+    start = time.perf_counter()          # load_s counts torch's import too (an engine may import it first here)
     import torch
     torch.set_num_threads(rank.threads)
     settings = rank.settings
@@ -367,20 +367,14 @@ def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> Ran
     signals.test_point("load")
     model_class = task_model_class(run.task, task_params(run.plan, unit0.variant))
     loads = 1
-    if settings.backend == vllm.NAME and model_class is not None:    # the engine loads the weights
-        loaded = loading.load(run.model, None, materialized=True)
-        model, backend_info = vllm.load(run.model, Path(loaded.path), loaded.tokenizer, settings.tp)
-        loaded = loading.LoadedModel(model, loaded.tokenizer, time.perf_counter() - start, loaded.path)
-    else:
-        loaded = loading.load(run.model, model_class, run.task.attn_implementation)
-        model, backend_info = (backends.wrap(loaded.model, settings, rank.tp_group, rank.device,
-                                             spec_file=run.plan.spec_file, where=run.where)
-                               if loaded.model is not None else (None, {"backend": settings.backend}))
+    loaded, backend_info = settings.engine.load(run.model, model_class, run.task.attn_implementation, settings,
+                                                rank.tp_group, rank.device, spec_file=run.plan.spec_file,
+                                                where=run.where)
     timers.load_s = time.perf_counter() - start
     print(f"loaded model {run.alias} in {loaded.load_seconds:.1f}s (loads this rank: {loads}; backend "
           f"{settings.backend}, tp {settings.tp}, {rank.device})", file=sys.stderr, flush=True)
-    return RankModel(loaded, task_context(model, loaded.tokenizer, task_params(run.plan, 0), rank.device),
-                     backend_info, loads)
+    return RankModel(loaded, task_context(loaded.model, loaded.tokenizer, task_params(run.plan, 0), rank.device,
+                                          settings.engine), backend_info, loads)
 
 
 # ---- the task interface: where the worker looks a task up and builds what it sees --------------------
@@ -401,8 +395,10 @@ def task_model_class(task: Any, params: Any) -> str | None:
     return task.auto_class_for(params)
 
 
-def task_context(model: Any, tokenizer: Any, params: Any, device: str) -> TaskContext:
-    return TaskContext(model, tokenizer, params, device=device)
+def task_context(model: Any, tokenizer: Any, params: Any, device: str, engine: Any = None) -> TaskContext:
+    """What a task's batch runner sees: the model, its tokenizer, the variant, and the engine serving the
+    model (its primitives: runner/engines)."""
+    return engines.EngineContext(model, tokenizer, params, device=device, engine=engine)
 
 # ---- end of the task interface ----------------------------------------------------------------------
 
@@ -424,15 +420,13 @@ def run_batches(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, bat
     sink = ResultSink(run, rank)
     finished, failed = claim.done_before, 0
     auto = batch_size == "auto"
-    if auto and todo and rank.settings.backend == vllm.NAME:     # the engine schedules inside a chunk
-        batch_size, why = vllm.AUTO_CHUNK, f"auto: chunks of {vllm.AUTO_CHUNK} units (backend vllm)"
-        print(f"batch size {why}", file=sys.stderr, flush=True)
-    elif auto and todo:
-        batch_size, why = autobatch.start_size(ctx.model, todo, rank.settings.accelerator)
+    engine = rank.settings.engine
+    if auto and todo:                    # the engine's rule: sized from the model, or its own chunk
+        batch_size, why = engine.start_batch_size(ctx, todo, rank.settings.accelerator)
         print(f"batch size {why}", file=sys.stderr, flush=True)
     queue = BatchQueue(task, todo, batch_size if todo else 1)
-    # auto: halve on out-of-memory (not with TP: peers would diverge; vLLM sizes its own cache)
-    oom_raises = auto and rank.settings.tp == 1 and rank.settings.backend != vllm.NAME
+    # auto: halve on out-of-memory where the engine says so (not with TP: peers would diverge)
+    oom_raises = auto and rank.settings.tp == 1 and engine.halves_on_oom
     note = f"element {run.element} rank {rank.rank}"
     while queue:
         batch = queue.next()
@@ -525,6 +519,5 @@ def _rank_record(rank: Rank, model: RankModel, timers: Timers) -> dict:
             "binding": rank.binding, "threads": {"n": rank.threads, "from": rank.threads_from,
                                                  "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
             "accelerator": settings.accelerator, "backend_config": model.backend_info or None,
-            "torch_extensions_dir": os.environ.get("TORCH_EXTENSIONS_DIR") if settings.backend == "deepspeed"
-            else None,
+            **settings.engine.sidecar(),
             "model_loads": model.loads, "timers": timers.record()}

@@ -130,7 +130,8 @@ class Task:
                         every task; None (default): the kinds its Auto class loads (CLASS_KINDS; any
                         kind for a tokenizer-only task). `model_kinds` may decide per variant
         backends        the execution backends (`execution.backend`) that can serve it; the plan
-                        refuses another
+                        refuses another. Default: the engines whose `tasks` declaration names it
+                        (runner/engines); a task sets it only to narrow that
         attn_implementation   the attention implementation it needs (None: the model's default)
         needs_model_facts     the plan reads each model's shape (layers, heads, tokenizer; jobs.model_facts)
         tolerances      the regression/compare tolerances its compare rule reads
@@ -146,7 +147,6 @@ class Task:
     row_key: ClassVar[tuple[str, ...]] = ("unit_id",)
     auto_class: ClassVar[str | None] = "AutoModelForCausalLM"
     kinds: ClassVar[tuple[str, ...] | None] = None
-    backends: ClassVar[tuple[str, ...]] = ("hf", "deepspeed")
     attn_implementation: ClassVar[str | None] = None
     needs_model_facts: ClassVar[bool] = False
     tolerances: ClassVar[tuple[Tolerance, ...]] = (MIN_EXACT_MATCH, MAX_PROB_DELTA)
@@ -156,6 +156,13 @@ class Task:
     info_note: ClassVar[str] = "within tolerance"
 
     # ---- planning (no torch) ----------------------------------------------------------------------------
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The engines that declare they serve this task (runner/engines; listing them imports no engine)."""
+        from lmsweep.runner.engines.base import engines_serving
+
+        return engines_serving(self.name)
 
     def variant(self, params: dict) -> BaseModel:
         """One variant's canonical dict (plan.json `variants`) as the typed object the batch runner gets."""

@@ -7,6 +7,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from lmsweep.runner.engines.base import engine_of
 from lmsweep.runner.tasks.base import MAX_PROB_DELTA, Task, TaskParams, Tolerance
 from lmsweep.runner.tasks.registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, render_prompt
@@ -24,7 +25,6 @@ class NextTokenParams(TaskParams):
 @register_task("next_token")
 class NextToken(Task):
     Params = NextTokenParams
-    backends = ("hf", "deepspeed", "vllm")
     columns = (
         ("topk_ids", pa.list_(pa.int32())), ("topk_tokens", pa.list_(pa.string())),
         ("topk_probs", pa.list_(pa.float32())), ("entropy", pa.float64()),
@@ -34,30 +34,29 @@ class NextToken(Task):
     diffs_title = "Next-token units beyond tolerance"
 
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
-        from lmsweep.runner.backends import vllm
-
-        if vllm.is_engine(ctx.model):        # top-k from the engine's log-probabilities
-            return vllm.next_token(ctx, units, ctx.params.top_k)
-        import torch
-
-        tok, model, k = ctx.tokenizer, ctx.model, ctx.params.top_k
-        rendered = [render_prompt(tok, u.prompt) for u in units]
-        encoded = [tok(text, add_special_tokens=add)["input_ids"] for text, add in rendered]
-        batch = tok.pad({"input_ids": encoded}, return_tensors="pt").to(ctx.device)
+        """The rows from the engine's `next_token` primitive (runner/engines), whatever the engine."""
+        engine = engine_of(ctx)
+        tok, k = ctx.tokenizer, ctx.params.top_k
+        limit = engine.context_limit(ctx)
+        keep, errors = [], {}
+        for u in units:
+            text, add = render_prompt(tok, u.prompt)
+            ids = tok(text, add_special_tokens=add)["input_ids"]
+            if not ids:
+                errors[u.unit_id] = "the prompt is empty: it tokenizes to 0 tokens"
+            elif limit and len(ids) + 1 > limit:
+                errors[u.unit_id] = f"prompt is {len(ids)} tokens; it exceeds {engine.context_name} of {limit}"
+            else:
+                keep.append((u, ids))
+        if not keep:
+            return [], errors
         start = time.perf_counter()
-        with torch.inference_mode():
-            logits = model(**batch).logits[:, -1, :].float()
+        found = engine.next_token(ctx, [ids for _, ids in keep], k)
         latency = time.perf_counter() - start
-        logp = torch.log_softmax(logits, dim=-1)
-        probs = logp.exp()
-        entropy = -(probs * logp).nan_to_num().sum(-1)
-        top_p, top_i = probs.topk(min(k, probs.shape[-1]), dim=-1)
-        rows = []
-        for u, ids, p, i, h in zip(units, encoded, top_p.tolist(), top_i.tolist(), entropy.tolist()):
-            rows.append({"unit_id": u.unit_id, "num_prompt_tokens": len(ids), "topk_ids": i,
-                         "topk_tokens": [tok.decode([t]) for t in i], "topk_probs": p, "entropy": h,
-                         "batch_latency_s": latency})
-        return rows, {}
+        rows = [{"unit_id": u.unit_id, "num_prompt_tokens": len(ids), "topk_ids": top.ids,
+                 "topk_tokens": [tok.decode([t]) for t in top.ids], "topk_probs": top.probs,
+                 "entropy": top.entropy, "batch_latency_s": latency} for (u, ids), top in zip(keep, found)]
+        return rows, errors
 
     def summarize(self, df):
         """Per model × task configuration: units, mean entropy (nats), mean top-1 probability, latency."""

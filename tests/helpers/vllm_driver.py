@@ -2,7 +2,7 @@
 
 Each run is what `lmsweep run` does for a local experiment: plan the spec into the output directory, then
 every element through the worker's `run_element`, with an optional batch size (a chunk, for vllm). The
-engine is started once (runner/backends/vllm.py keeps it for the process) and reused by each run.
+engine is started once (runner/engines/vllm.py keeps it for the process) and reused by each run.
 tests/runner/test_vllm.py runs this with .venv-vllm's python:
 
     python tests/helpers/vllm_driver.py --run SPEC OUT_DIR BATCH_SIZE [--run ...]

@@ -15,7 +15,7 @@ import pytest
 from helpers.cli import cli, write_spec
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.spec import ModelSpec
-from lmsweep.runner import backends
+from lmsweep.runner import engines
 from lmsweep.runner.distributed import TPLayout, default_threads, discover, export_env, threads_for_rank
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,7 +84,7 @@ def model_spec(**fields) -> ModelSpec:
 
 def test_cpu_profile_runs_float32_and_bfloat16_without_injection() -> None:
     for dtype in ("float32", "bfloat16"):
-        s = backends.resolve(DS, model_spec(dtype=dtype, tensor_parallel=2), "cpu")
+        s = engines.resolve(DS, model_spec(dtype=dtype, tensor_parallel=2), "cpu")
         assert (s.backend, s.dtype, s.tp, s.kernel_inject) == ("deepspeed", dtype, 2, False)
 
 
@@ -94,19 +94,19 @@ def test_cpu_profile_runs_float32_and_bfloat16_without_injection() -> None:
 ])
 def test_gpu_only_requests_fail_on_cpu_with_the_field(model: dict, field: str, words: str) -> None:
     with pytest.raises(SpecError) as e:
-        backends.resolve(DS, model_spec(**model), "cpu", spec_file="s.yaml", where="models[0]")
+        engines.resolve(DS, model_spec(**model), "cpu", spec_file="s.yaml", where="models[0]")
     assert e.value.field == field and words in str(e.value) and str(e.value).startswith("s.yaml: ")
 
 
 def test_cuda_profile_allows_float16_and_leaves_injection_to_the_model() -> None:
-    s = backends.resolve(DS, model_spec(dtype="float16"), "cuda")
+    s = engines.resolve(DS, model_spec(dtype="float16"), "cuda")
     assert s.kernel_inject is None                     # decided from the model: inject where a policy exists
-    assert backends.resolve(DS, model_spec(kernel_inject=False), "cuda").kernel_inject is False
+    assert engines.resolve(DS, model_spec(kernel_inject=False), "cuda").kernel_inject is False
 
 
 def test_unknown_accelerator_is_named() -> None:
     with pytest.raises(SpecError, match="accelerator 'xpu' has no lmsweep profile"):
-        backends.resolve(DS, model_spec(), "xpu")
+        engines.resolve(DS, model_spec(), "xpu")
 
 
 # ---- spec validation (what is wrong on any machine) ---------------------------------------------------

@@ -62,7 +62,7 @@ def next_token_spec(name: str, backend: str) -> str:
 
 def vllm_env() -> dict:
     """The vLLM processes' environment: the engine in-process, a 2 GiB KV cache. Compile caches default to
-    the lmsweep cache (runner/backends/vllm.py), shared by every test and session on the machine."""
+    the lmsweep cache (runner/engines/vllm.py), shared by every test and session on the machine."""
     return {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "2",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"), "HF_HUB_OFFLINE": "1",
             "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -7,8 +7,8 @@ import os
 import pytest
 
 from helpers.cli import cli, write_spec
-from lmsweep.runner import backends
-from lmsweep.runner.backends import vllm
+from lmsweep.runner import engines
+from lmsweep.runner.engines import vllm
 
 HEAD = ("name: v\nmodels:\n  - alias: smollm2\n    source: package:smollm2-135m-instruct\n"
         "prompts:\n  - name: p\n    items: [Once upon a time]\n")
@@ -52,13 +52,14 @@ def test_vllm_settings_keep_ranks_data_parallel():
     from lmsweep.jobs.spec import ModelSpec
 
     model = ModelSpec(alias="m", source="package:smollm2-135m-instruct", tensor_parallel=4)
-    settings = backends.resolve("vllm", model, "cuda")
+    settings = engines.resolve("vllm", model, "cuda")
     assert (settings.backend, settings.tp, settings.group_size) == ("vllm", 4, 1)
-    assert backends.resolve("deepspeed", model, "cuda").group_size == 4
+    assert engines.resolve("deepspeed", model, "cuda").group_size == 4
     with pytest.raises(Exception, match="float16 with backend vllm needs a CUDA GPU"):
-        backends.resolve("vllm", ModelSpec(alias="m", source="x", dtype="float16"), "cpu")
+        engines.resolve("vllm", ModelSpec(alias="m", source="x", dtype="float16"), "cpu")
     with pytest.raises(Exception, match="kernel_inject needs execution.backend: deepspeed"):
-        vllm.check_request("cuda", "float16", True, spec_file=None, where="models[0]")
+        engines.resolve("vllm", ModelSpec(alias="m", source="x", dtype="float16", kernel_inject=True), "cuda",
+                        where="models[0]")
 
 
 @pytest.mark.parametrize("visible, local_rank, local_size, tp, gpus", [

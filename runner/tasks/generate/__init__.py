@@ -1,8 +1,9 @@
 """Text generation over the decoding grid: text, token ids, new-token count, finish reason.
 
 This module declares the task (parameters, columns, batching, summary, compare rule, tolerances);
-`batch.py` beside it runs a batch (torch and transformers, imported only there), over the engine
-pieces runner/decode.py (the decode loop) and runner/sampling.py (batch-invariant seeded sampling).
+`batch.py` beside it runs a batch: it builds the rows from the engine's `generate` primitive
+(runner/engines; for `hf` and `deepspeed` the decode loop of runner/decode.py with runner/sampling.py's
+batch-invariant seeded sampling).
 """
 from __future__ import annotations
 
@@ -28,43 +29,16 @@ class GenerateParams(TaskParams):
     uses_decoding: bool = Field(True, exclude=True)
 
 
-# What backend vllm cannot serve of a decoding point (runner/backends/vllm.py), refused at plan time.
-VLLM_REFUSES = {
-    "num_beams": "beam search is not served by backend vllm (its beam search is not transformers'); "
-                 "use execution.backend: hf or deepspeed for beam points",
-    "no_repeat_ngram_size": "no_repeat_ngram_size is not served by backend vllm (vLLM has no per-request "
-                            "n-gram blocking); use execution.backend: hf or deepspeed",
-}
-
-
 def run(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
-    """One batch of units (any decoding points that share a batch key)."""
-    from lmsweep.runner.backends import vllm
-
-    if vllm.is_engine(ctx.model):
-        return vllm.generate(ctx, units)
+    """One batch of units (any decoding points that share a batch key), on whatever engine ctx has."""
     from lmsweep.runner.tasks.generate import batch
 
     return batch.run(ctx, units)
 
 
-def vllm_refusal(spec) -> tuple[str, str] | None:
-    """(message, field) for the first decoding point backend vllm cannot serve; None when it serves all."""
-    if spec.execution.backend != "vllm":
-        return None
-    for point in spec.decoding.points():
-        if point.num_beams > 1:
-            return VLLM_REFUSES["num_beams"] + f" (num_beams: {point.num_beams})", "decoding"
-        if point.no_repeat_ngram_size:
-            return (VLLM_REFUSES["no_repeat_ngram_size"] + f" (no_repeat_ngram_size: {point.no_repeat_ngram_size})",
-                    "decoding")
-    return None
-
-
 @register_task("generate")
 class Generate(Task):
     Params = GenerateParams
-    backends = ("hf", "deepspeed", "vllm")
     row_key = ("unit_id", "sequence_index")
     columns = (
         ("sequence_index", pa.int32()), ("text", pa.string()), ("token_ids", pa.list_(pa.int32())),
@@ -76,9 +50,14 @@ class Generate(Task):
     info_note = "seeded sampling; no tolerance applies unless min_sampled_exact_match is set"
 
     def check_plan(self, spec, facts, prompts, units) -> None:
-        refused = vllm_refusal(spec)
-        if refused:
-            raise spec.source.error(*refused)
+        """Refuse a decoding point the spec's engine does not serve (its `refuses` declaration)."""
+        from lmsweep.runner.engines import get_engine
+
+        engine = get_engine(spec.execution.backend)
+        for point in spec.decoding.points():
+            refused = engine.decoding_refusal(point)
+            if refused:
+                raise spec.source.error(refused, "decoding")
 
     def batch_key(self, unit: Unit) -> tuple:
         """Units with equal keys share one model.generate call. Beam search needs its own config per call;

@@ -1,0 +1,50 @@
+"""`execution.backend: hf`: the transformers model as `from_pretrained` loads it (runner/loading.py), one
+copy per rank (ranks are data parallel), on the rank's device. It serves every task; its primitives run
+runner/engines/transformers_batch.py (torch, imported on a worker only)."""
+from __future__ import annotations
+
+from typing import Any
+
+from lmsweep.runner.engines.base import Engine, GenerationRequest, Settings, TopK, register_engine
+from lmsweep.runner.units import TaskContext
+
+
+@register_engine("hf")
+class HF(Engine):
+    tasks = None                      # every task: a transformers model does whatever a task asks of it
+    tensor_parallel = "none"
+    packages = ("torch", "transformers")
+
+    def load(self, model, model_class, attn_implementation, settings: Settings, tp_group: Any, device: str, *,
+             spec_file: str | None = None, where: str = "model") -> tuple[Any, dict]:
+        from lmsweep.runner import loading
+
+        loaded = loading.load(model, model_class, attn_implementation)
+        if loaded.model is None:
+            return loaded, {"backend": self.name}
+        wrapped, recorded = self.wrap(loaded.model, settings, tp_group, device, spec_file=spec_file, where=where)
+        return loading.LoadedModel(wrapped, loaded.tokenizer, loaded.load_seconds, loaded.path), recorded
+
+    def wrap(self, model, settings: Settings, tp_group: Any, device: str, *, spec_file: str | None = None,
+             where: str = "model") -> tuple[Any, dict]:
+        """The model tasks will call, and the backend config to record."""
+        if device != "cpu":
+            model = model.to(device)
+        return model, {"backend": self.name, "device": device}
+
+    # ---- primitives ---------------------------------------------------------------------------------------
+
+    def eos_ids(self, ctx: TaskContext) -> list[int]:
+        from lmsweep.runner.engines import transformers_batch
+
+        return transformers_batch.eos_ids(ctx.model, ctx.tokenizer)
+
+    def generate(self, ctx: TaskContext, requests: list[GenerationRequest]) -> list[list[list[int]]]:
+        from lmsweep.runner.engines import transformers_batch
+
+        return transformers_batch.generate(ctx.model, ctx.tokenizer, requests, self.eos_ids(ctx), ctx.device)
+
+    def next_token(self, ctx: TaskContext, prompts: list[list[int]], k: int) -> list[TopK]:
+        from lmsweep.runner.engines import transformers_batch
+
+        return transformers_batch.next_token(ctx.model, ctx.tokenizer, prompts, k, ctx.device)

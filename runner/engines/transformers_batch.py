@@ -1,0 +1,148 @@
+"""Token generation and next-token probabilities on a transformers model (the `hf` and `deepspeed` engines'
+primitives): torch and transformers, imported only on a worker.
+
+Greedy and sampled rows decode together through runner.decode (sampling from runner.sampling, seeded
+per sequence); beam search and models runner.decode does not run go through `model.generate` with the
+same processors. The rows are built by the tasks (runner/tasks/generate/batch.py, next_token.py)."""
+from __future__ import annotations
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    NoRepeatNGramLogitsProcessor,
+    RepetitionPenaltyLogitsProcessor,
+)
+
+from lmsweep.jobs.decoding import DecodingPoint
+from lmsweep.runner import decode
+from lmsweep.runner.engines.base import GenerationRequest, TopK
+from lmsweep.runner.sampling import generators, sampling_processors
+
+
+class RowGroupProcessors(LogitsProcessor):
+    """Logits processors per group of rows (one decoding point each), in transformers' order. A group of
+    consecutive rows is a slice (no copies in and out); `run` orders rows by decoding point for that."""
+
+    def __init__(self, groups: list[tuple[torch.Tensor, LogitsProcessorList]]):
+        self.groups = [(_as_slice(rows), procs) for rows, procs in groups]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for rows, procs in self.groups:
+            scores[rows] = procs(input_ids[rows], scores[rows])
+        return scores
+
+
+def _as_slice(rows: torch.Tensor) -> torch.Tensor | slice:
+    first, n = int(rows[0]), len(rows)
+    return slice(first, first + n) if torch.equal(rows, torch.arange(first, first + n, device=rows.device)) else rows
+
+
+def _row_processors(point: DecodingPoint, streams: list[torch.Generator], pads: torch.Tensor) -> LogitsProcessorList:
+    """What GenerationConfig would add for this point (penalties), then our batch-invariant sampling.
+
+    The repetition penalty skips each row's left padding (`pads` positions): transformers' own counts the
+    pad token as seen, and pad is EOS for many models (SmolLM2), so a padded row was pushed away from
+    EOS and batched greedy text differed from the same prompt run alone."""
+    procs = LogitsProcessorList()
+    if point.repetition_penalty != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(point.repetition_penalty, prompt_ignore_length=pads))
+    if point.no_repeat_ngram_size:
+        procs.append(NoRepeatNGramLogitsProcessor(point.no_repeat_ngram_size))
+    if point.do_sample:
+        procs.extend(sampling_processors(point.temperature, point.top_k, point.top_p, streams))
+    return procs
+
+
+def _grouped_processors(points: dict[int, DecodingPoint], point_of_row: list[int],
+                        streams: list[torch.Generator | None]):
+    """A processor factory for rows of several decoding points (runner.decode.ProcessorFactory): given the
+    batch's rows (indices into `point_of_row`) and their left padding, penalties and sampling per group."""
+    def build(rows: list[int], pads: torch.Tensor) -> RowGroupProcessors | None:
+        groups: dict[int, list[int]] = {}
+        for position, row in enumerate(rows):
+            groups.setdefault(point_of_row[row], []).append(position)
+        row_groups = []
+        for pi, members in groups.items():
+            index = torch.tensor(members, device=pads.device)
+            mine = [streams[rows[m]] for m in members] if points[pi].do_sample else []
+            if procs := _row_processors(points[pi], mine, pads[index]):
+                row_groups.append((index, procs))
+        return RowGroupProcessors(row_groups) if row_groups else None
+    return build
+
+
+def generate(model, tok, requests: list[GenerationRequest], eos_ids: list[int], device) -> list[list[list[int]]]:
+    """Each request's sequences' new token ids. Requests of one decoding point are consecutive (the task
+    orders them), so each point's rows are a slice. Beam search: one point per batch (the task's batch_key)."""
+    point = requests[0].point
+    if point.num_beams > 1:              # transformers' beam search
+        new = _beam_search(model, tok, [r.prompt_ids for r in requests], point, eos_ids, device)
+    else:
+        # Our sampling decodes greedily over noised logits: a row per returned sequence, each with its own
+        # random stream.
+        prompts = [r.prompt_ids for r in requests for _ in r.seeds]
+        streams = [None if s is None else generators([s])[0] for r in requests for s in r.seeds]
+        factory = _grouped_processors({r.point_index: r.point for r in requests},
+                                      [r.point_index for r in requests for _ in r.seeds], streams)
+        if decode.supported(model):
+            with torch.inference_mode():
+                new = decode.decode(model, prompts, factory, eos_ids, tok.pad_token_id, point.max_new_tokens,
+                                    device)
+        else:                            # sliding-window caches, DeepSpeed's injected kernels
+            new = _generate(model, tok, prompts, factory, point.max_new_tokens, eos_ids, device)
+    out, row = [], 0
+    for r in requests:
+        out.append([list(new[row + j]) for j in range(len(r.seeds))])
+        row += len(r.seeds)
+    return out
+
+
+def next_token(model, tok, prompts: list[list[int]], k: int, device) -> list[TopK]:
+    """One forward pass over the left-padded prompts: the last position's top-k probabilities and entropy."""
+    batch = tok.pad({"input_ids": prompts}, return_tensors="pt").to(device)
+    with torch.inference_mode():
+        logits = model(**batch).logits[:, -1, :].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    probs = logp.exp()
+    entropy = -(probs * logp).nan_to_num().sum(-1)
+    top_p, top_i = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    return [TopK(i, p, h) for p, i, h in zip(top_p.tolist(), top_i.tolist(), entropy.tolist())]
+
+
+def _generate(model, tok, prompts: list[list[int]], factory, max_new_tokens: int, eos_ids: list[int],
+              device) -> list[list[int]]:
+    """`model.generate`, greedy over the same processors, for models `runner.decode` does not run."""
+    batch = tok.pad({"input_ids": prompts}, return_tensors="pt").to(device)
+    pads = (batch["attention_mask"] == 0).sum(dim=1)
+    processors = factory(list(range(len(prompts))), pads)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=tok.pad_token_id, eos_token_id=eos_ids, bos_token_id=tok.bos_token_id)
+    with torch.inference_mode():
+        out = model.generate(**batch, generation_config=config,
+                             logits_processor=LogitsProcessorList([processors]) if processors else None)
+    return out[:, batch["input_ids"].shape[1]:].tolist()
+
+
+def _beam_search(model, tok, prompts: list[list[int]], point: DecodingPoint, eos_ids: list[int],
+                 device) -> list[list[int]]:
+    """Beam search through `model.generate` (the spec refuses beams with sampling)."""
+    batch = tok.pad({"input_ids": prompts}, return_tensors="pt").to(device)
+    pads = (batch["attention_mask"] == 0).sum(dim=1)
+    config = GenerationConfig(
+        max_new_tokens=point.max_new_tokens, do_sample=False, num_beams=point.num_beams,
+        num_return_sequences=point.num_return_sequences,
+        pad_token_id=tok.pad_token_id, eos_token_id=eos_ids, bos_token_id=tok.bos_token_id)
+    processors = _row_processors(point, [], pads.repeat_interleave(point.num_beams)) or None
+    with torch.inference_mode():
+        out = model.generate(**batch, generation_config=config, logits_processor=processors)
+    return out[:, batch["input_ids"].shape[1]:].tolist()
+
+
+def eos_ids(model, tok) -> list[int]:
+    ids = getattr(model.generation_config, "eos_token_id", None) or tok.eos_token_id
+    ids = ids if isinstance(ids, list) else [ids]
+    if tok.eos_token_id is not None and tok.eos_token_id not in ids:
+        ids.append(tok.eos_token_id)
+    return [i for i in ids if i is not None]

