@@ -7,7 +7,7 @@ The rows are handed to bertviz as it expects them from a model: per layer, a (1,
 Only the stored layers are given, under their own numbers (bertviz's `include_layers`); the heads are the
 stored ones in order, which bertviz numbers from 0 (with `head_mean: true`, one head: the mean). bertviz's page
 loads require.js, d3 and jQuery from cdnjs.cloudflare.com, so it renders only with that site reachable; the
-standalone head view of results/plots.py works offline.
+standalone head view of runner/tasks/attention_views.py works offline.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lmsweep.errors import UsageError
-from lmsweep.results.plots import attention_matrix, load_unit
 from lmsweep.results.writer import write_text_atomic
+from lmsweep.runner.tasks.attention_views import attention_matrix, load_unit
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,7 +58,8 @@ def write_pages(exp: Path, unit: str, out_dir: Path | None = None, layers: list[
         fragment = make(attention, tokens, include_layers=include, html_action="return").data
         path = out_dir / f"{stem}-{view}.html"
         write_text_atomic(path, f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>bertviz "
-                                f"{view} view · {html.escape(title)}</title></head>\n<body>\n{fragment}\n</body></html>\n")
+                                f"{view} view · {html.escape(title)}</title></head>\n<body>\n{fragment}\n"
+                                "</body></html>\n")
         written.append(path)
     return written[0], written[1]
 

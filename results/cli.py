@@ -192,59 +192,29 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"expected comma-separated integers, got {text!r}", field="--layers/--heads") from None
+def cmd_plot(args) -> int:
+    """`lmsweep plot <task> ...`: the task draws (`Task.plot`); each file it wrote is printed."""
+    from lmsweep.runner.tasks.registry import get_task
 
-
-def cmd_plot_attention(args) -> int:
-    from lmsweep.results.plots import plot_attention
-
-    if args.bertviz:
-        from lmsweep.results.bertviz import write_pages
-
-        for path in write_pages(Path(args.experiment), args.unit, Path(args.out) if args.out else None,
-                                layers=_int_list(args.layers) if args.layers else None,
-                                heads=_int_list(args.heads) if args.heads else None):
-            console.print(f"wrote {path}")
-        return 0
-    png, page = plot_attention(Path(args.experiment), args.unit, Path(args.out) if args.out else None,
-                               layers=_int_list(args.layers) if args.layers else None,
-                               heads=_int_list(args.heads) if args.heads else None)
-    console.print(f"wrote {png}\nwrote {page}")
-    return 0
-
-
-def cmd_plot_hidden_states(args) -> int:
-    from lmsweep.results.plots import plot_hidden_states
-
-    for path in plot_hidden_states(Path(args.experiment), Path(args.out) if args.out else None,
-                                   layers=_int_list(args.layers) if args.layers else None,
-                                   models=args.model.split(",") if args.model else None):
+    for path in get_task(args.plot).plot(args):
         console.print(f"wrote {path}")
     return 0
+
+
+def register_plots(kinds) -> None:
+    """One `lmsweep plot <task>` per task that has a plot (`Task.plot_help`), with the flags it declares."""
+    from lmsweep.runner.tasks.registry import plot_tasks
+
+    for task in plot_tasks():
+        p = kinds.add_parser(task.name, help=task.plot_help)
+        task.plot_arguments(p)
+        p.set_defaults(func=cmd_plot)
 
 
 def register(sub) -> None:
     s = sub.add_parser("plot", help="draw figures from an experiment's results")
     kinds = s.add_subparsers(dest="plot", required=True)
-    a = kinds.add_parser("attention", help="one unit's attention: PNG heatmap grid + interactive HTML head view")
-    a.add_argument("experiment", help="experiment directory of an attention task")
-    a.add_argument("--unit", required=True, help="unit id (or a unique prefix), e.g. from `lmsweep results`")
-    a.add_argument("--out", help="output directory (default: EXPERIMENT/plots)")
-    a.add_argument("--layers", help="only these layers, e.g. 0,5,29")
-    a.add_argument("--heads", help="only these heads (-1 = the head mean)")
-    a.add_argument("--bertviz", action="store_true", help="write bertviz's head view and model view pages instead "
-                   "(the bertviz extra; they load their scripts from cdnjs.cloudflare.com)")
-    a.set_defaults(func=cmd_plot_attention)
-    h = kinds.add_parser("hidden_states", help="per layer: the prompts' cosine-similarity heatmap and 2-D PCA")
-    h.add_argument("experiment", help="experiment directory of a hidden_states task")
-    h.add_argument("--layers", help="these layers, e.g. 0,15,30 (default: up to six, evenly spaced)")
-    h.add_argument("--model", help="only these model aliases, comma-separated")
-    h.add_argument("--out", help="output directory (default: EXPERIMENT/plots)")
-    h.set_defaults(func=cmd_plot_hidden_states)
+    register_plots(kinds)
 
     s = sub.add_parser("results", help="show an experiment's rows or summary")
     s.add_argument("experiment", help="experiment directory")

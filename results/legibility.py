@@ -13,37 +13,47 @@ from pathlib import Path
 import pandas as pd
 
 from lmsweep.errors import UsageError
-from lmsweep.jobs.errors import SpecError
 
 # Outputs as loglikelihood pairs: the prompt is the context, the generated text the continuation (outputs
 # that are empty or only whitespace have nothing to score and are left out).
 EXPORT_SQL = ("SELECT unit_id || '/' || sequence_index AS id, prompt_text AS text, text AS continuation "
               "FROM results WHERE trim(text) <> '' ORDER BY id")
-LEGIBILITY = ["mean_new_tokens", "distinct_1", "distinct_2", "repetition_rate"]
+
+
+def scoring_task():
+    """The task that scores another's outputs (`Task.legibility`, declared by the scoring task)."""
+    from lmsweep.runner.tasks.registry import all_tasks
+
+    return next(t for t in all_tasks() if t.legibility is not None)
 
 
 def legibility_table(generated: str | Path, scores: str | Path) -> pd.DataFrame:
-    """Per (model, decoding) of `generated`: rows, the generate summary's legibility columns and
-    `ppl_<scorer>`, the perplexity of those outputs under each model of `scores`: exp(−Σ logprob / Σ tokens)
-    over the continuation tokens of the group's outputs (a corpus perplexity, as the loglikelihood summary's)."""
+    """Per output group (model, decoding) of `generated`: the generate summary's legibility columns (rows,
+    mean_new_tokens, distinct_1, distinct_2, repetition_rate) and `ppl_<scorer>`, the perplexity of those
+    outputs under each model of `scores`: exp(−Σ logprob / Σ tokens) over the continuation tokens of the
+    group's outputs (a corpus perplexity, as the loglikelihood summary's). Which tasks and columns: the
+    scoring task's `Legibility` declaration (runner/tasks/base.py)."""
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load
     from lmsweep.runner.tasks.registry import get_task
 
-    for exp, task in ((generated, "generate"), (scores, "loglikelihood")):
+    scorer = scoring_task()
+    join = scorer.legibility
+    for exp, task in ((generated, join.outputs_task), (scores, scorer.name)):
         found = read_plan(Path(exp)).task_type
         if found != task:
-            raise SpecError(f"{exp} is a {found} experiment; expected {task}", field="experiment")
+            raise UsageError(f"{exp} is a {found} experiment; expected {task}", field="experiment")
+    by = list(join.by)
     gen = load(generated)
-    summary = get_task("generate").summarize(gen)[["model", "decoding", "rows", *LEGIBILITY]]
-    gen = gen.assign(id=gen["unit_id"] + "/" + gen["sequence_index"].astype(str))[["id", "model", "decoding"]]
-    scored = load(scores, columns=["model", "prompt_id", "logprob", "num_scored_tokens"])
+    summary = get_task(join.outputs_task).summarize(gen)[[*by, *join.outputs_columns]]
+    gen = gen.assign(id=gen["unit_id"] + "/" + gen["sequence_index"].astype(str))[["id", *by]]
+    scored = load(scores, columns=["model", "prompt_id", join.loglikelihood, join.tokens])
     joined = scored.merge(gen, left_on="prompt_id", right_on="id", suffixes=("_scorer", ""))
     if joined.empty:
         raise UsageError(f"no scored row of {scores} names an output of {generated}; export its outputs with "
                         f'lmsweep results {generated} --csv --sql "{EXPORT_SQL}"', field="experiment")
-    ppl = (joined.groupby(["model", "decoding", "model_scorer"])
-           .apply(lambda g: math.exp(-g["logprob"].sum() / g["num_scored_tokens"].sum()), include_groups=False)
+    ppl = (joined.groupby([*by, "model_scorer"])
+           .apply(lambda g: math.exp(-g[join.loglikelihood].sum() / g[join.tokens].sum()), include_groups=False)
            .unstack("model_scorer").add_prefix("ppl_").reset_index())
     ppl.columns.name = None
-    return summary.merge(ppl, on=["model", "decoding"], how="left")
+    return summary.merge(ppl, on=by, how="left")

@@ -10,7 +10,6 @@ import html
 import io
 import json
 import math
-import os
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,8 @@ def png_img(fig, alt: str) -> str:
             f"<figcaption>{html.escape(alt)}</figcaption></figure>")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +102,7 @@ def plot_throughput(df: pd.DataFrame) -> list[str]:
     """Throughput by decoding point (per model) and by batch size, from the rows' own timings."""
     if df.empty or "batch_latency_s" not in df.columns:
         return []
-    plt = _pyplot()
+    plt = pyplot()
     out = []
     units = df.drop_duplicates("unit_id").copy()
     if "tokens_per_s" in units.columns and units["tokens_per_s"].notna().any():
@@ -131,81 +131,6 @@ def plot_throughput(df: pd.DataFrame) -> list[str]:
         ax.legend(fontsize=7, ncol=2)
         out.append(png_img(fig, "Throughput by batch size"))
     return out
-
-
-SHOT_COLUMNS = ("shots", "num_shots", "n_shots", "few_shot", "k_shot")
-
-
-def shots_column(df: pd.DataFrame) -> str | None:
-    return next((c for c in SHOT_COLUMNS if c in df.columns), None)
-
-
-def plot_accuracy_by_shots(df: pd.DataFrame) -> list[str]:
-    shots = shots_column(df)
-    if shots is None or "correct" not in df.columns or df.empty:
-        return []
-    plt = _pyplot()
-    acc = df.assign(_c=df["correct"].astype(float)).groupby(["model", shots])["_c"].mean().unstack("model")
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    acc.plot(ax=ax, marker="o")
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("few-shot examples")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Accuracy by number of shots")
-    return [png_img(fig, "Accuracy by number of shots")]
-
-
-def attention_matrix(df: pd.DataFrame) -> tuple[np.ndarray, str, list[str] | None] | None:
-    """One (query × key) map from attention rows: the first model and prompt, its last stored layer,
-    averaged over heads (or the stored head mean, head = -1). Rows hold the matrix flattened row-major
-    in `attention` (float16) or `attention_f32`, with its side in `seq_len`."""
-    cols = [c for c in ("attention", "attention_f32") if c in df.columns]
-    if not cols or "seq_len" not in df.columns or df.empty:
-        return None
-    flat = df[cols[0]] if len(cols) == 1 else df[cols[0]].where(df[cols[0]].notna(), df[cols[1]])
-    rows = df.assign(_flat=flat)[flat.notna()]
-    if rows.empty:
-        return None
-    first = rows.iloc[0]
-    rows = rows[(rows["model"] == first["model"]) & (rows["unit_id"] == first["unit_id"])]
-    if "layer" in rows.columns:
-        rows = rows[rows["layer"] == rows["layer"].max()]
-    if "head" in rows.columns and (rows["head"] == -1).any():
-        rows = rows[rows["head"] == -1]
-    n = int(first["seq_len"])
-    mats = [np.asarray(v, dtype=np.float32).reshape(n, n) for v in rows["_flat"] if len(v) == n * n]
-    if not mats:
-        return None
-    tokens = list(first["tokens"]) if "tokens" in rows.columns and first["tokens"] is not None else None
-    where = f"model {first['model']}, prompt {first['prompt_id']}"
-    if "layer" in rows.columns:
-        where += f", layer {int(rows['layer'].iloc[0])}"
-    if "head" in rows.columns:
-        where += ", mean over heads" if len(mats) > 1 or int(rows["head"].iloc[0]) == -1 else \
-            f", head {int(rows['head'].iloc[0])}"
-    return np.mean(mats, axis=0), where, tokens
-
-
-def plot_attention(df: pd.DataFrame) -> list[str]:
-    found = attention_matrix(df)
-    if found is None:
-        return []
-    arr, where, tokens = found
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 5))
-    im = ax.imshow(arr, cmap="viridis", aspect="auto")
-    fig.colorbar(im, ax=ax)
-    if tokens and len(tokens) == arr.shape[-1] <= 40:
-        ax.set_xticks(range(len(tokens)), tokens, rotation=90, fontsize=7)
-        if len(tokens) == arr.shape[0]:
-            ax.set_yticks(range(len(tokens)), tokens, fontsize=7)
-    ax.set_xlabel("key position")
-    ax.set_ylabel("query position")
-    ax.set_title("Attention")
-    return [png_img(fig, f"Attention heatmap ({where})")]
 
 
 # ---- the page ---------------------------------------------------------------------------------------
@@ -242,11 +167,15 @@ def provenance(exp: Path) -> pd.DataFrame:
     rows = []
     for m in sidecars(exp):
         pk = m.get("packages") or {}
+        backend = m.get("backend")
         rows.append({"element": m.get("element"), "rank": m.get("rank"), "host": m.get("host"),
-                     "accelerator": m.get("accelerator"), "backend": m.get("backend"),
+                     "accelerator": m.get("accelerator"), "backend": backend,
                      "load_s": m.get("load_seconds"), "units_run": m.get("units_run"),
                      "failed": m.get("units_failed"), "python": m.get("python"),
-                     **{k: pk.get(k) for k in ("torch", "transformers", "deepspeed", "lmsweep")}})
+                     **{k: pk.get(k) for k in ("torch", "transformers")},
+                     # the version of the package named like the backend, when the sidecar lists one
+                     "backend_version": pk.get(backend) if isinstance(backend, str) else None,
+                     "lmsweep": pk.get("lmsweep")})
     return pd.DataFrame(rows)
 
 
@@ -312,6 +241,7 @@ def build_report(exp: str | Path) -> str:
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load, status
     from lmsweep.results.summary import summarize, task_examples
+    from lmsweep.runner.tasks.registry import get_task
 
     exp = Path(exp)
     plan = read_plan(exp)
@@ -322,14 +252,15 @@ def build_report(exp: str | Path) -> str:
     body = ["<h2>Spec</h2>", spec_tables(meta)]
     state = "pass" if st.complete else "fail"
     body += ["<h2>Status</h2>",
-             f"<p class='verdict {state}'>{html.escape(st.counts(units=True))}</p>", "<h3>Per model</h3>", html_table(st.per_model),
+             f"<p class='verdict {state}'>{html.escape(st.counts(units=True))}</p>",
+             "<h3>Per model</h3>", html_table(st.per_model),
              "<h3>Per element</h3>", html_table(st.per_element, limit=100)]
     if not st.failures.empty:
         body += ["<h3>Failures</h3>", html_table(st.failures, limit=50)]
     body += ["<h2>Summary</h2>", html_table(summarize(df, task))]
     if (shown := task_examples(df, task)) is not None:
         body += ["<h3>Examples</h3>", html_table(shown)]
-    plots = plot_throughput(df) + plot_accuracy_by_shots(df) + plot_attention(df)
+    plots = plot_throughput(df) + (get_task(task).report_plots(df) if not df.empty else [])
     body += ["<h2>Plots</h2>"] + (plots or ["<p class='note'>no rows to plot yet</p>"])
     body += ["<h2>Provenance</h2>", "<p class='note'>every row also carries spec_hash, unit_id, model_source, "
              "model_fingerprint, backend, host, element and rank; these are the workers' sidecars "

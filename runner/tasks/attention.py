@@ -80,7 +80,7 @@ class Attention(Task):
     probability_columns = frozenset({"attention", "attention_f32"})
     # head = -1 is the mean over the selected heads (head_mean). The seq_len × seq_len matrix [query, key]
     # is flattened row-major into `attention` (float16) or `attention_f32` (dtype: float32); the other is
-    # null. results.plots.attention_matrix reshapes it.
+    # null. attention_views.attention_matrix reshapes it.
     columns = (
         ("layer", pa.int32()), ("head", pa.int32()), ("kv_head", pa.int32()), ("num_layers", pa.int32()),
         ("num_heads", pa.int32()), ("num_kv_heads", pa.int32()), ("seq_len", pa.int32()),
@@ -136,6 +136,41 @@ class Attention(Task):
                      heads=("head", "nunique"), query_heads=("num_heads", "first"),
                      kv_heads=("num_kv_heads", "first"), unit_id=("unit_id", "first"))
                 .reset_index())
+
+    # ---- views (attention_views.py: numpy, pandas, matplotlib) ------------------------------------------------
+
+    plot_help = "one unit's attention: PNG heatmap grid + interactive HTML head view"
+
+    def plot_arguments(self, parser) -> None:
+        parser.add_argument("experiment", help="experiment directory of an attention task")
+        parser.add_argument("--unit", required=True, help="unit id (or a unique prefix), e.g. from `lmsweep results`")
+        parser.add_argument("--out", help="output directory (default: EXPERIMENT/plots)")
+        parser.add_argument("--layers", help="only these layers, e.g. 0,5,29")
+        parser.add_argument("--heads", help="only these heads (-1 = the head mean)")
+        parser.add_argument("--bertviz", action="store_true", help="write bertviz's head view and model view pages "
+                            "instead (the bertviz extra; they load their scripts from cdnjs.cloudflare.com)")
+
+    def plot(self, args):
+        """The PNG grid and the standalone head view of `--unit`; with `--bertviz`, bertviz's two pages."""
+        from pathlib import Path
+
+        from lmsweep.results.plots import int_list
+
+        where = (Path(args.experiment), args.unit, Path(args.out) if args.out else None)
+        selection = {"layers": int_list(args.layers), "heads": int_list(args.heads)}
+        if args.bertviz:
+            from lmsweep.results.bertviz import write_pages
+
+            return list(write_pages(*where, **selection))
+        from lmsweep.runner.tasks.attention_views import plot_attention
+
+        return list(plot_attention(*where, **selection))
+
+    def report_plots(self, df):
+        """The first unit's last stored layer, averaged over its heads (or the stored head mean)."""
+        from lmsweep.runner.tasks.attention_views import report_heatmap
+
+        return report_heatmap(df)
 
 
 # ---- plan-time checks ------------------------------------------------------------------------------------

@@ -21,6 +21,9 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+
     import pandas as pd
 
     from lmsweep.jobs.model_facts import ModelFacts
@@ -95,6 +98,20 @@ RUN_TOLERANCES = (
 
 
 @dataclass(frozen=True)
+class Legibility:
+    """How `results.legibility.legibility_table` joins an experiment of outputs with one of this task that
+    scores them (declared by the scoring task, `Task.legibility`): one row per output group (`by`) of the
+    outputs task's summary columns, then `ppl_<scoring model>` = exp(−Σ log-likelihood / Σ tokens) over the
+    scored rows whose prompt id is `<unit_id>/<sequence_index>` of an output."""
+
+    outputs_task: str                  # the task whose outputs this one scores
+    outputs_columns: tuple[str, ...]   # that task's summary columns the table keeps, after `by`
+    by: tuple[str, ...] = ("model", "decoding")           # output groups: summary and row columns of outputs_task
+    loglikelihood: str = "logprob"                         # this task's columns: log-likelihood (nats) and the
+    tokens: str = "num_scored_tokens"                      # number of tokens it sums over
+
+
+@dataclass(frozen=True)
 class PlannedUnits:
     """The expanded units as a plan-time check sees them: one model alias and prompt index per unit."""
 
@@ -138,6 +155,10 @@ class Task:
         compare_columns the task columns compare reads (default: all of them)
         probability_columns   float columns holding probabilities: the default compare rule judges
                         them by max_prob_delta (other floats it only reports)
+    and its views, which results/ asks for instead of naming the task:
+        plot_help       `lmsweep plot <name>` exists: `plot_arguments` adds its flags, `plot` draws
+        legibility      results.legibility's join of another task's outputs with this task's scores
+        summarize, examples, report_plots   the summary table, rows to eyeball, the report's figures
     """
 
     name: ClassVar[str] = ""                           # set by register_task
@@ -154,6 +175,9 @@ class Task:
     probability_columns: ClassVar[frozenset[str]] = frozenset()
     diffs_title: ClassVar[str] = "Differing units"     # compare report headings
     info_note: ClassVar[str] = "within tolerance"
+    # views (results/ asks for them; see "views" below)
+    plot_help: ClassVar[str | None] = None             # `lmsweep plot <name>`'s help; None: no plot command
+    legibility: ClassVar[Legibility | None] = None     # this task scores another's outputs (results.legibility)
 
     # ---- planning (no torch) ----------------------------------------------------------------------------
 
@@ -222,3 +246,19 @@ class Task:
         from lmsweep.results.compare import compare_outputs
 
         return compare_outputs(both, self, tol, checks)
+
+    # ---- views: `lmsweep plot <name>`, the report's plots (matplotlib and pandas imported inside) -------------
+
+    def plot_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Add the arguments of `lmsweep plot <name>` (the experiment directory included) to its argparse
+        subparser; `plot_help` set says the task has the command."""
+
+    def plot(self, args: argparse.Namespace) -> list[Path]:
+        """Draw what `lmsweep plot <name>` was asked for; return the files written (the command prints
+        `wrote PATH` for each, exit 0). Raise lmsweep.errors.UsageError for a bad argument (exit 2)."""
+        raise NotImplementedError(f"task {self.name!r} declares no plot")
+
+    def report_plots(self, df: pd.DataFrame) -> list[str]:
+        """This task's figures in `lmsweep report`'s Plots section, after the run-wide ones: HTML fragments,
+        e.g. results.report.png_img(fig, caption). Default: none."""
+        return []

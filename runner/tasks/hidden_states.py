@@ -99,6 +99,26 @@ class HiddenStates(Task):
                          "max_cosine": float(off.max()) if off.size else None})
         return pd.DataFrame(rows)
 
+    # ---- views (hidden_states_views.py: numpy, pandas, matplotlib) ----------------------------------------------
+
+    plot_help = "per layer: the prompts' cosine-similarity heatmap and 2-D PCA"
+
+    def plot_arguments(self, parser) -> None:
+        parser.add_argument("experiment", help="experiment directory of a hidden_states task")
+        parser.add_argument("--layers", help="these layers, e.g. 0,15,30 (default: up to six, evenly spaced)")
+        parser.add_argument("--model", help="only these model aliases, comma-separated")
+        parser.add_argument("--out", help="output directory (default: EXPERIMENT/plots)")
+
+    def plot(self, args):
+        """Per model: the similarity heatmaps and the PCA projections of the chosen layers."""
+        from pathlib import Path
+
+        from lmsweep.results.plots import int_list
+        from lmsweep.runner.tasks.hidden_states_views import plot_hidden_states
+
+        return plot_hidden_states(Path(args.experiment), Path(args.out) if args.out else None,
+                                  layers=int_list(args.layers), models=args.model.split(",") if args.model else None)
+
 
 def vectors(rows):
     """One vector per row (float32): the stored vector, or the mean over tokens of a per-token matrix."""

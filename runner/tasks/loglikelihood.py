@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from lmsweep.runner.tasks.base import Task, TaskParams
+from lmsweep.runner.tasks.base import Legibility, Task, TaskParams
 from lmsweep.runner.tasks.registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
 
@@ -204,6 +204,11 @@ class Loglikelihood(Task):
                          "num_windows": sum(1 for uid, _ in jobs if uid == u.unit_id),
                          "batch_latency_s": latency})
         return rows, errors
+
+    # results.legibility_table: the perplexity of a generate experiment's outputs under this task's models, beside
+    # the generate summary's legibility columns (docs/homework.md).
+    legibility = Legibility(outputs_task="generate",
+                            outputs_columns=("rows", "mean_new_tokens", "distinct_1", "distinct_2", "repetition_rate"))
 
     def summarize(self, df):
         """Per model × task configuration: units, scored tokens, mean log-probability per token and the

@@ -25,7 +25,8 @@ Usage, in a new module `runner/tasks/<name>.py`::
             return [{"unit_id": u.unit_id, "num_words": len(u.prompt["prompt_text"].split())}
                     for u in units], {}
 
-Discovery imports every module (and subpackage) of `lmsweep.runner.tasks` the first time a task is
+Discovery imports every module (and subpackage) of `lmsweep.runner.tasks` (but `<task>_views.py`, the
+matplotlib side of a task's `plot`, which the task imports when it draws) the first time a task is
 looked up, so the module above is all a task needs to be known to the spec (`task: {type: count}`),
 the plan, the worker, the Parquet schema, the summaries and compare. The spec's discriminated union
 (`task_spec_union`), the names, the schemas (results.schema.schema_for), the row keys and the
@@ -52,6 +53,7 @@ _TASKS: dict[str, Task] = {}
 _discovered = False
 _lock = threading.RLock()
 NOT_TASKS = {"base", "registry"}            # modules of this package that define no task
+VIEWS_SUFFIX = "_views"                     # `<task>_views.py`: a task's plots, imported when drawn, not on discovery
 
 
 def register_task(name: str):
@@ -89,7 +91,7 @@ def _discover() -> None:
             return
         package = importlib.import_module("lmsweep.runner.tasks")
         for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            if info.name not in NOT_TASKS and not info.name.startswith("_"):
+            if info.name not in NOT_TASKS and not info.name.startswith("_") and not info.name.endswith(VIEWS_SUFFIX):
                 importlib.import_module(f"{package.__name__}.{info.name}")
         _discovered = True
 
@@ -110,6 +112,11 @@ def get_task(name: str) -> Task:
         return _TASKS[name]
     except KeyError:
         raise KeyError(f"unknown task {name!r}; known: {', '.join(task_names())}") from None
+
+
+def plot_tasks() -> list[Task]:
+    """The tasks with a `lmsweep plot <name>` command (`Task.plot_help`), in name order."""
+    return [t for t in all_tasks() if t.plot_help]
 
 
 def task_spec_union() -> Any:

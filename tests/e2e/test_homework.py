@@ -99,9 +99,9 @@ def test_legibility_table_per_model_and_setting(homework):
 
 def test_the_table_refuses_experiments_of_the_wrong_task(tmp_path, tiny_llama):
     from helpers.task_runs import run_spec
-    from lmsweep.jobs.errors import SpecError
+    from lmsweep.errors import UsageError
 
     exp = run_spec(tmp_path, f"name: gen\nmodels: [{{alias: tiny, source: {tiny_llama}}}]\nprompts: [hello]\n"
                              "task: generate\ndecoding: {max_new_tokens: 2}\n")
-    with pytest.raises(SpecError, match="is a generate experiment; expected loglikelihood"):
+    with pytest.raises(UsageError, match="is a generate experiment; expected loglikelihood"):
         legibility_table(exp, exp)

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 
 from helpers.cli import cli
-from lmsweep.results.report import attention_matrix, plot_accuracy_by_shots, plot_throughput, trace
+from lmsweep.results.report import plot_throughput, trace
+from lmsweep.runner.tasks.attention_views import last_layer_map as attention_matrix
+from lmsweep.runner.tasks.classify.views import plot_accuracy_by_shots
 
 SPEC = """
 name: rep

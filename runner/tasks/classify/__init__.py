@@ -271,6 +271,12 @@ class Classify(Task):
 
         return classification_summary(df)
 
+    def report_plots(self, df):
+        """Accuracy by number of shots, per model (classify/views.py)."""
+        from lmsweep.runner.tasks.classify.views import plot_accuracy_by_shots
+
+        return plot_accuracy_by_shots(df)
+
     def compare(self, both, tol, checks):
         """The default rule over the outputs (a predicted label judged by accuracy when there are gold
         labels, else it must not change), then accuracy: baseline − current within max_accuracy_drop."""
