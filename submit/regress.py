@@ -9,11 +9,12 @@ skip every unit as already done.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import itertools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -74,16 +75,17 @@ def _runs_here(system: str) -> bool:
 def submit_and_wait(spec_path: str, system: str, exp: Path, timeout: float, quiet: bool) -> int:
     """`lmsweep submit` into `exp` (<parent>/<name>), then poll (backing off to once a minute) until the results are
     complete or every recorded task has ended. 0 when it ended, submit's exit code if it failed, 1 on timeout."""
+    from lmsweep.cli import main
     from lmsweep.results.load import status
     from lmsweep.submit.tracking import current_submissions, query_states
 
-    cmd = [sys.executable, "-m", "lmsweep", "submit", spec_path, "--system", system, "--output-dir", str(exp.parent)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if not quiet or proc.returncode:
-        sys.stdout.write(proc.stdout)
-    sys.stderr.write(proc.stderr)
-    if proc.returncode:
-        return proc.returncode
+    said = io.StringIO()               # submit's own report, shown unless quiet (always when it failed)
+    with contextlib.redirect_stdout(said):
+        code = main(["submit", spec_path, "--system", system, "--output-dir", str(exp.parent)])
+    if not quiet or code:
+        sys.stdout.write(said.getvalue())
+    if code:
+        return code
     delays = itertools.chain([2, 4, 8, 15, 30], itertools.repeat(60))
     deadline, shown = time.monotonic() + timeout, None
     while True:

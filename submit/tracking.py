@@ -13,7 +13,7 @@ import pandas as pd
 
 from lmsweep.submit.base import RecordedJob, SchedulerError, TaskState, run, scheduler_for
 from lmsweep.submit.jobs_dir import Submission, latest_tasks, load_submissions
-from lmsweep.submit.systems import load_system
+from lmsweep.submit.systems import ProfileError, load_system
 
 
 def current_submissions(exp: Path) -> list[Submission]:
@@ -34,7 +34,7 @@ def query_states(subs: list[Submission]) -> tuple[dict[tuple[str, int], TaskStat
     for system, jobs in by_system.items():
         try:
             states |= scheduler_for(load_system(system)).query(jobs)
-        except (SchedulerError, ValueError) as e:
+        except (SchedulerError, ProfileError, ValueError) as e:   # one system out of reach: the rest still shown
             problems.append(f"scheduler query for {system} failed: {e}")
     return states, problems
 
