@@ -90,14 +90,6 @@ class Comparison:
     def failed_checks(self) -> list[Check]:
         return [c for c in self.checks if not c.passed]
 
-    @property
-    def flagged_units(self) -> list[str]:
-        """Current-side unit ids that break a tolerance, plus baseline units that have no counterpart."""
-        ids = list(self.diffs["unit_id"]) if not self.diffs.empty else []
-        if not self.unmatched.empty:
-            ids += list(self.unmatched["unit_id"])
-        return list(dict.fromkeys(ids))
-
 
 # ---- reading -------------------------------------------------------------------------------------------
 

@@ -329,14 +329,13 @@ def claim_pending_units(run: ElementRun, rank: Rank) -> Claim | None:
     return Claim(units, pending, todo, total, lock)
 
 
-def select_units(plan: PlanFiles, element: int, rank: int = 0, world: int = 1) -> list[Unit]:
-    units = plan.units(element).to_pylist()
+def select_units(plan: PlanFiles, element: int) -> list[Unit]:
+    """Every unit of the element, in plan order (claim_pending_units shares them out among TP groups)."""
     prompts = plan.prompts().to_pylist()
     points = plan.points
-    mine = units[rank::world]
     return [Unit(unit_id=u["unit_id"], unit_key=u["unit_key"], element=u["element"], variant=u["variant"],
                  point_index=u["point"], point=points[u["point"]] if points else None, seed=u["seed"],
-                 prompt=prompts[u["prompt_index"]]) for u in mine]
+                 prompt=prompts[u["prompt_index"]]) for u in plan.units(element).to_pylist()]
 
 
 def _pending(exp_dir: Path, task_name: str, units: list[Unit]) -> list[int]:
