@@ -25,7 +25,6 @@ from lmsweep.jobs.model_sources import ModelRef, resolve
 from lmsweep.jobs.prompts import Prompt, load_prompt_set
 from lmsweep.jobs.spec import ExecutionSpec, ExperimentSpec, ModelSpec
 from lmsweep.jobs.units import canonical, unit_ids_block
-from lmsweep.runner.engines.base import get_engine
 from lmsweep.runner.tasks.base import PlannedUnits
 from lmsweep.runner.tasks.registry import get_task
 
@@ -141,19 +140,15 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
     ids: list[str] = []
     keys: list[str] = []
     blocks: dict[str, list] = {"model": [], "variant": [], "point": [], "seed": [], "gen": [], "element": []}
-    elements: list[Element] = []
     ex = spec.execution
-    # Model copies working at once: an engine whose tensor-parallel groups span ranks has one copy per group;
-    # one that keeps tensor parallelism inside a rank has a copy per rank (runner/engines, `model_copies`).
-    engine = get_engine(ex.backend)
-    span = max(engine.model_copies(m.tensor_parallel) for m in spec.models)
-    groups = max(1, ex.ranks_per_element // span)
-    budget = ex.walltime_seconds * ELEMENT_FILL * groups * ex.tokens_per_second   # tokens per element
+    span = rank_span(ex.backend, max(m.tensor_parallel for m in spec.models))
+    packer = ElementPacker(element_budget(ex.walltime_seconds, model_copies(ex.ranks_per_element, span),
+                                          ex.tokens_per_second), ex.max_units_per_element, ex.tokens_per_second)
     for m in spec.models:
         ref = refs[m.alias]
         model_json = canonical({"source": m.source, "fingerprint": ref.fingerprint, "dtype": m.dtype,
                                 "revision": m.revision})
-        start, tokens, n = len(elements), 0, 0
+        packer.start(m.alias)
         for vi, pi in itertools.product(model_variants[m.alias], range(len(points))):
             point = points[pi]
             point_seeds = seeds if (point is not None and point.do_sample) else [None]
@@ -164,12 +159,10 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
                                                        seed)
                 ids += block_ids
                 keys += block_keys
-                element, tokens, n = _split(prompt_cost + unit_cost(0, gen), elements, m.alias, tokens, n,
-                                            budget, ex.max_units_per_element, ex.tokens_per_second)
+                element = packer.add(prompt_cost + unit_cost(0, gen))
                 for name, value in zip(blocks, (m.alias, vi, pi, seed, gen, element)):
                     blocks[name].append(value)
-        if n or len(elements) == start:
-            elements.append(Element(len(elements), m.alias, n, tokens / ex.tokens_per_second))
+    elements = packer.close()
     per_block = len(prompts)
 
     def repeat(values: list, dtype) -> np.ndarray:
@@ -197,17 +190,80 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
                 points=[p for p in points if p is not None], prompts=prompts, units=units, elements=elements)
 
 
-def _split(costs: np.ndarray, elements: list[Element], alias: str, tokens: int, n: int, budget: float,
-           max_units: int | None, tokens_per_second: float) -> tuple[np.ndarray, int, int]:
-    """Greedy element packing of one block of units, in order: a unit opens a new element when it would
-    push the open one past `budget` tokens or `max_units` units (an element always takes its first unit).
-    Appends the elements it closes; returns each unit's element index and the open element's (tokens, n)."""
+# ---- packing: the one way units become elements ------------------------------------------------------
+
+def rank_span(backend: str, tensor_parallel: int) -> int:
+    """Ranks one model copy spans, as the engine declares its tensor-parallel placement (runner/engines): an
+    engine whose groups span ranks has a copy per group of `tensor_parallel` ranks; one that keeps tensor
+    parallelism inside a rank (or has none) has a copy per rank."""
+    from lmsweep.runner.engines.base import get_engine
+
+    return max(1, get_engine(backend).model_copies(tensor_parallel))
+
+
+def model_copies(ranks: int, span: int) -> int:
+    """Model copies working at once in an element of `ranks` ranks (each through its own units)."""
+    return max(1, ranks // span)
+
+
+def element_budget(walltime_seconds: float, copies: int, tokens_per_second: float) -> float:
+    """Cost units one element may hold: ELEMENT_FILL of its walltime, `copies` model copies at
+    `tokens_per_second` each. The capacity rule of every packing: the plan's (the spec's `execution`, what
+    `lmsweep run` runs) and submit's (the queue's nodes x ranks, the throughput it chose)."""
+    return walltime_seconds * ELEMENT_FILL * copies * tokens_per_second
+
+
+class ElementPacker:
+    """Groups units into elements: greedy, in plan order, one model per element. A unit opens a new element
+    when it would push the open one past `budget` cost units or `max_units` units (an element always takes
+    its first unit). The one packer: build_plan feeds it a block of units at a time, submit/packing.pack a
+    model's units at once for a queue's budget; the same units, budget and max_units give the same elements.
+
+        packer.start(alias); packer.add(costs) -> element index per unit; ...; packer.close() -> elements
+    """
+
+    def __init__(self, budget: float, max_units: int | None, tokens_per_second: float):
+        self.budget, self.max_units, self.tokens_per_second = budget, max_units, tokens_per_second
+        self.elements: list[Element] = []
+        self._model: str | None = None
+        self._first = self._n = 0
+        self._tokens: float = 0
+
+    def start(self, alias: str) -> None:
+        """The next units are `alias`'s: close the open element of the model before."""
+        self._finish()
+        self._model, self._first, self._tokens, self._n = alias, len(self.elements), 0, 0
+
+    def add(self, costs: np.ndarray) -> np.ndarray:
+        """Place the next units of the started model; their element indices."""
+        assert self._model is not None, "start(alias) first"
+        out, self._tokens, self._n = _split(costs, self.elements, self._model, self._tokens, self._n,
+                                            self.budget, self.max_units, self.tokens_per_second)
+        return out
+
+    def close(self) -> list[Element]:
+        self._finish()
+        return self.elements
+
+    def _finish(self) -> None:
+        # a model's last element; a model given no units still has one (empty)
+        if self._model is not None and (self._n or len(self.elements) == self._first):
+            self.elements.append(Element(len(self.elements), self._model, self._n,
+                                         self._tokens / self.tokens_per_second))
+        self._model = None
+
+
+def _split(costs: np.ndarray, elements: list[Element], alias: str, tokens: float, n: int, budget: float,
+           max_units: int | None, tokens_per_second: float) -> tuple[np.ndarray, float, int]:
+    """ElementPacker.add: one block of units, in order, after an open element of (tokens, n). Appends the
+    elements it closes; returns each unit's element index and the open element's (tokens, n). Integer costs
+    (the plan's) stay integers; float costs are summed as floats."""
     out = np.empty(len(costs), dtype=np.int32)
     cum = np.cumsum(costs)
     limit = math.floor(budget)
     pos = 0
     while pos < len(costs):
-        done = int(cum[pos - 1]) if pos else 0          # cost of this block's units already placed
+        done = cum[pos - 1].item() if pos else 0          # cost of this block's units already placed
         room = int(np.searchsorted(cum[pos:], limit - tokens + done, side="right"))
         if max_units:
             room = min(room, max_units - n)
@@ -215,7 +271,7 @@ def _split(costs: np.ndarray, elements: list[Element], alias: str, tokens: int, 
             room = max(room, 1)
         take = min(room, len(costs) - pos)
         out[pos:pos + take] = len(elements)
-        tokens += int(cum[pos + take - 1]) - done if take else 0
+        tokens += cum[pos + take - 1].item() - done if take else 0
         n += take
         pos += take
         if pos < len(costs):

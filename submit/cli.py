@@ -227,7 +227,9 @@ class SubmitPacking:
 def pack_spec(spec, plan, system: str, system_field: str, flags, *, live: bool = True,
               exp: Path | None = None) -> SubmitPacking:
     """Profile → backend → options → packing for `system`; bad input raises SpecError. With `exp`, the
-    throughput may come from what its finished elements measured (submit/throughput.py)."""
+    throughput may come from what its finished elements measured (submit/throughput.py). The packer is the
+    plan's own (jobs.plan.ElementPacker), so where the queue's capacity is the plan's the elements are too."""
+    from lmsweep.jobs.plan import rank_span
     from lmsweep.submit.base import scheduler_for
     from lmsweep.submit.options import resolve_options, with_packing
     from lmsweep.submit.packing import PackingError, pack, plan_unit_costs
@@ -245,7 +247,7 @@ def pack_spec(spec, plan, system: str, system_field: str, flags, *, live: bool =
                            done_unit_ids(exp, plan.task["type"]), accelerated=profile.gpus_per_node > 0)
     rate = choose(spec.execution, profile, learned)
     tps, source = rate.tokens_per_second, rate.source
-    tp = max(int(m.get("tensor_parallel") or 1) for m in plan.models.values())
+    tp = rank_span(spec.execution.backend, max(int(m.get("tensor_parallel") or 1) for m in plan.models.values()))
     req = pack_request(sched, opts, tokens_per_second=tps, tensor_parallel=tp, live=limits,
                        max_units_per_element=spec.execution.max_units_per_element, ranks=opts.ranks)
     try:
@@ -256,17 +258,44 @@ def pack_spec(spec, plan, system: str, system_field: str, flags, *, live: bool =
                          limits, tps, source)
 
 
-def regrouped(plan, sp: SubmitPacking) -> str:
-    """Why `submit` shows other element counts than `validate`/`plan`: it re-packs the plan for the queue."""
-    ex_el, p = len(plan.elements), sp.packing
-    return (f"the plan's {ex_el} element(s) (as `lmsweep validate`/`plan` size them, for `lmsweep run`) are "
-            f"re-packed for {sp.sched.profile.name}" + (f" queue {p.queue}" if p.queue else "") + ": "
-            f"{len(p.elements)} element(s) "
-            f"of {p.nodes} node(s) x {p.ranks_per_node} rank(s)")
+def same_elements(plan, sp: SubmitPacking) -> bool:
+    """Whether submit's packing is the plan's own: the same packer with the same capacity gives the same."""
+    p = sp.packing
+    return (len(plan.elements) == len(p.elements)
+            and plan.units.column("element").to_numpy().tolist() == p.element_of_unit.tolist())
+
+
+def capacity_difference(spec, sp: SubmitPacking) -> str:
+    """What makes submit's element capacity other than the plan's (jobs.plan.element_budget's inputs)."""
+    from lmsweep.jobs.plan import model_copies
+    from lmsweep.submit.systems import walltime_seconds
+    ex, p = spec.execution, sp.packing
+    mine = model_copies(ex.ranks_per_element, p.tensor_parallel)
+    diffs = []
+    if p.groups != mine:
+        diffs.append(f"{p.groups} model copies per element instead of {mine}")
+    if sp.tokens_per_second != ex.tokens_per_second:
+        diffs.append(f"{sp.tokens_per_second:g} tokens/s per rank instead of {ex.tokens_per_second:g}")
+    if walltime_seconds(p.walltime) != ex.walltime_seconds:
+        diffs.append(f"walltime {p.walltime} instead of {ex.walltime}")
+    return "the plan's packer with another capacity: " + ", ".join(diffs) if diffs else "the plan's packer"
+
+
+def regrouped(spec, plan, sp: SubmitPacking) -> list[str]:
+    """The decision's line when `submit` makes other elements than `validate`/`plan` (a queue of another
+    capacity); none when they are the same."""
+    if same_elements(plan, sp):
+        return []
+    p = sp.packing
+    return [f"the plan's {len(plan.elements)} element(s) (as `lmsweep validate`/`plan` size them, for `lmsweep run`) "
+            f"are re-packed for {sp.sched.profile.name}" + (f" queue {p.queue}" if p.queue else "") + ": "
+            f"{len(p.elements)} element(s) of {p.nodes} node(s) x {p.ranks_per_node} rank(s)",
+            f"({capacity_difference(spec, sp)})"]
 
 
 def packing_note(spec, plan) -> list[str]:
-    """`validate`'s note: how its elements were sized, and what `submit` will make of them."""
+    """`validate`'s note, only when `submit` to the spec's system would make other elements: how the plan's
+    were sized, and what submit makes of them (one packer: the difference is the capacity, and it says which)."""
     from lmsweep.submit.options import Flags
     ex = spec.execution
     sized = (f"elements: sized for {ex.ranks_per_element} rank(s) at {ex.tokens_per_second:g} tokens/s within "
@@ -274,12 +303,15 @@ def packing_note(spec, plan) -> list[str]:
     try:
         sp = pack_spec(spec, plan, ex.system, "execution.system", Flags(), live=False)
     except SpecError:     # e.g. no account yet: validate is not the place to insist; submit will
-        return [sized, f"`lmsweep submit --system {ex.system} --dry-run` re-packs them for its queue and says how"]
+        return [sized, f"`lmsweep submit --system {ex.system} --dry-run` packs them for its queue and says how "
+                       f"(the same elements where the queue's capacity is the same)"]
+    if same_elements(plan, sp):
+        return []
     p = sp.packing
     where = f"queue {p.queue}" if p.queue else "this machine"
     return [sized, f"`lmsweep submit --system {ex.system}` re-packs them for {where}: "
                    f"{len(p.elements)} element(s) of {p.nodes} node(s) x {p.ranks_per_node} rank(s), at "
-                   f"{sp.tokens_per_second:g} tokens/s per rank"]
+                   f"{sp.tokens_per_second:g} tokens/s per rank ({capacity_difference(spec, sp)})"]
 
 
 def check_paths(sched, opts, flags, exp: Path) -> list[str]:
@@ -315,7 +347,7 @@ def cmd_submit(args) -> int:
     profile = sched.profile
     python_line = check_paths(sched, opts, flags, exp)
     decision = packing.describe()
-    decision[2:2] = [regrouped(plan, sp), f"throughput: {sp.tokens_per_second:g} tokens/s per rank ({sp.tps_source})"]
+    decision[2:2] = [*regrouped(spec, plan, sp), f"throughput: {sp.tokens_per_second:g} tokens/s per rank ({sp.tps_source})"]
     decision += [f"live limits from the scheduler: {live}"] * bool(live) + python_line
     plan = apply_packing(plan, packing)
 

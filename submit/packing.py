@@ -8,9 +8,10 @@ Rules, in order:
 1. Walltime must fit the queue; nodes per element start at the queue's minimum (Polaris prod: 10)
    unless given; a request below the minimum is refused with the reason (a one-GPU-per-element
    plan on Polaris prod would hold 10 nodes to use one GPU and cap the sweep at 10 GPUs running).
-2. An element holds one model (a rank loads one model once) and at most the work that
-   `ranks / tensor_parallel` groups finish in ELEMENT_FILL of the walltime; units are split into
-   contiguous, cost-balanced runs.
+2. An element holds one model (a rank loads one model once) and at most the work that its model copies
+   (`ranks / tensor_parallel`; every rank under vLLM) finish in ELEMENT_FILL of the walltime; units are
+   cut by the plan's own packer (jobs.plan.ElementPacker: greedy, in plan order) with this capacity, so a
+   queue of the plan's capacity gets exactly the plan's elements.
 3. The total number of array tasks must fit the queue's queued-jobs limit (subjobs count each);
    if not, nodes per element grow (bigger elements, fewer of them) up to the queue maximum.
 4. Arrays hold at most max_array_size tasks (Slurm MaxArraySize, PBS max_array_size); a larger
@@ -26,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from lmsweep.console import hms
-from lmsweep.jobs.plan import ELEMENT_FILL, Element, Plan, prompt_token_estimate, unit_cost
+from lmsweep.jobs.plan import (ELEMENT_FILL, Element, ElementPacker, Plan, element_budget, model_copies,
+                               prompt_token_estimate, unit_cost)
 from lmsweep.submit.systems import QueueLimits, walltime_seconds
 
 
@@ -50,7 +52,7 @@ class PackRequest:
     tokens_per_second: float
     nodes: int | None = None             # asked for explicitly (execution.nodes / --nodes)
     ranks: int | None = None             # asked for explicitly (execution.ranks_per_element)
-    tensor_parallel: int = 1
+    tensor_parallel: int = 1             # ranks one model copy spans (jobs.plan.rank_span: 1 under vLLM)
     max_units_per_element: int | None = None
     max_array_size: int | None = None
     max_queued: int | None = None        # overrides the queue's (e.g. live Slurm MaxJobCount)
@@ -65,7 +67,7 @@ class Packing:
     nodes: int
     ranks_per_node: int
     walltime: str
-    capacity: float                      # cost units one element can finish within the walltime
+    capacity: float                      # cost units one element holds (jobs.plan.element_budget)
     element_of_unit: np.ndarray = field(repr=False)
     elements: tuple[Element, ...] = field(repr=False)
     arrays: tuple[tuple[int, ...], ...]  # element indices per array (task i of array a runs arrays[a][i])
@@ -80,7 +82,7 @@ class Packing:
     @property
     def groups(self) -> int:
         """Model replicas per element: ranks / tensor_parallel, each working through its own units."""
-        return max(1, self.ranks // self.tensor_parallel)
+        return model_copies(self.ranks, self.tensor_parallel)
 
     def describe(self) -> list[str]:
         """The packing decision in a few lines a user can check against the queue's rules."""
@@ -181,7 +183,7 @@ def pack(unit_models: Sequence[str], unit_costs: np.ndarray, req: PackRequest,
     order = list(model_order) if model_order is not None else list(dict.fromkeys(models.tolist()))
     if len(models) == 0:
         raise PackingError("the plan has no units")
-    per_group = wall * ELEMENT_FILL * req.tokens_per_second     # what one rank group finishes
+    per_group = element_budget(wall, 1, req.tokens_per_second)     # what one model copy finishes
     if costs.max() > per_group:
         raise PackingError(f"one unit is estimated at {costs.max() / req.tokens_per_second:,.0f} s of work, "
                            f"more than {ELEMENT_FILL:.0%} of walltime {req.walltime}: raise the walltime, lower "
@@ -193,51 +195,42 @@ def pack(unit_models: Sequence[str], unit_costs: np.ndarray, req: PackRequest,
         notes.append(f"limits: {_queue_text(req)}")
     index = {m: np.flatnonzero(models == m) for m in order}
 
-    def count(n: int) -> int:
-        cap = per_group * ((n * ppn) // tp)
-        return sum(_k_min(costs[ix].sum(), len(ix), cap, req.max_units_per_element) for ix in index.values())
+    def packed(n: int) -> tuple[float, np.ndarray, list[Element]]:
+        """The plan's packer with the capacity of elements of `n` nodes."""
+        capacity = element_budget(wall, model_copies(n * ppn, tp), req.tokens_per_second)
+        packer = ElementPacker(capacity, req.max_units_per_element, req.tokens_per_second)
+        element_of_unit = np.empty(len(models), dtype=np.int32)
+        for m in order:
+            packer.start(m)
+            element_of_unit[index[m]] = packer.add(costs[index[m]])
+        return capacity, element_of_unit, packer.close()
 
     _check_tp(nodes * ppn, tp, req)
     start_nodes = nodes
-    if limit is not None and count(nodes) > limit:
+    capacity, element_of_unit, elements = packed(nodes)
+    if limit is not None and len(elements) > limit:
         if not can_grow or q is None:
-            raise PackingError(_too_many(count(nodes), limit, req, nodes, ppn))
+            raise PackingError(_too_many(len(elements), limit, req, nodes, ppn))
+        # greedy packing makes the fewest in-order elements for a capacity, so their count never grows
+        # with the nodes: the fewest nodes that fit the limit, by bisection
         hi = q.max_nodes
-        if count(hi) > limit:
-            raise PackingError(_too_many(count(hi), limit, req, hi, ppn))
-        lo = nodes
+        top = packed(hi)
+        if len(top[2]) > limit:
+            raise PackingError(_too_many(len(top[2]), limit, req, hi, ppn))
+        lo = nodes + 1
         while lo < hi:
             mid = (lo + hi) // 2
-            if count(mid) <= limit:
+            if len(packed(mid)[2]) <= limit:
                 hi = mid
             else:
                 lo = mid + 1
-        nodes = lo
-    while True:
+        nodes = hi
         _check_tp(nodes * ppn, tp, req)
-        capacity = per_group * ((nodes * ppn) // tp)
-        element_of_unit = np.empty(len(models), dtype=np.int32)
-        elements: list[Element] = []
-        for m in order:
-            ix = index[m]
-            if len(ix) == 0:
-                continue
-            chunks = _split(costs[ix], capacity, req.max_units_per_element)
-            n_chunks = int(chunks.max()) + 1
-            element_of_unit[ix] = chunks + len(elements)
-            sums = np.bincount(chunks, weights=costs[ix], minlength=n_chunks)
-            counts = np.bincount(chunks, minlength=n_chunks)
-            elements += [Element(len(elements) + c, m, int(counts[c]), float(sums[c]) / req.tokens_per_second)
-                         for c in range(n_chunks)]
-        if limit is None or len(elements) <= limit:
-            break
-        if not can_grow or q is None or nodes >= q.max_nodes:
-            raise PackingError(_too_many(len(elements), limit, req, nodes, ppn))
-        nodes += 1
+        capacity, element_of_unit, elements = top if hi == q.max_nodes else packed(hi)
     if nodes != start_nodes:
         notes.append(f"nodes per element raised from {start_nodes} to {nodes} so the {len(elements)} element(s) "
                      f"fit the limit of {limit} queued jobs")
-    groups = (nodes * ppn) // tp
+    groups = model_copies(nodes * ppn, tp)
     idle = [e for e in elements if e.n_units < groups]
     if idle:
         notes.append(f"{len(idle)} element(s) have fewer units than the {groups} rank group(s) they get; "
@@ -253,32 +246,6 @@ def _check_tp(ranks: int, tp: int, req: PackRequest) -> None:
     if ranks % tp:
         raise PackingError(f"{ranks} rank(s) per element is not a multiple of tensor_parallel={tp}: "
                            f"set execution.nodes/ranks_per_node so that ranks divide into model replicas")
-
-
-def _k_min(total: float, n: int, capacity: float, max_units: int | None) -> int:
-    k = max(1, math.ceil(total / capacity - 1e-9))
-    if max_units:
-        k = max(k, math.ceil(n / max_units))
-    return min(k, n)
-
-
-def _split(costs: np.ndarray, capacity: float, max_units: int | None) -> np.ndarray:
-    """Contiguous, cost-balanced chunks, each within `capacity` and `max_units`; chunk ids 0..k-1."""
-    n = len(costs)
-    cum = np.cumsum(costs)
-    total = float(cum[-1])
-    k = _k_min(total, n, capacity, max_units)
-    while True:
-        mid = cum - costs / 2
-        chunk = np.minimum((mid * k / total).astype(np.int64), k - 1) if total > 0 else \
-            np.minimum(np.arange(n) * k // n, k - 1)
-        _, chunk = np.unique(chunk, return_inverse=True)    # drop empty chunks, keep order
-        chunk = chunk.reshape(-1)
-        sums = np.bincount(chunk, weights=costs)
-        counts = np.bincount(chunk)
-        if (sums.max() <= capacity * (1 + 1e-9) and (not max_units or counts.max() <= max_units)) or k >= n:
-            return chunk
-        k += 1
 
 
 def _too_many(n: int, limit: int, req: PackRequest, nodes: int, ppn: int) -> str:
