@@ -30,7 +30,6 @@ import json
 import os
 import re
 import stat
-import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -40,7 +39,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from lmsweep.results.integrity import MANIFEST_PREFIX, PARQUET, READ_ERRORS, live_parts, manifests, verify_element_parts
+from lmsweep.results.integrity import (
+    MANIFEST_PREFIX,
+    PARQUET,
+    READ_ERRORS,
+    live_parts,
+    manifests,
+    quarantine,
+    verify_element_parts,
+)
 from lmsweep.results.schema import ERROR_SCHEMA, row_key, schema_for
 from lmsweep.results.writer import errors_dir, fsync_dir, part_metadata, publish, results_dir
 
@@ -156,29 +163,10 @@ def _experiment_of(directory: Path) -> Path:
 
 
 def quarantine_manifest(path: Path, reason: str, exp_dir: Path | None = None) -> Path | None:
-    """Move a refused manifest to EXP/quarantine/ (same relative path, plus a `.reason` note), and say so on
-    one line; a symlink is moved as a link, never followed. None if it could not be moved (read-only tree)."""
+    """Move a refused manifest to EXP/quarantine/ and say so on one line (integrity.quarantine)."""
     exp_dir = Path(exp_dir) if exp_dir is not None else _experiment_of(path.parent)
-    try:
-        rel = path.parent.resolve().relative_to(exp_dir.resolve()) / path.name
-    except ValueError:
-        rel = Path(path.name)
-    dest = exp_dir / "quarantine" / rel
-    if dest.exists() or dest.is_symlink():
-        dest = dest.with_name(f"{dest.name}.{time.time_ns()}")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(path, dest)
-    except FileNotFoundError:
-        return None                                   # another process moved or deleted it first
-    except OSError as e:
-        print(f"warning: ignoring compaction manifest {path} ({reason}); cannot move it to quarantine: "
-              f"{e.strerror}", file=sys.stderr, flush=True)
-        return None
-    dest.with_name(dest.name + ".reason").write_text(f"{path}\n{reason}\n")
-    print(f"warning: refused compaction manifest {path} → {dest} ({reason}); nothing it names was deleted",
-          file=sys.stderr, flush=True)
-    return dest
+    return quarantine(exp_dir, path, reason, what="compaction manifest", after="nothing it names was deleted",
+                      done="refused", cannot="ignoring")
 
 
 def checked_manifests(directory: Path, exp_dir: Path | None = None) -> list[Manifest]:

@@ -83,28 +83,31 @@ def check_part(path: Path, schema: pa.Schema) -> str | None:
     return None
 
 
-def quarantine(exp_dir: Path, path: Path, reason: str) -> Path | None:
-    """Move a bad part to EXP/quarantine/<its path under EXP>; None if it cannot be moved."""
+def quarantine(exp_dir: Path, path: Path, reason: str, *, what: str = "unreadable part",
+               after: str = "its units will be rerun", done: str = "quarantined",
+               cannot: str = "skipping") -> Path | None:
+    """Move a bad file to EXP/quarantine/<its path under EXP> beside a `.reason` note, and say so on one line;
+    a symlink is moved as a link, never followed. None if it cannot be moved (a read-only tree: then the
+    line says it is `cannot`-ed in place)."""
     exp_dir = Path(exp_dir)
     try:
-        rel = path.resolve().relative_to(exp_dir.resolve())
+        rel = path.parent.resolve().relative_to(exp_dir.resolve()) / path.name
     except ValueError:
         rel = Path(path.name)
     dest = exp_dir / "quarantine" / rel
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
         dest = dest.with_name(f"{dest.name}.{time.time_ns()}")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         os.replace(path, dest)
     except FileNotFoundError:
-        return None                       # another reader moved it first
+        return None                       # another process moved or deleted it first
     except OSError as e:
-        print(f"warning: skipping unreadable part {path} ({reason}); cannot move it to quarantine: "
+        print(f"warning: {cannot} {what} {path} ({reason}); cannot move it to quarantine: "
               f"{e.strerror}", file=sys.stderr, flush=True)
         return None
     dest.with_name(dest.name + ".reason").write_text(f"{path}\n{reason}\n")
-    print(f"warning: quarantined unreadable part {path} → {dest} ({reason}); its units will be rerun",
-          file=sys.stderr, flush=True)
+    print(f"warning: {done} {what} {path} → {dest} ({reason}); {after}", file=sys.stderr, flush=True)
     return dest
 
 
