@@ -3,7 +3,9 @@
 Profiles are small YAML files in ``configs/systems/`` (schema documented at the top of
 ``polaris.yaml``) so a site can be added or corrected without touching code. They are
 validated strictly on load, because a wrong limit only shows up hours later as a job that
-PBS rejects or never starts; errors name the file, line and key:
+PBS rejects or never starts. The schema is two pydantic models (`_Profile`, `_Queue`); the YAML is read,
+and its key lines found, by the spec's own loader (`jobs/yamlio.py`), so every problem is one line naming
+the file, the key's line and the key, all problems of a file at once:
 ``configs/systems/x.yaml:12: queues.prod.max_nodes: expected int, got 'ten'``.
 
 Values that become scheduler directives (queue names, the default queue, PBS filesystems) are held to the
@@ -18,15 +20,27 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, NoReturn
 
-import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lmsweep.configs import SYSTEMS as CONFIG_DIR
-from lmsweep.errors import ProfileError
+from lmsweep.errors import KeyProblems, ProfileError, SpecError, did_you_mean
+from lmsweep.jobs.yamlio import line_of, parse_yaml
 
 PACKAGE_ROOT = CONFIG_DIR.parents[1]      # error messages name shipped profiles as configs/systems/<name>.yaml
 
@@ -34,16 +48,6 @@ LAUNCHER_FIELDS = frozenset({"nranks", "ppn", "depth", "nnodes"})
 _WALLTIME = re.compile(r"^(\d+):([0-5]\d):([0-5]\d)$")
 # PBS `-l filesystems=` names, as the spec's execution.pbs.filesystems takes them (submit/backends/pbs.py)
 FILESYSTEM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-
-_TOP_KEYS = (
-    "name", "scheduler", "gpus_per_node", "cpus_per_node", "ranks_per_node", "default_queue",
-    "queues", "filesystems", "launcher", "gpu_bind", "env_setup", "max_array_size",
-    "python", "mpi_library", "tokens_per_second", "directives",
-)  # fmt: skip
-_QUEUE_KEYS = (
-    "min_nodes", "max_nodes", "max_walltime", "max_queued", "max_running",
-    "max_concurrent_subjobs", "preemptable",
-)  # fmt: skip
 
 
 def walltime_seconds(text: str) -> int:
@@ -116,6 +120,21 @@ class SystemProfile:
         return self.queues[wanted]
 
 
+class ProfileErrors(ProfileError):
+    """Several problems of one profile, in file order; each prints as its own line (as SpecErrors)."""
+
+    def __init__(self, errors: list[ProfileError]):
+        first = errors[0]
+        super().__init__(first.message, file=first.file, line=first.line, field=first.field)
+        self.errors = errors
+
+    def __str__(self) -> str:
+        return "\n".join(str(e) for e in self.errors)
+
+    def all(self) -> list[ProfileError]:
+        return list(self.errors)
+
+
 def list_systems(config_dir: Path = CONFIG_DIR) -> list[str]:
     """Names of the profiles shipped in ``configs/systems/`` (what ``load_system`` accepts)."""
     return sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
@@ -136,11 +155,25 @@ def load_system(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> Syst
 
 def parse_profile(text: str, path: Path) -> SystemProfile:
     """Validate a profile's YAML text; ``path`` names it in errors and must match ``name``."""
-    reader = _Reader(_display(path), text)
-    profile = reader.profile()
-    if profile.name != path.stem:
-        raise reader.error(("name",), f"{profile.name!r} does not match the file name {path.stem!r}")
-    return replace(profile, source=path)
+    where = _display(path)
+    try:
+        data, lines = parse_yaml(text, where)     # the spec's YAML reader: key lines, duplicate keys, depth
+    except SpecError as e:
+        raise ProfileError(e.message, file=e.file, line=e.line, field=e.field) from None
+    try:
+        model = _Profile.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        hints = {(err["loc"][:-1], did_you_mean(str(err["loc"][-1]), _known(err["loc"])))
+                 for err in errors if err["type"] == "extra_forbidden"}
+        typos = [err for err in errors if err["type"] == "missing"   # a misspelt key is one problem, not two
+                 and (err["loc"][:-1], did_you_mean(err["loc"][-1], [err["loc"][-1]])) in hints]
+        _raise_all([p for err in errors if err not in typos for p in _problems(err, where, lines)])
+    if model.name != path.stem:
+        _raise_all([_error(where, lines, ("name",), f"{model.name!r} does not match the file name {path.stem!r}")])
+    queues = {name: QueueLimits(name=name, **dict(q)) for name, q in model.queues.items()}
+    return SystemProfile(**{**dict(model), "queues": MappingProxyType(queues),
+                            "directives": model.directives or (), "source": path})
 
 
 def _display(path: Path) -> str:
@@ -150,248 +183,195 @@ def _display(path: Path) -> str:
         return str(path)
 
 
-_MISSING = object()
+# -- the schema: pydantic models of the YAML; their errors become ProfileError lines (`_problems`) -----------
+
+_MESSAGES = {     # pydantic's error types in the profile's own words ({input} is the value, ctx the rest)
+    "missing": "missing",
+    "int_type": "expected int, got {input!r}",
+    "greater_than_equal": "must be >= {ge}, got {input!r}",
+    "float_type": "expected a number > 0, got {input!r}",
+    "greater_than": "expected a number > 0, got {input!r}",
+    "string_type": "expected a string, got {input!r}",
+    "bool_type": "expected true or false, got {input!r}",
+    "tuple_type": "expected a list of strings, got {input!r}",
+    "dict_type": "expected a mapping, got {input!r}",
+    "model_type": "expected a mapping, got {input!r}",
+}
 
 
-class _Reader:
-    """Walks the YAML once for values and once for line numbers, checking as it goes."""
+def _raise_all(errors: list[ProfileError]) -> NoReturn:
+    errors = sorted(errors, key=lambda e: e.line or 0)
+    raise errors[0] if len(errors) == 1 else ProfileErrors(errors)
 
-    def __init__(self, where: str, text: str) -> None:
-        self.where = where
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            self.data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise ProfileError(f"{where}{line}: invalid YAML: {problem}") from None
-        self.lines: dict[tuple[str, ...], int] = {}
-        if node is not None:
-            self._index(node, ())
 
-    def _index(self, node: yaml.Node, path: tuple[str, ...]) -> None:
-        if path:  # a missing top-level key has no useful line
-            self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            seen: set[str] = set()
-            for key_node, value_node in node.value:
-                key = str(key_node.value)
-                if key in seen:
-                    raise self.error((*path, key), "duplicate key", line=key_node.start_mark.line + 1)
-                seen.add(key)
-                self._index(value_node, (*path, key))
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
+def _error(where: str, lines: dict, loc: tuple, message: str) -> ProfileError:
+    """`file:line: key.path: message`, at the line of the key (a missing top-level key has no useful line)."""
+    line = line_of(lines, loc) if loc and loc[:1] in lines else None
+    return ProfileError(message, file=where, line=line, field=".".join(map(str, loc)) or "(top level)")
 
-    def error(self, path: tuple[str, ...], problem: str, line: int | None = None) -> ProfileError:
-        if line is None:
-            probe = path
-            while probe not in self.lines and probe:
-                probe = probe[:-1]
-            line = self.lines.get(probe)
-        loc = f"{self.where}:{line}" if line else self.where
-        key = ".".join(path) or "(top level)"
-        return ProfileError(f"{loc}: {key}: {problem}")
 
-    # -- typed getters -------------------------------------------------------------------
+def _problems(err: dict, where: str, lines: dict) -> list[ProfileError]:
+    """One pydantic error as the profile's problems, each at its key's own line."""
+    loc = tuple(part for part in err["loc"] if part != "[key]")       # a bad queue name: the key's line
+    ctx = err.get("ctx", {})
+    if isinstance(ctx.get("error"), KeyProblems):      # a cross-field check, at the key(s) it names
+        return [_error(where, lines, loc + sub, message) for sub, message in ctx["error"].problems]
+    if err["type"] == "extra_forbidden":
+        known = _known(loc)
+        message = f"unknown key{did_you_mean(str(loc[-1]), known)}; expected one of: {', '.join(known)}"
+    elif err["type"] in _MESSAGES:
+        message = _MESSAGES[err["type"]].format(input=err.get("input"), **ctx)
+    else:
+        message = err["msg"].removeprefix("Value error, ")
+    return [_error(where, lines, loc, message)]
 
-    def _get(self, mapping: dict, path: tuple[str, ...], optional: bool) -> Any:
-        value = mapping.get(path[-1], _MISSING)
-        if value is _MISSING and not optional:
-            raise self.error(path, "missing")
+
+def _known(loc: tuple) -> list[str]:
+    """The keys the profile takes where `loc` (a key, e.g. ("queues", "prod", "max_runing")) is."""
+    return list((_Queue if len(loc) == 3 else _Profile).model_fields)
+
+
+def _nonblank(value: str) -> str:
+    if not value.strip():
+        raise ValueError(f"expected a non-empty string, got {value!r}")
+    return value
+
+
+def _scheduler_name(what: str):
+    """A value that goes into a #PBS/#SBATCH line: the spec's and the flags' charset (SCHEDULER_NAME)."""
+    def check(value: str) -> str:
+        from lmsweep.submit.options import scheduler_name
+        return scheduler_name(value, what)
+    return AfterValidator(check)
+
+
+def _filesystem(value: str) -> str:
+    if not FILESYSTEM_NAME.match(value):
+        raise ValueError(f"filesystem {value!r} must be 1-32 lowercase letters, digits, '_', starting with a letter")
+    return value
+
+
+Count = Annotated[StrictInt, Field(ge=1)]
+Line = Annotated[StrictStr, AfterValidator(_nonblank)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Queue(_Strict):
+    """`queues.<name>`: every key required (null = no limit known)."""
+
+    min_nodes: Count
+    max_nodes: Count
+    max_walltime: StrictStr
+    max_queued: Count | None
+    max_running: Count | None
+    max_concurrent_subjobs: Count | None
+    preemptable: StrictBool
+
+    @field_validator("max_walltime")
+    @classmethod
+    def _walltime(cls, value: str) -> str:
+        if not _WALLTIME.match(value) or walltime_seconds(value) == 0:
+            raise ValueError(f'expected "HH:MM:SS", got {value!r}')
         return value
 
-    def mapping(self, value: Any, path: tuple[str, ...], keys: tuple[str, ...] | None) -> dict:
-        if not isinstance(value, dict):
-            raise self.error(path, f"expected a mapping, got {value!r}")
-        if keys is not None:
-            for key in value:
-                if key not in keys:
-                    raise self.error((*path, str(key)), f"unknown key (expected one of: {', '.join(keys)})")
+    @model_validator(mode="after")
+    def _node_range(self) -> _Queue:
+        if self.max_nodes < self.min_nodes:
+            raise KeyProblems([(("max_nodes",), f"{self.max_nodes} is below min_nodes {self.min_nodes}")])
+        return self
+
+
+class _Profile(_Strict):
+    """The whole profile (the fields of SystemProfile but `source`); see configs/systems/polaris.yaml."""
+
+    name: StrictStr
+    scheduler: StrictStr
+    gpus_per_node: Annotated[StrictInt, Field(ge=0)]
+    cpus_per_node: Count
+    ranks_per_node: Count | None = None              # default: one per GPU, or 1 without GPUs
+    default_queue: Annotated[StrictStr, _scheduler_name("queue")] | None = None
+    queues: dict[Annotated[StrictStr, _scheduler_name("queue name")], _Queue]
+    filesystems: tuple[Annotated[Line, AfterValidator(_filesystem)], ...]
+    launcher: StrictStr
+    gpu_bind: StrictStr
+    env_setup: tuple[Line, ...]
+    max_array_size: Count | None = None
+    python: StrictStr | None = None
+    mpi_library: StrictStr | None = None
+    tokens_per_second: Annotated[float, Field(strict=True, gt=0)] | None = None
+    directives: tuple[Line, ...] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", value):
+            raise ValueError(f"expected lowercase letters, digits, '-' or '_', got {value!r}")
         return value
 
-    def integer(self, m: dict, path: tuple[str, ...], minimum: int, optional: bool = False) -> int | None:
-        value = self._get(m, path, optional)
-        if value is _MISSING or (optional and value is None):
-            return None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(path, f"expected int, got {value!r}")
-        if value < minimum:
-            raise self.error(path, f"must be >= {minimum}, got {value}")
-        return value
-
-    def number(self, m: dict, path: tuple[str, ...]) -> float | None:
-        """An optional positive number (int or float)."""
-        value = self._get(m, path, optional=True)
-        if value is _MISSING or value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise self.error(path, f"expected a number > 0, got {value!r}")
-        return float(value)
-
-    def text(self, m: dict, path: tuple[str, ...], optional: bool = False) -> str | None:
-        value = self._get(m, path, optional)
-        if value is _MISSING or (optional and value is None):
-            return None
-        if not isinstance(value, str):
-            raise self.error(path, f"expected a string, got {value!r}")
-        return value
-
-    def boolean(self, m: dict, path: tuple[str, ...]) -> bool:
-        value = self._get(m, path, optional=False)
-        if not isinstance(value, bool):
-            raise self.error(path, f"expected true or false, got {value!r}")
-        return value
-
-    def strings(self, m: dict, path: tuple[str, ...]) -> tuple[str, ...]:
-        value = self._get(m, path, optional=False)
-        if not isinstance(value, list):
-            raise self.error(path, f"expected a list of strings, got {value!r}")
-        for i, item in enumerate(value):
-            if not isinstance(item, str) or not item.strip():
-                raise self.error((*path, str(i)), f"expected a non-empty string, got {item!r}")
-        return tuple(value)
-
-    # -- the schema ----------------------------------------------------------------------
-
-    def profile(self) -> SystemProfile:
-        top = self.mapping(self.data, (), _TOP_KEYS)
-        name = self.text(top, ("name",))
-        assert name is not None
-        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
-            raise self.error(("name",), f"expected lowercase letters, digits, '-' or '_', got {name!r}")
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, value: str) -> str:
         from lmsweep.submit.backends import backends  # lazy: the backends import this module
 
-        scheduler = self.text(top, ("scheduler",))
-        if scheduler not in backends():
-            raise self.error(("scheduler",), f"expected one of {', '.join(backends())}, got {scheduler!r}")
-        uses_queues = backends()[scheduler].uses_queues
-        gpus = self.integer(top, ("gpus_per_node",), 0)
-        cpus = self.integer(top, ("cpus_per_node",), 1)
-        assert gpus is not None and cpus is not None
-        ranks = self.integer(top, ("ranks_per_node",), 1, optional=True) or max(gpus, 1)
+        if value not in backends():
+            raise ValueError(f"expected one of {', '.join(backends())}, got {value!r}")
+        return value
 
-        queues_raw = self.mapping(self._get(top, ("queues",), False), ("queues",), None)
-        for q in queues_raw:
-            self._scheduler_name(q, ("queues", str(q)), "queue name")
-        queues = {str(q): self.queue(str(q), limits) for q, limits in queues_raw.items()}
-        default_queue = self.text(top, ("default_queue",), optional=True)
-        if default_queue is not None:
-            self._scheduler_name(default_queue, ("default_queue",), "queue")
-        if not uses_queues:
-            if queues:
-                raise self.error(("queues",), f"must be empty for scheduler {scheduler}")
-            if default_queue is not None:
-                raise self.error(("default_queue",), f"must be null for scheduler {scheduler}")
-        else:
-            if not queues:
-                raise self.error(("queues",), f"scheduler {scheduler} needs at least one queue")
-            if default_queue not in queues:
-                raise self.error(
-                    ("default_queue",), f"{default_queue!r} is not one of the queues ({', '.join(queues)})"
-                )
+    @field_validator("python")
+    @classmethod
+    def _python(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or ("/" in value and not value.startswith("/"))):
+            raise ValueError(f"expected an absolute path or a command name, got {value!r}")
+        return value
 
-        launcher = self.text(top, ("launcher",))
-        assert launcher is not None
-        self._check_launcher(launcher, ranks)
-        gpu_bind = self.text(top, ("gpu_bind",))
-        assert gpu_bind is not None
-        python = self.text(top, ("python",), optional=True)
-        if python is not None and (not python.strip() or ("/" in python and not python.startswith("/"))):
-            raise self.error(("python",), f"expected an absolute path or a command name, got {python!r}")
-        return SystemProfile(
-            name=name,
-            scheduler=scheduler,
-            gpus_per_node=gpus,
-            cpus_per_node=cpus,
-            ranks_per_node=ranks,
-            default_queue=default_queue,
-            queues=MappingProxyType(queues),
-            filesystems=self.filesystems(top),
-            launcher=launcher,
-            gpu_bind=gpu_bind,
-            env_setup=self.strings(top, ("env_setup",)),
-            max_array_size=self.integer(top, ("max_array_size",), 1, optional=True),
-            python=python,
-            mpi_library=self.text(top, ("mpi_library",), optional=True),
-            tokens_per_second=self.number(top, ("tokens_per_second",)),
-            directives=self.directives(top, scheduler),
-        )
-
-    def queue(self, name: str, raw: Any) -> QueueLimits:
-        base = ("queues", name)
-        m = self.mapping(raw, base, _QUEUE_KEYS)
-        for key in _QUEUE_KEYS:
-            if key not in m:
-                raise self.error((*base, key), "missing")
-        min_nodes = self.integer(m, (*base, "min_nodes"), 1)
-        max_nodes = self.integer(m, (*base, "max_nodes"), 1)
-        assert min_nodes is not None and max_nodes is not None
-        if max_nodes < min_nodes:
-            raise self.error((*base, "max_nodes"), f"{max_nodes} is below min_nodes {min_nodes}")
-        walltime = self.text(m, (*base, "max_walltime"))
-        if walltime is None or not _WALLTIME.match(walltime) or walltime_seconds(walltime) == 0:
-            raise self.error((*base, "max_walltime"), f'expected "HH:MM:SS", got {walltime!r}')
-        return QueueLimits(
-            name=name,
-            min_nodes=min_nodes,
-            max_nodes=max_nodes,
-            max_walltime=walltime,
-            max_queued=self.integer(m, (*base, "max_queued"), 1, optional=True),
-            max_running=self.integer(m, (*base, "max_running"), 1, optional=True),
-            max_concurrent_subjobs=self.integer(m, (*base, "max_concurrent_subjobs"), 1, optional=True),
-            preemptable=self.boolean(m, (*base, "preemptable")),
-        )
-
-    def _scheduler_name(self, value: Any, path: tuple[str, ...], what: str) -> None:
-        """A value that goes into a #PBS/#SBATCH line: the spec's and the flags' charset (SCHEDULER_NAME)."""
-        from lmsweep.submit.options import scheduler_name
-
+    @field_validator("launcher")
+    @classmethod
+    def _launcher(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
         try:
-            scheduler_name(value if isinstance(value, str) else repr(value), what)
+            names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
         except ValueError as exc:
-            raise self.error(path, str(exc)) from None
-
-    def filesystems(self, top: dict) -> tuple[str, ...]:
-        names = self.strings(top, ("filesystems",))
-        for i, fs in enumerate(names):
-            if not FILESYSTEM_NAME.match(fs):
-                raise self.error(("filesystems", str(i)), f"filesystem {fs!r} must be 1-32 lowercase letters, "
-                                 "digits, '_', starting with a letter")
-        return names
-
-    def directives(self, top: dict, scheduler: str) -> tuple[str, ...]:
-        """Extra directive lines, checked by the backend's block (one without a block takes none)."""
-        if top.get("directives") in (None, []):
-            return ()
-        from lmsweep.submit.backends import backends
-        from lmsweep.submit.options import directive
-
-        block = backends()[scheduler].block
-        if block is None:
-            raise self.error(("directives",), f"scheduler {scheduler} takes no directives")
-        lines = self.strings(top, ("directives",))
-        for i, line in enumerate(lines):
-            try:
-                directive(line, block.reserved)
-            except ValueError as exc:
-                raise self.error(("directives", str(i)), str(exc)) from None
-        return lines
-
-    def _check_launcher(self, launcher: str, ranks: int) -> None:
-        if not launcher.strip():
-            raise self.error(("launcher",), "must not be empty")
-        try:
-            names = {f for _, f, _, _ in string.Formatter().parse(launcher) if f is not None}
-        except ValueError as exc:
-            raise self.error(("launcher",), f"bad template: {exc}") from None
+            raise ValueError(f"bad template: {exc}") from None
         unknown = sorted(names - LAUNCHER_FIELDS)
         if unknown:
             allowed = ", ".join("{" + f + "}" for f in sorted(LAUNCHER_FIELDS))
-            raise self.error(("launcher",), f"unknown placeholder {{{unknown[0]}}} (allowed: {allowed})")
-        if m := re.search(r"--cpu-bind[ =]list:(\S+)", launcher):
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}} (allowed: {allowed})")
+        return value
+
+    @model_validator(mode="after")
+    def _fits_the_scheduler(self) -> _Profile:
+        """What depends on the backend (queues or none, its directive block) and on the ranks per node."""
+        from lmsweep.submit.backends import backends
+        from lmsweep.submit.options import directive
+
+        backend, problems = backends()[self.scheduler], []
+        self.ranks_per_node = self.ranks_per_node or max(self.gpus_per_node, 1)
+        if not backend.uses_queues:
+            if self.queues:
+                problems.append((("queues",), f"must be empty for scheduler {self.scheduler}"))
+            if self.default_queue is not None:
+                problems.append((("default_queue",), f"must be null for scheduler {self.scheduler}"))
+        elif not self.queues:
+            problems.append((("queues",), f"scheduler {self.scheduler} needs at least one queue"))
+        elif self.default_queue not in self.queues:
+            problems.append((("default_queue",),
+                             f"{self.default_queue!r} is not one of the queues ({', '.join(self.queues)})"))
+        if self.directives and backend.block is None:
+            problems.append((("directives",), f"scheduler {self.scheduler} takes no directives"))
+        for i, line in enumerate(self.directives if backend.block is not None and self.directives else ()):
+            try:
+                directive(line, backend.block.reserved)
+            except ValueError as exc:
+                problems.append((("directives", i), str(exc)))
+        if m := re.search(r"--cpu-bind[ =]list:(\S+)", self.launcher):
             groups = len(m.group(1).split(":"))
-            if groups != ranks:
-                raise self.error(
-                    ("launcher",), f"--cpu-bind list has {groups} core groups but ranks_per_node is {ranks}"
-                )
+            if groups != self.ranks_per_node:
+                problems.append((("launcher",), f"--cpu-bind list has {groups} core groups but "
+                                                f"ranks_per_node is {self.ranks_per_node}"))
+        if problems:
+            raise KeyProblems(problems)
+        return self

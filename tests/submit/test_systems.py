@@ -176,8 +176,9 @@ def test_cpu_only_profile_defaults_to_one_rank(tmp_path):
         ("cpus_per_node: 32", "cpus_per_node: 0", "4: cpus_per_node: must be >= 1, got 0"),
         ('"24:00:00"', '"24h"', "10: queues.prod.max_walltime: expected \"HH:MM:SS\", got '24h'"),
         ("    max_queued: 100\n", "", "7: queues.prod.max_queued: missing"),
-        ("max_running: 10", "max_runing: 10", ("12: queues.prod.max_runing: unknown key (expected one of: "
-         "min_nodes, max_nodes, max_walltime, max_queued, max_running, max_concurrent_subjobs, preemptable)")),
+        ("max_running: 10", "max_runing: 10", ("12: queues.prod.max_runing: unknown key (did you mean "
+         "'max_running'?); expected one of: min_nodes, max_nodes, max_walltime, max_queued, max_running, "
+         "max_concurrent_subjobs, preemptable")),
         ("preemptable: false", "preemptable: 0", "14: queues.prod.preemptable: expected true or false, got 0"),
         ("scheduler: pbs", "scheduler: lsf", "2: scheduler: expected one of local, pbs, slurm, got 'lsf'"),
         ("default_queue: prod", "default_queue: debug", "5: default_queue: 'debug' is not one of the queues (prod)"),
@@ -188,14 +189,15 @@ def test_cpu_only_profile_defaults_to_one_rank(tmp_path):
         ("launcher: mpiexec -n {nranks} --ppn {ppn}", "launcher: mpiexec --cpu-bind list:1-8:9-16",
          "16: launcher: --cpu-bind list has 2 core groups but ranks_per_node is 4"),
         ("max_array_size: 10000", "max_array_size: 0", "19: max_array_size: must be >= 1, got 0"),
-        ("env_setup: []", "env_setup: []\nextra: 1", ("19: extra: unknown key (expected one of: name, scheduler, "
+        ("env_setup: []", "env_setup: []\nextra: 1", ("19: extra: unknown key; expected one of: name, scheduler, "
          "gpus_per_node, cpus_per_node, ranks_per_node, default_queue, queues, filesystems, launcher, "
-         "gpu_bind, env_setup, max_array_size, python, mpi_library, tokens_per_second, directives)")),
+         "gpu_bind, env_setup, max_array_size, python, mpi_library, tokens_per_second, directives")),
         ("max_array_size: 10000", "max_array_size: 10000\ntokens_per_second: fast",
          "20: tokens_per_second: expected a number > 0, got 'fast'"),
         ("max_array_size: 10000", "max_array_size: 10000\npython: venv/bin/python",
          "20: python: expected an absolute path or a command name, got 'venv/bin/python'"),
-        ("env_setup: []", "env_setup: []\nname: again", "19: name: duplicate key"),
+        ("env_setup: []", "env_setup: []\nname: again",
+         "19: name: duplicate key 'name' (first on line 1); YAML would silently keep only the last"),
         ("gpu_bind: \"\"\n", "", "(top level): gpu_bind: missing"),
     ],
 )  # fmt: skip
@@ -211,7 +213,29 @@ def test_profile_errors_name_file_line_and_key(tmp_path, old, new, message):
 
 def test_invalid_yaml(tmp_path):
     path = write(tmp_path, "name: site\nqueues: [unclosed\n")
-    assert error_of(path).startswith(f"{path}:3: invalid YAML:")
+    assert error_of(path).startswith(f"{path}:3: malformed YAML:")      # the spec's YAML reader (jobs/yamlio.py)
+
+
+def test_every_problem_of_a_profile_at_once_in_file_order(tmp_path):
+    """As a spec's: one line each at its key's line; a misspelt key is one problem (not also a missing one)."""
+    text = (GOOD.replace("cpus_per_node: 32", "cpus_per_node: -1").replace("max_nodes: 20", "max_nodes: ten")
+            .replace("max_running: 10", "max_runing: 10").replace("filesystems: [home]", "filesystems: [home, 'a;b']"))
+    path = write(tmp_path, text)
+    with pytest.raises(ProfileError) as info:
+        load_system(path)
+    assert [line.removeprefix(f"{path}:").split(": ")[:2] for line in info.value.lines()] == [
+        ["4", "cpus_per_node"], ["9", "queues.prod.max_nodes"], ["12", "queues.prod.max_runing"],
+        ["15", "filesystems.1"]]
+    assert str(info.value) == "\n".join(info.value.lines()) and info.value.exit_code == 2
+
+
+def test_cross_checks_report_at_each_key(tmp_path):
+    text = GOOD.replace("default_queue: prod", "default_queue: debug") + 'directives: ["-l x=1", "-J 3"]\n'
+    path = write(tmp_path, text)
+    with pytest.raises(ProfileError) as info:
+        load_system(path)
+    assert info.value.lines() == [f"{path}:5: default_queue: 'debug' is not one of the queues (prod)",
+                                  f"{path}:20: directives.1: directive '-J 3' sets -J, which lmsweep sets itself"]
 
 
 def test_local_profile_may_not_have_queues(tmp_path):
