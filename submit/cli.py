@@ -16,7 +16,7 @@ from typing import Any
 
 from lmsweep.console import console, err
 from lmsweep.jobs.cli import experiment_dir, print_plan, validated
-from lmsweep.jobs.errors import SpecError, UsageError
+from lmsweep.jobs.errors import SpecError, SpecErrors, UsageError
 
 
 def cmd_run(args) -> int:
@@ -78,8 +78,9 @@ def load_profile(name: str, field: str):
     from lmsweep.submit.systems import ProfileError, load_system
     try:
         return load_system(name)
-    except ProfileError as e:
-        raise SpecError(str(e), field=field) from None
+    except ProfileError as e:       # each problem on its own line, behind the flag or key that named the profile
+        problems = [SpecError(line, field=field) for line in e.lines()]
+        raise (problems[0] if len(problems) == 1 else SpecErrors(problems)) from None
 
 
 def pack_request(sched, opts, *, tokens_per_second: float = 1.0, tensor_parallel: int = 1,
@@ -347,7 +348,8 @@ def cmd_submit(args) -> int:
     profile = sched.profile
     python_line = check_paths(sched, opts, flags, exp)
     decision = packing.describe()
-    decision[2:2] = [*regrouped(spec, plan, sp), f"throughput: {sp.tokens_per_second:g} tokens/s per rank ({sp.tps_source})"]
+    decision[2:2] = [*regrouped(spec, plan, sp),
+                     f"throughput: {sp.tokens_per_second:g} tokens/s per rank ({sp.tps_source})"]
     decision += [f"live limits from the scheduler: {live}"] * bool(live) + python_line
     plan = apply_packing(plan, packing)
 

@@ -27,8 +27,16 @@ import numpy as np
 import pyarrow as pa
 
 from lmsweep.console import hms
-from lmsweep.jobs.plan import (ELEMENT_FILL, Element, ElementPacker, Plan, element_budget, model_copies,
-                               prompt_token_estimate, unit_cost)
+from lmsweep.jobs.plan import (
+    ELEMENT_FILL,
+    Element,
+    ElementPacker,
+    Plan,
+    element_budget,
+    model_copies,
+    prompt_token_estimate,
+    unit_cost,
+)
 from lmsweep.submit.systems import QueueLimits, walltime_seconds
 
 

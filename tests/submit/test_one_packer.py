@@ -91,7 +91,8 @@ for name in {CONFIGS!r}:
                  ["submit", spec, "--system", "local", "--dry-run", "--output-dir", out],
                  ["submit", spec, "--system", "polaris", "--account", "p", "--dry-run", "--output-dir", out]):
         assert main(args) == 0, args
-loaded = sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "transformers", "safetensors", "vllm", "deepspeed"}})
+heavy = {{"torch", "transformers", "safetensors", "vllm", "deepspeed"}}
+loaded = sorted({{m.split(".")[0] for m in sys.modules}} & heavy)
 print("LOADED", loaded, file=sys.stderr)
 """
     proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=600)
