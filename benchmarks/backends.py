@@ -70,7 +70,7 @@ def run_config(spec: dict, config: dict, work: Path, round_: int = 0) -> dict:
     plan = plan_spec(load_spec(path))
     write_plan(plan, exp)
     threads = max(1, (os.cpu_count() or 1) // config["ranks"])
-    # As `lmsweep run` runs workers (submit/local.py): spinning OpenMP threads collapse on a shared machine.
+    # As `lmsweep run` runs workers (runner/local.py): spinning OpenMP threads collapse on a shared machine.
     env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1"}
     wall = 0.0

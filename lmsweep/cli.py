@@ -19,16 +19,16 @@ USER_FIXABLE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lmsweep import regress
     from lmsweep.jobs import cli as jobs_cli
     from lmsweep.results import cli as results_cli
     from lmsweep.runner import cli as runner_cli
     from lmsweep.submit import cli as submit_cli
-    from lmsweep.submit import regress
 
     p = argparse.ArgumentParser(prog="lmsweep", description="Language-model inference sweeps as batch jobs.")
     sub = p.add_subparsers(dest="command", required=True)
     # regress runs (submit) and compares (results), so it registers after both
-    for stage in (jobs_cli, submit_cli, runner_cli, results_cli, regress):
+    for stage in (jobs_cli, runner_cli, submit_cli, results_cli, regress):
         stage.register(sub)
     return p
 

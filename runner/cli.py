@@ -1,4 +1,5 @@
-"""`lmsweep worker`: what a scheduler (or the local backend) launches for one element.
+"""`lmsweep worker` (what a scheduler, or the local backend, launches for one element) and `lmsweep run` (every
+element of a spec on this machine, as worker processes).
 
 The worker's exit codes: 0 every unit of the element done; 1 some units failed (errors/), or the element
 crashed (an unexpected error: the traceback goes to stderr, the element's log); 2 bad input (a plan or
@@ -57,7 +58,62 @@ def _crashed(exp: Path, element: int, e: Exception) -> int:
     return EXIT_CRASHED
 
 
+def cmd_run(args) -> int:
+    """`lmsweep run SPEC`: validate, plan and run every unfinished element here as real `lmsweep worker`
+    processes (runner/local.py), with a progress bar, then print the summary."""
+    import signal
+
+    from lmsweep.console import console
+    from lmsweep.jobs.cli import experiment_dir, print_plan, validated
+    from lmsweep.jobs.plan import write_plan
+    from lmsweep.results.cli import report
+    from lmsweep.results.load import status
+    from lmsweep.runner.local import Stopper, run_elements
+    from lmsweep.runner.signals import EXIT_PREEMPTED
+
+    # SIGTERM/SIGINT/SIGHUP from here on stop the run: passed on to the workers, which finish their batch
+    # and exit 3; the run waits for them, then exits 3 (runner/local.py). None starts after a stop request.
+    with Stopper() as stopper:
+        spec, plan = validated(args.spec)
+        exp = experiment_dir(spec, args.output_dir)
+        write_plan(plan, exp)
+        if not args.quiet:
+            print_plan(plan, exp)
+        before = status(exp)
+        todo = [int(e) for e in before.per_element.query("done < planned")["element"]]
+        ran = []
+        if todo:
+            console.print(f"running {before.planned - before.done} unit(s) in {len(todo)} element(s) locally")
+            ex = spec.execution
+            ran = run_elements(exp, todo, concurrency=ex.concurrency, ranks=ex.ranks_per_element,
+                               threads=ex.threads_per_rank, show_progress=not args.quiet, stopper=stopper)
+    if any(r.returncode == 2 for r in ran):   # a worker refused its input (printed above): bad input
+        return 2
+    if stopper.stopped or any(r.returncode == EXIT_PREEMPTED for r in ran):   # finished batches are kept
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            for sig, handler in previous.items():                               # another one: just exit 3
+                if handler is not signal.SIG_IGN:
+                    signal.signal(sig, lambda *_: sys.exit(EXIT_PREEMPTED))
+            report(exp, quiet=True)
+            console.print("preempted; rerun the same command to continue where it stopped")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return EXIT_PREEMPTED
+    if not todo:
+        console.print("all units already done; nothing to run")
+    code = report(exp, quiet=args.quiet)            # its counts line names each crashed element
+    return 1 if any(r.crashed for r in ran) and code == 0 else code
+
+
 def register(sub) -> None:
+    s = sub.add_parser("run", help="plan and run a spec locally, then print a summary")
+    s.add_argument("spec")
+    s.add_argument("--output-dir", help="parent of the experiment directory (default: the spec's output_dir)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    s.set_defaults(func=cmd_run)
+
     s = sub.add_parser("worker", help="run one element of a plan (what schedulers launch)")
     s.add_argument("--plan", required=True, help="experiment directory holding plan.json")
     s.add_argument("--element", type=int, required=True)

@@ -10,7 +10,7 @@ temporary dot-name and renamed only when complete, which tests/test_kill_resume.
 A second stop signal changes nothing: the first one set the stop request and started the grace, so a
 signal that reaches a worker twice (sent to its process group and passed on by `lmsweep run` as well)
 counts once. `lmsweep run` starts each worker in a process group of its own and passes a stop on once
-(submit/local.py), so a terminal's Ctrl-C reaches a worker once anyway.
+(runner/local.py), so a terminal's Ctrl-C reaches a worker once anyway.
 
 The watchdog does not depend on the main thread returning to Python (it may sit in a long C call:
 a matmul, an MPI collective): the signal's byte arrives on a wakeup fd that the watchdog thread reads.

@@ -15,62 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lmsweep.console import console, err
-from lmsweep.jobs.cli import experiment_dir, print_plan, validated
+from lmsweep.jobs.cli import experiment_dir, validated
 from lmsweep.jobs.errors import SpecError, SpecErrors, UsageError
-
-
-def cmd_run(args) -> int:
-    import dataclasses
-    import signal
-
-    from lmsweep.jobs.plan import write_plan
-    from lmsweep.results.cli import report
-    from lmsweep.results.load import Status, status
-    from lmsweep.runner.signals import EXIT_PREEMPTED
-    from lmsweep.submit.local import Stopper, run_elements
-
-    # SIGTERM/SIGINT/SIGHUP from here on stop the run: passed on to the workers, which finish their batch
-    # and exit 3; the run waits for them, then exits 3 (submit/local.py). None starts after a stop request.
-    with Stopper() as stopper:
-        spec, plan = validated(args.spec)
-        exp = experiment_dir(spec, args.output_dir)
-        write_plan(plan, exp)
-        if not args.quiet:
-            print_plan(plan, exp)
-        before = status(exp)
-        todo = [int(e) for e in before.per_element.query("done < planned")["element"]]
-        ran = []
-        if todo:
-            console.print(f"running {before.planned - before.done} unit(s) in {len(todo)} element(s) locally")
-            ex = spec.execution
-            ran = run_elements(exp, todo, concurrency=ex.concurrency, ranks=ex.ranks_per_element,
-                               threads=ex.threads_per_rank, show_progress=not args.quiet, stopper=stopper)
-    if any(r.returncode == 2 for r in ran):   # a worker refused its input (printed above): bad input
-        return 2
-    if stopper.stopped or any(r.returncode == EXIT_PREEMPTED for r in ran):   # finished batches are kept
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        try:
-            for sig, handler in previous.items():                               # another one: just exit 3
-                if handler is not signal.SIG_IGN:
-                    signal.signal(sig, lambda *_: sys.exit(EXIT_PREEMPTED))
-            report(exp, quiet=True)
-            console.print("preempted; rerun the same command to continue where it stopped")
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        return EXIT_PREEMPTED
-    if not todo:
-        console.print("all units already done; nothing to run")
-    code = report(exp, quiet=args.quiet)
-    crashed = [r for r in ran if r.crashed]
-    # The summary counts units; unless it names crashed elements itself (a Status that reads
-    # errors/element-*.json), say here which elements failed as a whole.
-    if "crashed" not in {f.name for f in dataclasses.fields(Status)}:
-        for r in crashed:
-            console.print(f"element {r.element} crashed (exit {r.returncode}): {r.error}", markup=False,
-                          soft_wrap=True)
-    return 1 if crashed and code == 0 else code
-
 
 # ---- options ---------------------------------------------------------------------------------------------
 
@@ -507,12 +453,6 @@ def _scheduler_flags(s) -> None:
 
 
 def register(sub) -> None:
-    s = sub.add_parser("run", help="plan and run a spec locally, then print a summary")
-    s.add_argument("spec")
-    s.add_argument("--output-dir", help="parent of the experiment directory (default: the spec's output_dir)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar or tables")
-    s.set_defaults(func=cmd_run)
-
     s = sub.add_parser("submit", help="plan a spec, pack it for a system's queue and submit it as job arrays")
     s.add_argument("spec")
     s.add_argument("--system", help="system profile name (polaris, aurora, slurm-generic, local) or YAML path")

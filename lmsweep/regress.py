@@ -1,5 +1,6 @@
 """`lmsweep regress SPEC --baseline DIR`: run a spec afresh, compare it with a baseline run, report,
-and optionally promote the run to be the next baseline.
+and optionally promote the run to be the next baseline. It composes the stages (it runs, submits and
+compares), so it lives beside the CLI in the top package rather than in one of them.
 
 By default it runs locally (a laptop, or inside the allocation of a cron/scrontab/PBS job that calls
 it); with `--system NAME` it submits the spec to that system's scheduler (`lmsweep submit`) and waits for
@@ -114,7 +115,7 @@ def cmd_regress(args) -> int:
     from lmsweep.results.cli import report, run_compare, tolerance_overrides
     from lmsweep.results.compare import tolerances_from
     from lmsweep.results.load import status
-    from lmsweep.submit.local import run_elements
+    from lmsweep.runner.local import run_elements
 
     # Everything that can be wrong with the input is checked before anything is written.
     spec, plan = validated(args.spec)
