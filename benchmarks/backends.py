@@ -105,14 +105,14 @@ def _measured(exp: Path) -> dict:
 def warm_up(spec: dict, spec_dir: Path, tp2: bool) -> None:
     """Convert the models once and, for TP=2, build DeepSpeed's CPU op, so no timed run pays for either."""
     from lmsweep.jobs.model_sources import resolve
-    from lmsweep.runner.backends import prepare_environment
+    from lmsweep.runner.engines.deepspeed import extensions_dir
     from lmsweep.runner.model_cache import materialize
 
     for m in spec["models"]:
         ref = resolve(m["source"] if isinstance(m, dict) else m, spec_dir=spec_dir)
         materialize(ref.path, ref.fingerprint)
     if tp2:
-        prepare_environment()
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())   # DeepSpeed's JIT op cache
         code = ("from deepspeed.accelerator import get_accelerator as g; "
                 "b = g().create_op_builder('ShareMemCommBuilder'); b and b.load()")
         subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, env=dict(os.environ))
