@@ -170,8 +170,7 @@ def test_a_second_backend_of_the_same_name_is_refused(echo_backend):
 def test_shared_code_names_no_scheduler():
     """Only the backend modules (and profiles) may name a scheduler; shared code asks the registry."""
     submit = Path(backends.__file__).parents[1]
-    shared = ["cli.py", "options.py", "packing.py", "render.py", "regress.py", "tracking.py", "jobs_dir.py",
-              "systems.py", "base.py"]
-    for name in shared:
-        text = (submit / name).read_text()
-        assert not re.search(r"""["'](pbs|slurm|local)["']""", text), name
+    shared = [submit / name for name in ("cli.py", "options.py", "packing.py", "render.py", "tracking.py",
+                                         "jobs_dir.py", "systems.py", "base.py")]
+    for path in [*shared, submit.parent / "lmsweep" / "regress.py"]:
+        assert not re.search(r"""["'](pbs|slurm|local)["']""", path.read_text()), path
