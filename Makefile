@@ -54,11 +54,15 @@ $(VLLM_STAMP): $(VLLM_VENV)/.deps pyproject.toml | $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lmsweep run configs/quickstart.yaml
 
+# Two pytest-xdist workers: much of the suite waits on real processes (workers, MPI ranks, Slurm, engine start),
+# so two keep both cores busy; a file's tests stay on one worker (tests/conftest.py).
+PYTEST := $(PY) -m pytest -n 2 --dist loadgroup
+
 test: $(STAMP) $(VLLM_STAMP) $(if $(filter 1,$(LMSWEEP_GEMMA)),$(GEMMA_STAMP))
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
