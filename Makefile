@@ -55,8 +55,8 @@ demo: $(STAMP)
 	$(VENV)/bin/lmsweep run configs/quickstart.yaml
 
 # Two pytest-xdist workers: much of the suite waits on real processes (workers, MPI ranks, Slurm, engine start),
-# so two keep both cores busy; a file's tests stay on one worker (tests/conftest.py).
-PYTEST := $(PY) -m pytest -n 2 --dist loadgroup
+# so two keep both cores busy; a file's tests stay on one worker, Slurm tests take turns (tests/conftest.py).
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 
 test: $(STAMP) $(VLLM_STAMP) $(if $(filter 1,$(LMSWEEP_GEMMA)),$(GEMMA_STAMP))
 	$(PYTEST)

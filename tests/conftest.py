@@ -34,10 +34,18 @@ def smollm2_dir() -> Path:
     return materialize(ref.path, ref.fingerprint)
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (`make test` runs `-n 2 --dist loadgroup`): one file's tests share a worker, so its
-    module fixtures (a model run, a vLLM engine) are built once, and every test on the one-node Slurm shares
-    one worker, so a second worker's arrays never queue behind the first's and time out."""
-    for item in items:
-        group = "slurm" if item.get_closest_marker("slurm") else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+
+@pytest.fixture(autouse=True)
+def one_slurm_test_at_a_time(request):
+    """`make test` runs two pytest-xdist workers (`-n 2 --dist loadfile`: a file's tests share a worker, so its
+    module fixtures are built once). The one-node Slurm is one machine-wide resource: a test marked `slurm`
+    holds a file lock while it runs, so another worker's arrays never queue behind its own and time out."""
+    if request.node.get_closest_marker("slurm") is None:
+        yield
+        return
+    import tempfile
+
+    from filelock import FileLock
+
+    with FileLock(Path(tempfile.gettempdir()) / "lmsweep-tests-slurm.lock"):
+        yield
