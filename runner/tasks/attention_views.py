@@ -16,8 +16,9 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from lmsweep.errors import UsageError
+from lmsweep.results.plots import save_figure
 from lmsweep.results.report import png_img, pyplot
-from lmsweep.results.writer import naming, write_text_atomic
+from lmsweep.results.writer import write_text_atomic
 
 
 def attention_matrix(row) -> np.ndarray:
@@ -109,12 +110,7 @@ def heatmap_grid(rows: pd.DataFrame, out: Path, max_labels: int = 24) -> Path:
     first = rows.iloc[0]
     fig.suptitle(f"{first['model']} · {first['prompt_id']} · unit {first['unit_id'][:10]} "
                  f"(rows: query token, columns: attended token)", fontsize=9)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with naming(out):
-        fig.savefig(out, dpi=90)
-    plt.close(fig)
-    return out
+    return save_figure(plt, fig, out)
 
 
 def head_view_html(rows: pd.DataFrame, out: Path) -> Path:
