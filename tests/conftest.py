@@ -49,3 +49,17 @@ def one_slurm_test_at_a_time(request):
 
     with FileLock(Path(tempfile.gettempdir()) / "lmsweep-tests-slurm.lock"):
         yield
+
+
+# Files whose fixtures or tests take minutes (a vLLM engine, the homework sweep, Gemma, tensor parallelism,
+# Slurm requeues): collected first, so that under `make test`'s two xdist workers the many short files fill in
+# beside them instead of one worker finishing alone with a long tail (a fresh-clone run spent its last ~8
+# minutes on test_vllm.py by itself).
+LONG_FIRST = ("tests/runner/test_vllm.py", "tests/e2e/test_homework.py", "tests/results/test_compare.py",
+              "tests/runner/test_gemma.py", "tests/runner/test_deepspeed_mpi.py", "tests/runner/test_preemption.py",
+              "tests/submit/test_submit_checks.py", "tests/e2e/test_slurm_e2e.py", "tests/runner/test_run_signals.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))     # stable: the rest keep order
