@@ -7,6 +7,7 @@
     │   ├── UsageError           a command-line flag or argument (wrong experiment for a plot, --element past the end)
     │   ├── ExperimentError      an experiment directory's own file is missing, damaged or not what it should be
     │   ├── ProfileError         a system profile (configs/systems/*.yaml or a user's file)
+    │   │   └── ProfileErrors    several at once, one line each
     │   └── PackingError         the plan cannot be packed into the queue's limits
     └── SchedulerError           exit 1: the scheduler refused or failed (qsub/sbatch/scancel said no)
 
@@ -67,10 +68,11 @@ class SpecError(BadInput):
     """
 
 
-class SpecErrors(SpecError):
-    """Several problems found in one pass over an input, in file order; each prints as its own line."""
+class Several:
+    """Mixed into a BadInput kind: several problems found in one pass over an input, in file order; it stands
+    where the first one was found and each prints as its own line (SpecErrors, ProfileErrors)."""
 
-    def __init__(self, errors: list[SpecError]):
+    def __init__(self, errors: list[BadInput]):
         first = errors[0]
         super().__init__(first.message, file=first.file, line=first.line, field=first.field)
         self.errors = errors
@@ -78,8 +80,12 @@ class SpecErrors(SpecError):
     def __str__(self) -> str:
         return "\n".join(str(e) for e in self.errors)
 
-    def all(self) -> list[SpecError]:
+    def all(self) -> list[BadInput]:
         return list(self.errors)
+
+
+class SpecErrors(Several, SpecError):
+    """Several problems of one spec, each on its own line."""
 
 
 class UsageError(BadInput):
@@ -94,6 +100,10 @@ class ExperimentError(BadInput):
 
 class ProfileError(BadInput):
     """A system profile is missing or invalid."""
+
+
+class ProfileErrors(Several, ProfileError):
+    """Several problems of one profile, each on its own line."""
 
 
 class PackingError(BadInput):

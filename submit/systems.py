@@ -39,7 +39,7 @@ from pydantic import (
 )
 
 from lmsweep.configs import SYSTEMS as CONFIG_DIR
-from lmsweep.errors import KeyProblems, ProfileError, SpecError, did_you_mean
+from lmsweep.errors import KeyProblems, ProfileError, ProfileErrors, SpecError, did_you_mean
 from lmsweep.jobs.yamlio import line_of, parse_yaml
 
 PACKAGE_ROOT = CONFIG_DIR.parents[1]      # error messages name shipped profiles as configs/systems/<name>.yaml
@@ -118,21 +118,6 @@ class SystemProfile:
             known = ", ".join(self.queues) or "none"
             raise ProfileError(f"system {self.name!r} has no queue {wanted!r} (known: {known})")
         return self.queues[wanted]
-
-
-class ProfileErrors(ProfileError):
-    """Several problems of one profile, in file order; each prints as its own line (as SpecErrors)."""
-
-    def __init__(self, errors: list[ProfileError]):
-        first = errors[0]
-        super().__init__(first.message, file=first.file, line=first.line, field=first.field)
-        self.errors = errors
-
-    def __str__(self) -> str:
-        return "\n".join(str(e) for e in self.errors)
-
-    def all(self) -> list[ProfileError]:
-        return list(self.errors)
 
 
 def list_systems(config_dir: Path = CONFIG_DIR) -> list[str]:
