@@ -52,7 +52,6 @@ class Stopper:
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.count = 0
         self._procs: set[subprocess.Popen] = set()
         self._lock = threading.RLock()          # the handler runs in the main thread, between its bytecodes
         self._previous: dict[int, object] = {}
@@ -90,7 +89,6 @@ class Stopper:
         from lmsweep.runner.signals import grace_seconds
 
         with self._lock:
-            self.count += 1
             first = self.signum is None
             if first:
                 self.signum = signum
