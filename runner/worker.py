@@ -40,7 +40,7 @@ from lmsweep.jobs.plan import ModelInfo, PlanFiles, read_plan
 from lmsweep.results.compact import WORKER_MIN_PARTS, compact_element
 from lmsweep.results.load import done_unit_ids
 from lmsweep.results.schema import SCHEMA_VERSION
-from lmsweep.results.writer import PartWriter, errors_dir, results_dir
+from lmsweep.results.writer import PartWriter, errors_dir, results_dir, write_text_atomic
 from lmsweep.runner import distributed, engines, loading, locks, sidecars, signals
 from lmsweep.runner.batches import BatchQueue, OutOfMemory, release_memory, run_isolated
 from lmsweep.runner.engines import base as engine_base
@@ -140,18 +140,10 @@ def record_element_error(exp_dir: Path, element: int, line: str, exit_code: int)
     path = element_error_path(exp_dir, element)
     record = {"element": int(element), "error": " ".join(str(line).split()), "exit_code": int(exit_code),
               "host": socket.gethostname(), "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(record) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_text_atomic(path, json.dumps(record) + "\n")
     except OSError as e:
         print(f"(could not record the element's error in {path}: {e})", file=sys.stderr, flush=True)
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         return None
 
 
