@@ -18,7 +18,7 @@ from lmsweep.jobs.model_sources import PACKAGES, ModelRef
 
 if TYPE_CHECKING:
     from lmsweep.jobs.spec import ExperimentSpec
-    from lmsweep.runner.tasks.base import Task
+    from lmsweep.core.task import Task
 
 KINDS = ("causal_lm", "encoder", "sequence_classification", "token_classification")
 

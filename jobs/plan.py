@@ -25,8 +25,8 @@ from lmsweep.jobs.model_sources import ModelRef, resolve
 from lmsweep.jobs.prompts import Prompt, load_prompt_set
 from lmsweep.jobs.spec import ExecutionSpec, ExperimentSpec, ModelSpec
 from lmsweep.jobs.units import canonical, unit_ids_block
-from lmsweep.runner.tasks.base import PlannedUnits
-from lmsweep.runner.tasks.registry import get_task
+from lmsweep.core.task import PlannedUnits
+from lmsweep.core.task_registry import get_task
 
 PLAN_FORMAT = 1
 ELEMENT_FILL = 0.8       # plan elements to 80% of the walltime, leaving room for model load and noise
@@ -496,7 +496,7 @@ def read_plan(exp_dir: str | Path) -> PlanFiles:
     """The experiment's plan, checked: plan.json (JSON, its shape, a known task), the unit and prompt
     tables (present, Parquet, the right columns, one row per unit) and the directories' types. Anything
     damaged, missing or of the wrong type is one ExperimentError naming the file."""
-    from lmsweep.runner.tasks.registry import task_names
+    from lmsweep.core.task_registry import task_names
 
     exp_dir = Path(exp_dir)
     meta_file = exp_dir / "plan.json"

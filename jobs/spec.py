@@ -24,7 +24,7 @@ from lmsweep.jobs.decoding import DecodingGrid
 from lmsweep.jobs.errors import KeyProblems, SpecError, did_you_mean, raise_all
 from lmsweep.jobs.yamlio import SpecSource, dotted, line_of, load_yaml
 from lmsweep.runner.engines.base import DEFAULT as ENGINE_DEFAULT
-from lmsweep.runner.tasks.registry import all_tasks, task_names, task_spec_union, tolerance_fields
+from lmsweep.core.task_registry import all_tasks, task_names, task_spec_union, tolerance_fields
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_MAX_UNITS = 2_000_000

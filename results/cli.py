@@ -128,7 +128,7 @@ def cmd_status(args) -> int:
 
 def tolerance_help() -> dict[str, str]:
     """Each tolerance key and its help, as the tasks declare them (runner/tasks, `Task.tolerances`)."""
-    from lmsweep.runner.tasks.registry import tolerances
+    from lmsweep.core.task_registry import tolerances
 
     return {t.name: t.help for t in tolerances()}
 
@@ -194,7 +194,7 @@ def cmd_report(args) -> int:
 
 def cmd_plot(args) -> int:
     """`lmsweep plot <task> ...`: the task draws (`Task.plot`); each file it wrote is printed."""
-    from lmsweep.runner.tasks.registry import get_task
+    from lmsweep.core.task_registry import get_task
 
     for path in get_task(args.plot).plot(args):
         console.print(f"wrote {path}")
@@ -203,7 +203,7 @@ def cmd_plot(args) -> int:
 
 def register_plots(kinds) -> None:
     """One `lmsweep plot <task>` per task that has a plot (`Task.plot_help`), with the flags it declares."""
-    from lmsweep.runner.tasks.registry import plot_tasks
+    from lmsweep.core.task_registry import plot_tasks
 
     for task in plot_tasks():
         p = kinds.add_parser(task.name, help=task.plot_help)

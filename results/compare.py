@@ -19,10 +19,10 @@ import pandas as pd
 from lmsweep.errors import UsageError
 from lmsweep.jobs.spec import Tolerances
 from lmsweep.results.schema import row_key
-from lmsweep.runner.tasks.registry import get_task
+from lmsweep.core.task_registry import get_task
 
 if TYPE_CHECKING:
-    from lmsweep.runner.tasks.base import Task
+    from lmsweep.core.task import Task
 
 # Columns the comparison reads, when the task's schema has them (so big task columns stay on disk).
 BASE_COLUMNS = ["unit_id", "unit_key", "model", "prompt_set", "prompt_id", "decoding", "do_sample",

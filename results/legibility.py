@@ -22,7 +22,7 @@ EXPORT_SQL = ("SELECT unit_id || '/' || sequence_index AS id, prompt_text AS tex
 
 def scoring_task():
     """The task that scores another's outputs (`Task.legibility`, declared by the scoring task)."""
-    from lmsweep.runner.tasks.registry import all_tasks
+    from lmsweep.core.task_registry import all_tasks
 
     return next(t for t in all_tasks() if t.legibility is not None)
 
@@ -35,7 +35,7 @@ def legibility_table(generated: str | Path, scores: str | Path) -> pd.DataFrame:
     scoring task's `Legibility` declaration (runner/tasks/base.py)."""
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load
-    from lmsweep.runner.tasks.registry import get_task
+    from lmsweep.core.task_registry import get_task
 
     scorer = scoring_task()
     join = scorer.legibility

@@ -241,7 +241,7 @@ def build_report(exp: str | Path) -> str:
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load, status
     from lmsweep.results.summary import summarize, task_examples
-    from lmsweep.runner.tasks.registry import get_task
+    from lmsweep.core.task_registry import get_task
 
     exp = Path(exp)
     plan = read_plan(exp)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from lmsweep.runner.tasks.registry import all_tasks, get_task
+from lmsweep.core.task_registry import all_tasks, get_task
 
 SCHEMA_VERSION = 1
 

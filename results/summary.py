@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lmsweep.runner.tasks.registry import get_task
+from lmsweep.core.task_registry import get_task
 
 
 def summarize(df: pd.DataFrame, task: str) -> pd.DataFrame:

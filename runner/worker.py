@@ -372,7 +372,7 @@ def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> Ran
 # (runner/tasks and runner/units.TaskContext own the interface; this block is the worker's side of it)
 
 def lookup_task(task_type: str) -> Any:
-    from lmsweep.runner.tasks.registry import get_task
+    from lmsweep.core.task_registry import get_task
 
     return get_task(task_type)
 

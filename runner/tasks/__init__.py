@@ -5,6 +5,6 @@ docs/adding-a-task.md walks through adding one.
 """
 from __future__ import annotations
 
-from lmsweep.runner.tasks.registry import all_tasks, get_task, register_task, task_names
+from lmsweep.core.task_registry import all_tasks, get_task, register_task, task_names
 
 __all__ = ["all_tasks", "get_task", "register_task", "task_names"]

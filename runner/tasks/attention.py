@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import pyarrow as pa
 from pydantic import AfterValidator, Field
 
-from lmsweep.runner.tasks.base import PlannedUnits, Task, TaskParams
-from lmsweep.runner.tasks.registry import register_task
+from lmsweep.core.task import PlannedUnits, Task, TaskParams
+from lmsweep.core.task_registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, forward_prompts
 
 if TYPE_CHECKING:

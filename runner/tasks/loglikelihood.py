@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from lmsweep.runner.tasks.base import Legibility, Task, TaskParams
-from lmsweep.runner.tasks.registry import register_task
+from lmsweep.core.task import Legibility, Task, TaskParams
+from lmsweep.core.task_registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
 
 if TYPE_CHECKING:

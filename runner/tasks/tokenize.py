@@ -8,8 +8,8 @@ from typing import Literal
 
 import pyarrow as pa
 
-from lmsweep.runner.tasks.base import Task, TaskParams
-from lmsweep.runner.tasks.registry import register_task
+from lmsweep.core.task import Task, TaskParams
+from lmsweep.core.task_registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, render_prompt
 
 

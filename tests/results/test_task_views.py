@@ -8,7 +8,7 @@ import pandas as pd
 
 from helpers.cli import cli
 from lmsweep.runner.tasks import registry
-from lmsweep.runner.tasks.base import Legibility, Task
+from lmsweep.core.task import Legibility, Task
 
 
 def test_plot_commands_are_the_tasks_that_declare_a_plot():
@@ -73,7 +73,7 @@ def test_discovery_does_not_import_the_views():
     """`*_views` modules import matplotlib; validate and plan import every task module but them."""
     import subprocess
 
-    code = ("import sys; from lmsweep.runner.tasks.registry import all_tasks; all_tasks(); "
+    code = ("import sys; from lmsweep.core.task_registry import all_tasks; all_tasks(); "
             "print(sorted(m for m in sys.modules if m.endswith('views') or m.startswith('matplotlib'))[:5])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -69,7 +69,7 @@ def test_no_module_outside_the_engines_tells_engines_apart_by_name():
 
 
 def test_the_task_backends_come_from_the_engines_declarations(reference):
-    from lmsweep.runner.tasks.registry import get_task
+    from lmsweep.core.task_registry import get_task
 
     assert get_task("generate").backends == ("hf", "deepspeed", "vllm", reference)
     assert get_task("attention").backends == ("hf", "deepspeed")

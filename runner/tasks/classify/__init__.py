@@ -20,8 +20,8 @@ from typing import ClassVar, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
-from lmsweep.runner.tasks.base import MAX_PROB_DELTA, MIN_EXACT_MATCH, PlannedUnits, Task, TaskParams, Tolerance
-from lmsweep.runner.tasks.registry import register_task
+from lmsweep.core.task import MAX_PROB_DELTA, MIN_EXACT_MATCH, PlannedUnits, Task, TaskParams, Tolerance
+from lmsweep.core.task_registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure
 
 CLASSIFY_METHODS = ("label_likelihood", "embedding_similarity", "pipeline")

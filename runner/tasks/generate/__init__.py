@@ -12,8 +12,8 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from lmsweep.runner.tasks.base import MIN_EXACT_MATCH, Task, TaskParams, Tolerance
-from lmsweep.runner.tasks.registry import register_task
+from lmsweep.core.task import MIN_EXACT_MATCH, Task, TaskParams, Tolerance
+from lmsweep.core.task_registry import register_task
 from lmsweep.runner.units import TaskContext, Unit
 
 MIN_SAMPLED_EXACT_MATCH = Tolerance("min_sampled_exact_match", None,

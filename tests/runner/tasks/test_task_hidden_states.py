@@ -79,7 +79,7 @@ def test_pooling_last_and_mean_and_float16(tiny_llama, tmp_path):
 
 
 def test_summary_is_the_cosine_similarity_between_prompts_per_layer(tiny_llama, tmp_path):
-    from lmsweep.runner.tasks.registry import get_task
+    from lmsweep.core.task_registry import get_task
 
     models = f"[{{alias: tiny, source: {tiny_llama}}}]"
     df = rows(run_spec(tmp_path, spec(models, "{type: hidden_states, pooling: mean}")))

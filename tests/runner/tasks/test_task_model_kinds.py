@@ -10,8 +10,8 @@ from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.model_facts import check_backend
 from lmsweep.jobs.plan import plan_spec
 from lmsweep.jobs.spec import load_spec
-from lmsweep.runner.tasks.base import Task
-from lmsweep.runner.tasks.registry import all_tasks, get_task
+from lmsweep.core.task import Task
+from lmsweep.core.task_registry import all_tasks, get_task
 
 MINILM = "{alias: minilm, source: 'package:all-minilm-l6-v2'}"
 

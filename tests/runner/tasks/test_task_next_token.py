@@ -10,7 +10,7 @@ from helpers.tolerances import logprob_tolerance
 
 def test_summary_examples_show_every_requested_token(tiny_llama, tmp_path):
     """A top-10 request shows 10 tokens per prompt in `results --summary`, not the first 5."""
-    from lmsweep.runner.tasks.registry import get_task
+    from lmsweep.core.task_registry import get_task
 
     spec = f"name: nt10\nmodels: [{{alias: tiny, source: {tiny_llama}}}]\nprompts: [\"Shakespeare was a\"]\n" \
            "task: {type: next_token, top_k: 10}\n"

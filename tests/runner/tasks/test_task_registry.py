@@ -10,7 +10,7 @@ import pytest
 
 from helpers.cli import REPO
 from lmsweep.runner.tasks import registry
-from lmsweep.runner.tasks.base import MIN_EXACT_MATCH, Task, TaskParams, Tolerance
+from lmsweep.core.task import MIN_EXACT_MATCH, Task, TaskParams, Tolerance
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ Usage, in a new module `runner/tasks/<name>.py`::
 
     import pyarrow as pa
 
-    from lmsweep.runner.tasks.base import Task, TaskParams
-    from lmsweep.runner.tasks.registry import register_task
+    from lmsweep.core.task import Task, TaskParams
+    from lmsweep.core.task_registry import register_task
 
 
     class CountParams(TaskParams):
@@ -45,7 +45,7 @@ from typing import Annotated, Any, TypeVar, Union, get_args
 
 from pydantic import Field
 
-from lmsweep.runner.tasks.base import RUN_TOLERANCES, Task, TaskParams, Tolerance
+from lmsweep.core.task import RUN_TOLERANCES, Task, TaskParams, Tolerance
 
 T = TypeVar("T", bound=type[Task])
 
