@@ -212,7 +212,8 @@ def compare_frames(base_df: pd.DataFrame, cur_df: pd.DataFrame, base: SideInfo, 
     unmatched = _unmatched(merged, join, pairs, base_plan, cur_plan)
 
     checks: list[Check] = []
-    diffs, info = get_task(task).compare(both, tol, checks)          # the task's own rule
+    own = get_task(task).compare(both, tol, checks)                 # the task's own rule, if it has one
+    diffs, info = own if own is not None else compare_outputs(both, get_task(task), tol, checks)
     checks.append(Check("units on one side only", len(unmatched), tol.max_unmatched, "<=",
                         _unmatched_detail(unmatched)))
     perf = _perf(base_df, cur_df, pairs)

@@ -439,6 +439,43 @@ def cmd_cancel(args) -> int:
     return rc
 
 
+def cmd_systems(args) -> int:
+    """`lmsweep systems [show NAME | new --from NAME DEST]`: the shipped profiles, one in full, or a copy to edit."""
+    from lmsweep.submit.systems import describe, gpus_text, list_systems, load_system, parse_profile, renamed_copy
+    if args.action is None:
+        rows = [(p.name, p.scheduler, gpus_text(p), ", ".join(p.queues) or "(none: runs here)")
+                for p in map(load_system, list_systems())]
+        widths = [max(len(r[i]) for r in [("system", "scheduler", "GPUs/node", "queues"), *rows]) for i in range(3)]
+        for r in [("system", "scheduler", "GPUs/node", "queues"), *rows]:
+            console.print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3], markup=False,
+                          highlight=False, soft_wrap=True)
+        console.print("lmsweep systems show NAME: one in full; lmsweep systems new --from NAME DEST: a copy to edit",
+                      markup=False, highlight=False)
+        return 0
+    if args.action == "show":
+        for line in describe(load_profile(args.name, "NAME")):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        return 0
+    source = load_profile(args.source, "--from")
+    dest = Path(args.dest)
+    if dest.is_dir():
+        dest = dest / f"{source.name}.yaml"
+    elif dest.suffix not in (".yaml", ".yml"):
+        raise UsageError(f"expected a directory or a file name ending in .yaml, got {shown(dest)}", field="DEST")
+    if dest.exists() and not args.force:
+        raise UsageError(f"{shown(dest)} exists; pass --force to overwrite it", field="DEST")
+    text = renamed_copy(source.source.read_text(), source.source, dest.stem)
+    from lmsweep.errors import ProfileError
+    try:
+        parse_profile(text, dest)             # the copy must load as it is written (its name is the file's)
+    except ProfileError as e:
+        raise UsageError(f"a profile named {dest.stem!r} cannot be written: {e.message}", field="DEST") from None
+    dest.write_text(text)
+    console.print(f"wrote {shown(dest)} (system {dest.stem}, a copy of {source.name}); edit it, then "
+                  f"`lmsweep submit SPEC --system {shown(dest)} --dry-run`", markup=False, highlight=False)
+    return 0
+
+
 def _scheduler_flags(s) -> None:
     s.add_argument("--queue", "--partition", dest="queue", help="PBS queue / Slurm partition")
     s.add_argument("--account", help="PBS project (-A) / Slurm account")
@@ -466,6 +503,17 @@ def register(sub) -> None:
     s.add_argument("experiment", help="experiment directory")
     _scheduler_flags(s)
     s.set_defaults(func=cmd_resubmit)
+
+    s = sub.add_parser("systems", help="list the shipped system profiles, show one, or copy one to edit")
+    verbs = s.add_subparsers(dest="action")
+    show = verbs.add_parser("show", help="one profile in full: queues and limits, launcher, binding, environment")
+    show.add_argument("name", help="profile name (or a path to a profile YAML)")
+    new = verbs.add_parser("new", help="write an editable copy of a profile (renamed after DEST)")
+    new.add_argument("--from", dest="source", required=True, metavar="NAME", help="the profile to copy")
+    new.add_argument("dest", metavar="DEST", help="the new file (NAME.yaml: the file name is the profile's name) "
+                     "or a directory")
+    new.add_argument("--force", action="store_true", help="overwrite DEST if it exists")
+    s.set_defaults(func=cmd_systems)
 
     s = sub.add_parser("cancel", help="cancel an experiment's queued and running jobs")
     s.add_argument("experiment", help="experiment directory")

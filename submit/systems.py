@@ -71,6 +71,8 @@ class QueueLimits:
     max_running: int | None
     max_concurrent_subjobs: int | None
     preemptable: bool
+    partition: str | None = None      # Slurm: what the queue is submitted as; both None: --partition=<name>
+    qos: str | None = None
 
     @property
     def max_walltime_seconds(self) -> int:
@@ -125,6 +127,12 @@ def list_systems(config_dir: Path = CONFIG_DIR) -> list[str]:
     return sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
 
 
+def suggest_system(name: str, known: list[str]) -> str:
+    """` (did you mean 'polaris'?)`: a name differing only in case first (`Polaris`), else the closest."""
+    same = [k for k in known if k.lower() == name.lower()]
+    return f" (did you mean {same[0]!r}?)" if same else did_you_mean(name.lower(), known)
+
+
 def load_system(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> SystemProfile:
     """Load a profile by name (``"polaris"``) or by path to a YAML file; raise ProfileError."""
     text_arg = str(name_or_path)
@@ -133,8 +141,9 @@ def load_system(name_or_path: str | Path, config_dir: Path = CONFIG_DIR) -> Syst
     if not path.is_file():
         if is_path:
             raise ProfileError(f"{_display(path)}: no such system profile")
-        known = ", ".join(list_systems(config_dir)) or "none"
-        raise ProfileError(f"unknown system {text_arg!r} (known: {known}); or pass a path to a profile YAML")
+        known = list_systems(config_dir)
+        raise ProfileError(f"unknown system {text_arg!r}{suggest_system(text_arg, known)} (known: "
+                           f"{', '.join(known) or 'none'}); or pass a path to a profile YAML")
     return parse_profile(path.read_text(), path)
 
 
@@ -254,6 +263,10 @@ class _Queue(_Strict):
     max_running: Count | None
     max_concurrent_subjobs: Count | None
     preemptable: StrictBool
+    # Slurm only: the queue is this partition and/or QOS (Perlmutter's queues are QOS; Frontier's debug is the
+    # batch partition with QOS debug); neither set: `--partition=<queue name>`
+    partition: Annotated[StrictStr, _scheduler_name("partition")] | None = None
+    qos: Annotated[StrictStr, _scheduler_name("qos")] | None = None
 
     @field_validator("max_walltime")
     @classmethod
@@ -345,6 +358,10 @@ class _Profile(_Strict):
         elif self.default_queue not in self.queues:
             problems.append((("default_queue",),
                              f"{self.default_queue!r} is not one of the queues ({', '.join(self.queues)})"))
+        for name, q in self.queues.items() if self.scheduler != "slurm" else ():
+            for key in ("partition", "qos"):
+                if getattr(q, key) is not None:
+                    problems.append((("queues", name, key), f"only a Slurm queue names a {key}"))
         if self.directives and backend.block is None:
             problems.append((("directives",), f"scheduler {self.scheduler} takes no directives"))
         for i, line in enumerate(self.directives if backend.block is not None and self.directives else ()):
@@ -360,3 +377,51 @@ class _Profile(_Strict):
         if problems:
             raise KeyProblems(problems)
         return self
+
+
+# -- the profile library, as `lmsweep systems` shows it (pure: text in, text out) ----------------------------
+
+def gpus_text(profile: SystemProfile) -> str:
+    return str(profile.gpus_per_node) if profile.gpus_per_node else "none (CPU)"
+
+
+def describe(profile: SystemProfile) -> list[str]:
+    """`lmsweep systems show NAME`: what packing and rendering will take from the profile, one fact a line."""
+    out = [f"system {profile.name} ({_display(profile.source) if profile.source else 'no file'})",
+           f"scheduler: {profile.scheduler}",
+           f"per node: {gpus_text(profile)} GPU(s), {profile.cpus_per_node} cores, {profile.ranks_per_node} rank(s) "
+           f"({profile.cpus_per_rank} core(s) each)",
+           f"max array size: {profile.max_array_size or 'no limit known'}"]
+    if profile.queues:
+        out.append(f"queues (default {profile.default_queue}):")
+        for q in profile.queues.values():
+            limits = [f"{q.min_nodes}-{q.max_nodes} nodes", f"<= {q.max_walltime}",
+                      f"{q.max_queued if q.max_queued else 'no'} queued limit",
+                      f"{q.max_running if q.max_running else 'no'} running limit",
+                      f"%{q.max_concurrent_subjobs}" if q.max_concurrent_subjobs else "no subjob throttle"]
+            if q.preemptable:
+                limits.append("preemptable")
+            submitted = ", ".join(f"--{k}={v}" for k, v in (("partition", q.partition), ("qos", q.qos)) if v)
+            out.append(f"  {q.name}: {', '.join(limits)}" + (f" (submitted as {submitted})" if submitted else ""))
+    out += [f"filesystems: {', '.join(profile.filesystems) or 'none'}",
+            f"launcher: {profile.launcher}",
+            f"gpu binding: {profile.gpu_bind or 'none'}",
+            "environment setup:", *(f"  {line}" for line in profile.env_setup)]
+    if profile.directives:
+        out.append(f"extra directives: {'; '.join(profile.directives)}")
+    if profile.python:
+        out.append(f"python: {profile.python}")
+    if profile.mpi_library:
+        out.append(f"mpi_library (checked on the compute node): {profile.mpi_library}")
+    out.append(f"tokens_per_second: {profile.tokens_per_second or 'unset (50)'}")
+    return out
+
+
+def renamed_copy(text: str, source: Path, name: str) -> str:
+    """A profile's YAML text under another name (its `name:` line), checked as a profile before anything is
+    written; a name the schema refuses raises ProfileError."""
+    new, n = re.subn(r"^name:.*$", f"name: {name}", text, count=1, flags=re.MULTILINE)
+    if not n:
+        raise ProfileError(f"{_display(source)}: has no top-level `name:` line to rename")
+    header = f"# Copied from {source.name} by `lmsweep systems new`: edit for your site, then `--system PATH`.\n"
+    return header + new
