@@ -1,9 +1,11 @@
 """What a task is: the interface every task module fills in, its parameters' base and its tolerances.
 
-A task (generate, next_token, attention, classify, tokenize, ...) is one module of this package that
-subclasses `Task` and registers it with `@register_task` (runner/tasks/registry.py). Everything the
+A task (generate, next_token, attention, classify, tokenize, ...) is one module of runner/tasks/ that
+subclasses `Task` and registers it with `@register_task` (lmsweep/core/task_registry.py). Everything the
 other stages need to know about it is an attribute or a method here, so that planning, the worker, the
-writer, the summaries and compare ask the task instead of comparing its name.
+writer, the summaries and compare ask the task instead of comparing its name. The contract lives in the
+core, not beside the tasks, so that jobs/ (planning) and results/ (schema, summaries, compare) read it
+without importing runner/.
 
 No torch, transformers or pandas at import time: `lmsweep validate` and `plan` import every task
 module (the spec's `task:` union is built from them). A task imports the heavy libraries inside the
@@ -239,13 +241,13 @@ class Task:
         """A few rows for eyeballing in `lmsweep results` and the report; None: the task shows none."""
         return None
 
-    def compare(self, both: pd.DataFrame, tol: Any, checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def compare(self, both: pd.DataFrame, tol: Any,
+                checks: list[Check]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
         """(rows beyond tolerance, differences no tolerance covers) over the rows matched on both sides
         (columns suffixed _b and _c; the row key unsuffixed). Appends its Checks to `checks`.
-        Default: exact columns equal, probabilities within max_prob_delta (results.compare)."""
-        from lmsweep.results.compare import compare_outputs
-
-        return compare_outputs(both, self, tol, checks)
+        None (the default): no rule of its own, so compare applies the default one (results.compare.
+        compare_outputs: exact columns equal, probabilities within max_prob_delta)."""
+        return None
 
     # ---- views: `lmsweep plot <name>`, the report's plots (matplotlib and pandas imported inside) -------------
 

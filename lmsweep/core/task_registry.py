@@ -1,6 +1,7 @@
 """The one list of tasks: `@register_task` and everything derived from it.
 
-Usage, in a new module `runner/tasks/<name>.py`::
+The tasks themselves are plug-ins: modules of `lmsweep.runner.tasks`, which this registry finds by module
+name. Usage, in a new module `runner/tasks/<name>.py`::
 
     from typing import Literal
 
@@ -25,8 +26,8 @@ Usage, in a new module `runner/tasks/<name>.py`::
             return [{"unit_id": u.unit_id, "num_words": len(u.prompt["prompt_text"].split())}
                     for u in units], {}
 
-Discovery imports every module (and subpackage) of `lmsweep.runner.tasks` (but `<task>_views.py`, the
-matplotlib side of a task's `plot`, which the task imports when it draws) the first time a task is
+Discovery imports every module (and subpackage) of `lmsweep.runner.tasks` by name (but `<task>_views.py`,
+the matplotlib side of a task's `plot`, which the task imports when it draws) the first time a task is
 looked up, so the module above is all a task needs to be known to the spec (`task: {type: count}`),
 the plan, the worker, the Parquet schema, the summaries and compare. The spec's discriminated union
 (`task_spec_union`), the names, the schemas (results.schema.schema_for), the row keys and the
@@ -52,7 +53,7 @@ T = TypeVar("T", bound=type[Task])
 _TASKS: dict[str, Task] = {}
 _discovered = False
 _lock = threading.RLock()
-NOT_TASKS = {"base", "registry"}            # modules of this package that define no task
+PACKAGE = "lmsweep.runner.tasks"           # the task plug-ins: imported by this name on discovery
 VIEWS_SUFFIX = "_views"                     # `<task>_views.py`: a task's plots, imported when drawn, not on discovery
 
 
@@ -60,13 +61,13 @@ def register_task(name: str):
     """Class decorator: register a Task subclass under `name` (refuses a second task of that name)."""
     def register(cls: T) -> T:
         if not (isinstance(cls, type) and issubclass(cls, Task)):
-            raise TypeError(f"@register_task({name!r}) decorates a subclass of runner.tasks.base.Task, got {cls!r}")
+            raise TypeError(f"@register_task({name!r}) decorates a subclass of lmsweep.core.task.Task, got {cls!r}")
         if name in _TASKS:
             raise ValueError(f"task {name!r} is registered twice: by {type(_TASKS[name]).__module__} and "
                              f"{cls.__module__}")
         params = getattr(cls, "Params", None)
         if not (isinstance(params, type) and issubclass(params, TaskParams)):
-            raise TypeError(f"task {name!r}: Params must subclass runner.tasks.base.TaskParams")
+            raise TypeError(f"task {name!r}: Params must subclass lmsweep.core.task.TaskParams")
         field = params.model_fields.get("type")
         if field is None or get_args(field.annotation) != (name,) or field.default != name:
             raise TypeError(f'task {name!r}: {params.__name__} needs `type: Literal["{name}"] = "{name}"`')
@@ -89,9 +90,9 @@ def _discover() -> None:
     with _lock:
         if _discovered:
             return
-        package = importlib.import_module("lmsweep.runner.tasks")
+        package = importlib.import_module(PACKAGE)
         for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-            if info.name not in NOT_TASKS and not info.name.startswith("_") and not info.name.endswith(VIEWS_SUFFIX):
+            if not info.name.startswith("_") and not info.name.endswith(VIEWS_SUFFIX):
                 importlib.import_module(f"{package.__name__}.{info.name}")
         _discovered = True
 
