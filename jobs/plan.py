@@ -196,7 +196,7 @@ def rank_span(backend: str, tensor_parallel: int) -> int:
     """Ranks one model copy spans, as the engine declares its tensor-parallel placement (runner/engines): an
     engine whose groups span ranks has a copy per group of `tensor_parallel` ranks; one that keeps tensor
     parallelism inside a rank (or has none) has a copy per rank."""
-    from lmsweep.runner.engines.base import get_engine
+    from lmsweep.core.engine import get_engine
 
     return max(1, get_engine(backend).model_copies(tensor_parallel))
 

@@ -23,7 +23,7 @@ from pydantic import (
 from lmsweep.jobs.decoding import DecodingGrid
 from lmsweep.jobs.errors import KeyProblems, SpecError, did_you_mean, raise_all
 from lmsweep.jobs.yamlio import SpecSource, dotted, line_of, load_yaml
-from lmsweep.runner.engines.base import DEFAULT as ENGINE_DEFAULT
+from lmsweep.core.engine import DEFAULT as ENGINE_DEFAULT
 from lmsweep.core.task_registry import all_tasks, task_names, task_spec_union, tolerance_fields
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -197,7 +197,7 @@ class ExecutionSpec(Strict):
     @classmethod
     def _backend(cls, v: str) -> str:
         """One of the registered engines (runner/engines); listing them imports none of their libraries."""
-        from lmsweep.runner.engines.base import engine_names, unknown_message
+        from lmsweep.core.engine import engine_names, unknown_message
 
         if v not in engine_names():
             raise ValueError(unknown_message(v))
@@ -365,7 +365,7 @@ def _check_parallelism(spec: ExperimentSpec) -> None:
     """Backend/tensor-parallel combinations that are wrong on any machine, as the engine declares them
     (runner/engines, `Engine.spec_problems`). What depends on the node's accelerator (float16 or kernel
     injection on CPU) is checked by the worker before it runs a unit."""
-    from lmsweep.runner.engines.base import get_engine
+    from lmsweep.core.engine import get_engine
 
     ex = spec.execution
     engine = get_engine(ex.backend)

@@ -31,7 +31,7 @@ def write_rank_sidecar(exp_dir: Path, element: int, rank: int, world: int, alias
 
     import torch
 
-    from lmsweep.runner.engines.base import recorded_packages
+    from lmsweep.core.engine import recorded_packages
 
     meta = {
         "element": element, "rank": rank, "world_size": world, "model": alias,

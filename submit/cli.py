@@ -492,7 +492,7 @@ def _scheduler_flags(s) -> None:
 def register(sub) -> None:
     s = sub.add_parser("submit", help="plan a spec, pack it for a system's queue and submit it as job arrays")
     s.add_argument("spec")
-    s.add_argument("--system", help="system profile name (polaris, aurora, slurm-generic, local) or YAML path")
+    s.add_argument("--system", help="system profile name (`lmsweep systems` lists them) or YAML path")
     s.add_argument("--output-dir", help="parent of the experiment directory (default: the spec's output_dir); on "
                    "a cluster it must be on a filesystem the compute nodes see (/tmp, /var/tmp, /dev/shm and "
                    "$TMPDIR get a warning)")

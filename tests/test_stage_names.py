@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from lmsweep.runner.engines.base import engine_names
+from lmsweep.core.engine import engine_names
 from lmsweep.core.task_registry import task_names
 
 REPO = Path(__file__).resolve().parents[1]

@@ -186,7 +186,7 @@ class Task:
     @property
     def backends(self) -> tuple[str, ...]:
         """The engines that declare they serve this task (runner/engines; listing them imports no engine)."""
-        from lmsweep.runner.engines.base import engines_serving
+        from lmsweep.core.engine import engines_serving
 
         return engines_serving(self.name)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmsweep.jobs.errors import SpecError
-from lmsweep.runner.engines.base import Settings, register_engine
+from lmsweep.core.engine import Settings, register_engine
 from lmsweep.runner.engines.hf import HF
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmsweep.runner.engines.base import Engine, GenerationRequest, Settings, TopK, register_engine
+from lmsweep.core.engine import Engine, Settings, register_engine
+from lmsweep.runner.engines.base import GenerationRequest, TopK
 from lmsweep.runner.units import TaskContext
 
 

@@ -33,7 +33,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from lmsweep.jobs.errors import SpecError
-from lmsweep.runner.engines.base import Engine, GenerationRequest, Settings, TopK, register_engine
+from lmsweep.core.engine import Engine, Settings, register_engine
+from lmsweep.runner.engines.base import GenerationRequest, TopK
 from lmsweep.runner.units import TaskContext
 
 AUTO_CHUNK = 512                 # units per chunk for batch_size: auto

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from lmsweep.errors import SpecError
 from lmsweep.jobs.spec import WALLTIME_PATTERN
 from lmsweep.submit.backends import register
 from lmsweep.submit.base import ArrayJob, RecordedJob, Scheduler, SchedulerError, State, TaskState, run
@@ -92,8 +93,9 @@ class SlurmScheduler(Scheduler):
         if gpus:
             d.append(f"#SBATCH --gpus-per-node={gpus}")
         d.append(f"#SBATCH --time={quote(job.walltime)}")
-        if job.queue:
-            d.append(f"#SBATCH --partition={quote(job.queue)}")
+        partition, qos = self.queue_options(job.queue, qos)
+        if partition:
+            d.append(f"#SBATCH --partition={quote(partition)}")
         if job.account:
             d.append(f"#SBATCH --account={quote(job.account)}")
         if qos:
@@ -107,6 +109,19 @@ class SlurmScheduler(Scheduler):
         d += [f"#SBATCH {x}" for x in own.get("directives", ())]    # checked against SlurmBlock's charset
         job_id = "${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-}}_${SLURM_ARRAY_TASK_ID:-}"
         return "\n".join(d + body(job, self.profile, "${SLURM_ARRAY_TASK_ID:-0}", job_id)) + "\n"
+
+    def queue_options(self, queue: str | None, qos: str | None) -> tuple[str | None, str | None]:
+        """(partition, QOS) for the profile's queue: what the profile says it is submitted as (Perlmutter's
+        queues are QOS; Frontier's debug is partition batch with QOS debug), else a partition of its name. A
+        QOS asked for in execution.slurm.qos may not contradict the queue's own."""
+        q = self.profile.queues.get(queue) if queue else None
+        if q is None or (q.partition is None and q.qos is None):
+            return queue, qos
+        if qos and q.qos and qos != q.qos:
+            raise SpecError(f"queue {q.name} of system {self.profile.name} is QOS {q.qos}; choose the queue "
+                            f"(--queue / execution.slurm.partition) rather than a different qos {qos!r}",
+                            field="execution.slurm.qos")
+        return q.partition, qos or q.qos
 
     def submit_command(self, script: Path) -> list[str]:
         return ["sbatch", "--parsable", script.name]

@@ -4,7 +4,8 @@ tasks build their rows from its primitives exactly as from the shipped engines' 
 """
 from __future__ import annotations
 
-from lmsweep.runner.engines.base import Engine, GenerationRequest, TopK, register_engine, unregister_engine
+from lmsweep.core.engine import Engine, register_engine, unregister_engine
+from lmsweep.runner.engines.base import GenerationRequest, TopK
 
 NAME = "reference"
 

@@ -17,7 +17,7 @@ except ImportError:  # tests/ on sys.path (pytest rootdir insertion) instead of 
 
 
 def test_shipped_profiles():
-    assert list_systems() == ["aurora", "local", "polaris", "slurm-generic"]
+    assert list_systems() == ["aurora", "frontier", "local", "perlmutter", "polaris", "slurm-generic", "slurm-gpu"]
     for name in list_systems():
         assert load_system(name).name == name
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from helpers.cli import cli, write_spec
-
 from lmsweep.submit.systems import list_systems, load_system
 
 
