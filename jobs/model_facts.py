@@ -17,8 +17,8 @@ from lmsweep.jobs.model_files import read_config, weights_problem
 from lmsweep.jobs.model_sources import PACKAGES, ModelRef
 
 if TYPE_CHECKING:
-    from lmsweep.jobs.spec import ExperimentSpec
     from lmsweep.core.task import Task
+    from lmsweep.jobs.spec import ExperimentSpec
 
 KINDS = ("causal_lm", "encoder", "sequence_classification", "token_classification")
 

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from lmsweep.core.task import PlannedUnits
+from lmsweep.core.task_registry import get_task
 from lmsweep.jobs.decoding import DecodingPoint
 from lmsweep.jobs.errors import ExperimentError, SpecError
 from lmsweep.jobs.model_facts import variants_per_model
@@ -25,8 +27,6 @@ from lmsweep.jobs.model_sources import ModelRef, resolve
 from lmsweep.jobs.prompts import Prompt, load_prompt_set
 from lmsweep.jobs.spec import ExecutionSpec, ExperimentSpec, ModelSpec
 from lmsweep.jobs.units import canonical, unit_ids_block
-from lmsweep.core.task import PlannedUnits
-from lmsweep.core.task_registry import get_task
 
 PLAN_FORMAT = 1
 ELEMENT_FILL = 0.8       # plan elements to 80% of the walltime, leaving room for model load and noise

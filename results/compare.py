@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from lmsweep.core.task_registry import get_task
 from lmsweep.errors import UsageError
 from lmsweep.jobs.spec import Tolerances
 from lmsweep.results.schema import row_key
-from lmsweep.core.task_registry import get_task
 
 if TYPE_CHECKING:
     from lmsweep.core.task import Task

@@ -32,10 +32,10 @@ def legibility_table(generated: str | Path, scores: str | Path) -> pd.DataFrame:
     mean_new_tokens, distinct_1, distinct_2, repetition_rate) and `ppl_<scorer>`, the perplexity of those
     outputs under each model of `scores`: exp(−Σ logprob / Σ tokens) over the continuation tokens of the
     group's outputs (a corpus perplexity, as the loglikelihood summary's). Which tasks and columns: the
-    scoring task's `Legibility` declaration (runner/tasks/base.py)."""
+    scoring task's `Legibility` declaration (lmsweep/core/task.py)."""
+    from lmsweep.core.task_registry import get_task
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load
-    from lmsweep.core.task_registry import get_task
 
     scorer = scoring_task()
     join = scorer.legibility

@@ -238,10 +238,10 @@ def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
 
 
 def build_report(exp: str | Path) -> str:
+    from lmsweep.core.task_registry import get_task
     from lmsweep.jobs.plan import read_plan
     from lmsweep.results.load import load, status
     from lmsweep.results.summary import summarize, task_examples
-    from lmsweep.core.task_registry import get_task
 
     exp = Path(exp)
     plan = read_plan(exp)

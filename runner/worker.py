@@ -41,7 +41,7 @@ from lmsweep.results.compact import WORKER_MIN_PARTS, compact_element
 from lmsweep.results.load import done_unit_ids
 from lmsweep.results.schema import SCHEMA_VERSION
 from lmsweep.results.writer import PartWriter, errors_dir, results_dir, write_text_atomic
-from lmsweep.runner import distributed, engines, loading, locks, sidecars, signals
+from lmsweep.runner import autobatch, distributed, engines, loading, locks, sidecars, signals
 from lmsweep.runner.batches import BatchQueue, OutOfMemory, release_memory, run_isolated
 from lmsweep.runner.engines import base as engine_base
 from lmsweep.runner.units import TaskContext, Unit
@@ -276,6 +276,8 @@ def set_up_rank(run: ElementRun) -> Rank:
     layout = _tp_layout(world.size, settings.group_size, spec_file)
     threads, threads_from = distributed.threads_for_rank(run.plan.execution.threads_per_rank, world.local_size)
     binding = engine.bind(world, settings, threads)
+    if binding is None:                  # the engine leaves the device to the worker
+        binding = distributed.bind_device(world, settings.accelerator)
     engine.prepare_environment(settings)
     tp_group = engine_base.init_process_groups(world, layout, settings)
     return Rank(world, settings, layout, binding, threads, threads_from, tp_group)
@@ -413,7 +415,9 @@ def run_batches(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, bat
     auto = batch_size == "auto"
     engine = rank.settings.engine
     if auto and todo:                    # the engine's rule: sized from the model, or its own chunk
-        batch_size, why = engine.start_batch_size(ctx, todo, rank.settings.accelerator)
+        chunk = engine.start_batch_size(ctx, todo, rank.settings.accelerator)
+        batch_size, why = chunk if chunk is not None else autobatch.start_size(ctx.model, todo,
+                                                                               rank.settings.accelerator)
         print(f"batch size {why}", file=sys.stderr, flush=True)
     queue = BatchQueue(task, todo, batch_size if todo else 1)
     # auto: halve on out-of-memory where the engine says so (not with TP: peers would diverge)

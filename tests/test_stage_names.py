@@ -80,5 +80,5 @@ def test_every_registered_task_and_engine_is_in_the_forbidden_names():
 @pytest.mark.parametrize("stage", STAGES)
 def test_no_stage_module_names_a_task_or_an_engine(stage):
     found = [hit for path in stage_files(stage) for hit in named(path, names())]
-    assert not found, ("these modules name a task or an engine; ask the task (runner/tasks/base.py: Task) or read "
+    assert not found, ("these modules name a task or an engine; ask the task (lmsweep/core/task.py: Task) or read "
                        "the engine from the plan or a sidecar instead:\n" + "\n".join(found))

@@ -3,7 +3,7 @@
 Usage, in a module that registers a new engine (runner/engines/<name>.py, or any module imported before
 planning: tests/runner/reference_engine.py registers one from outside the package)::
 
-    from lmsweep.runner.engines.base import Engine, register_engine
+    from lmsweep.core.engine import register_engine
     from lmsweep.runner.engines.hf import HF
 
 
@@ -19,29 +19,32 @@ An engine DECLARES what it serves (class attributes: tasks, decoding features it
 accelerator, tensor-parallel placement, auto chunk size, out-of-memory rule) and implements a few
 PRIMITIVES (`load`, `generate`, `next_token`); tasks build their rows from the primitives, so no task,
 and no module outside runner/engines/, names an engine. `execution.backend`'s choices, the plan-time
-refusals and the worker's per-engine steps are read from here.
+refusals and the worker's per-engine steps are read from here. The contract is in the core so that
+planning (jobs/) reads the declarations without importing runner/; what only a worker uses around an engine
+(the task's context, the primitives' request and answer types, process groups) is runner/engines/base.py.
 
-Discovery imports the shipped engine modules (`SHIPPED`) the first time an engine is listed or looked up.
+Discovery imports the shipped engine modules (`SHIPPED`, modules of `lmsweep.runner.engines`, by name) the
+first time an engine is listed or looked up.
 An engine module imports its heavy libraries (torch, deepspeed, vllm) only inside methods: listing the
 engines, `lmsweep validate` and `plan` never import them.
 """
 from __future__ import annotations
 
 import importlib
-import os
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from lmsweep.errors import did_you_mean
-from lmsweep.jobs.errors import SpecError
-from lmsweep.runner.units import TaskContext
+from lmsweep.errors import SpecError, did_you_mean
 
 if TYPE_CHECKING:
     from lmsweep.jobs.decoding import DecodingPoint
     from lmsweep.jobs.spec import ExecutionSpec, ModelSpec
+    from lmsweep.runner.engines.base import GenerationRequest, TopK
+    from lmsweep.runner.units import TaskContext
 
-SHIPPED = ("hf", "deepspeed", "vllm")     # modules of this package, one engine each, in listing order
+PACKAGE = "lmsweep.runner.engines"        # the engine plug-ins: imported by this name on discovery
+SHIPPED = ("hf", "deepspeed", "vllm")     # modules of PACKAGE, one engine each, in listing order
 DEFAULT = "hf"                            # execution.backend when a spec names none
 
 E = TypeVar("E", bound=type["Engine"])
@@ -77,43 +80,6 @@ class Settings:
         inject = self.kernel_inject if kernel_inject is None else kernel_inject
         return {"dtype": self.dtype, "tensor_parallel": {"tp_size": self.tp},
                 "replace_with_kernel_inject": bool(inject)}
-
-
-def describe(settings: Settings) -> dict:
-    return asdict(settings)
-
-
-@dataclass
-class EngineContext(TaskContext):
-    """What a task's batch runner gets on a worker: the TaskContext and the engine serving its model."""
-
-    engine: Any = None
-
-
-def engine_of(ctx: TaskContext) -> Engine:
-    """The engine behind a task context; a plain TaskContext (a test, a notebook) is the default engine's."""
-    return getattr(ctx, "engine", None) or get_engine(DEFAULT)
-
-
-@dataclass(frozen=True)
-class GenerationRequest:
-    """One unit's generation: its prompt ids, its decoding point, and one seed per sequence to return
-    (None for greedy; for beam search `num_return_sequences` Nones)."""
-
-    prompt_ids: list[int]
-    point: DecodingPoint
-    point_index: int
-    seeds: list[int | None]
-
-
-@dataclass(frozen=True)
-class TopK:
-    """The next token after one prompt: the k most likely ids and their probabilities, and the entropy of
-    the full distribution (None when the engine returns only the top k)."""
-
-    ids: list[int]
-    probs: list[float]
-    entropy: float | None
 
 
 # ---- the contract ----------------------------------------------------------------------------------------
@@ -211,11 +177,10 @@ class Engine:
     def prepare_environment(self, settings: Settings) -> None:
         """Environment variables the engine reads, set before it is imported."""
 
-    def bind(self, world, settings: Settings, threads: int) -> dict:
-        """This rank's device, before anything initialises it; what to record about the binding."""
-        from lmsweep.runner import distributed
-
-        return distributed.bind_device(world, settings.accelerator)
+    def bind(self, world, settings: Settings, threads: int) -> dict | None:
+        """This rank's device, before anything initialises it; what to record about the binding.
+        None (the default): the worker binds the rank's device itself (runner.distributed.bind_device)."""
+        return None
 
     def init_distributed(self, settings: Settings) -> None:
         """Start torch.distributed for an element that needs it (env:// set by runner/distributed.py)."""
@@ -232,13 +197,12 @@ class Engine:
         `model_class` is the task's Auto class, None for a tokenizer-only task."""
         raise NotImplementedError
 
-    def start_batch_size(self, ctx: TaskContext, todo: list, accelerator: str) -> tuple[int, str]:
-        """(batch size, why) for batch_size auto."""
+    def start_batch_size(self, ctx: TaskContext, todo: list, accelerator: str) -> tuple[int, str] | None:
+        """(batch size, why) for batch_size auto. None (the default without `auto_chunk`): the worker sizes
+        it from the model (runner.autobatch)."""
         if self.auto_chunk is not None:
             return self.auto_chunk, f"auto: chunks of {self.auto_chunk} units (backend {self.name})"
-        from lmsweep.runner import autobatch
-
-        return autobatch.start_size(ctx.model, todo, accelerator)
+        return None
 
     def sidecar(self) -> dict:
         """What the rank sidecar records about the engine beyond its backend config."""
@@ -247,10 +211,10 @@ class Engine:
     # ---- primitives: what tasks build their rows from ------------------------------------------------------
 
     def context_limit(self, ctx: TaskContext) -> int | None:
-        """Prompt plus new tokens the model takes; None: unknown."""
-        from lmsweep.runner.units import context_limit
-
-        return context_limit(ctx.model)
+        """Prompt plus new tokens the model takes; None: unknown. Default: the transformers config's
+        max_position_embeddings (runner.units.context_limit reads it the same way)."""
+        config = getattr(ctx.model, "config", None)
+        return getattr(config, "max_position_embeddings", None) if config is not None else None
 
     def eos_ids(self, ctx: TaskContext) -> list[int]:
         """The token ids that end a sequence."""
@@ -276,7 +240,7 @@ def register_engine(name: str):
     """Class decorator: register an Engine subclass under `name` (refuses a second engine of that name)."""
     def register(cls: E) -> E:
         if not (isinstance(cls, type) and issubclass(cls, Engine)):
-            raise TypeError(f"@register_engine({name!r}) decorates a subclass of runner.engines.base.Engine, "
+            raise TypeError(f"@register_engine({name!r}) decorates a subclass of lmsweep.core.engine.Engine, "
                             f"got {cls!r}")
         if cls.tensor_parallel not in ("none", "ranks", "rank"):
             raise ValueError(f"engine {name!r}: tensor_parallel is 'none', 'ranks' or 'rank', "
@@ -305,7 +269,7 @@ def _discover() -> None:
     with _lock:
         if not _discovered:
             for module in SHIPPED:
-                importlib.import_module(f"lmsweep.runner.engines.{module}")
+                importlib.import_module(f"{PACKAGE}.{module}")
             _discovered = True
 
 
@@ -345,71 +309,9 @@ def engines_serving(task: str) -> tuple[str, ...]:
     return tuple(e.name for e in all_engines() if e.serves_task(task))
 
 
-def detect_accelerator() -> str:
-    """DS_ACCELERATOR when set (every engine then uses the same device), else CUDA when torch sees one."""
-    forced = os.environ.get("DS_ACCELERATOR", "").strip().lower()
-    if forced:
-        return forced
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve(backend: str, model: ModelSpec, accelerator: str, *, spec_file: str | None = None,
             where: str = "model") -> Settings:
     """The engine's check of the model's request against this node's accelerator; pure."""
     return get_engine(backend, spec_file=spec_file).resolve(model, accelerator, spec_file=spec_file, where=where)
 
 
-def model_type(path: str) -> str | None:
-    """config.json's model_type, read without loading the model (None for GGUF files and odd layouts)."""
-    import json
-    from pathlib import Path
-
-    try:
-        return json.loads((Path(path) / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError):
-        return None
-
-
-# ---- effects: process groups -----------------------------------------------------------------------------
-
-def init_process_groups(world, layout, settings: Settings):
-    """Initialise torch.distributed when this element needs it and return this rank's TP group.
-
-    Needed for tensor parallelism across ranks, and for our own object collectives when a torch launcher (no
-    MPI) started the ranks. `dist.new_group` is collective over the world: every rank creates every group.
-    """
-    import atexit
-    import socket
-
-    engine = settings.engine
-    need_tp = settings.group_size > 1
-    need_objects = world.launcher == "env" and world.size > 1
-    if not engine.torchrun and need_objects:
-        raise SpecError(f"backend {engine.name} ranks are started by an MPI launcher (mpiexec, srun) or alone, not "
-                        f"by torchrun: each {engine.name} engine sets up torch.distributed itself",
-                        field="execution.backend")
-    if not (need_tp or need_objects):
-        return None
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        engine.init_distributed(settings)
-        atexit.register(teardown)
-    if world.launcher == "env":       # torch launchers tell each rank only about itself
-        world.hosts = world.allgather(socket.gethostname())
-    if not need_tp:
-        return None
-    engine.prepare_group(layout)
-    groups = [dist.new_group(layout.members(g)) for g in range(layout.n_groups)]
-    return groups[layout.group_of(world.rank)]
-
-
-def teardown() -> None:
-    try:
-        import torch.distributed as dist
-    except ImportError:
-        return
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

@@ -19,8 +19,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from lmsweep.jobs.errors import SpecError
 from lmsweep.core.engine import Settings, register_engine
+from lmsweep.jobs.errors import SpecError
 from lmsweep.runner.engines.hf import HF
 
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from lmsweep.jobs.errors import SpecError
 from lmsweep.core.engine import Engine, Settings, register_engine
+from lmsweep.jobs.errors import SpecError
 from lmsweep.runner.engines.base import GenerationRequest, TopK
 from lmsweep.runner.units import TaskContext
 

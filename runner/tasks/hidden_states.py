@@ -20,9 +20,9 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from lmsweep.runner.tasks.attention import DTYPE_BYTES, Selection, _size, check_selection, selected, token_counts
 from lmsweep.core.task import PlannedUnits, Task, TaskParams
 from lmsweep.core.task_registry import register_task
+from lmsweep.runner.tasks.attention import DTYPE_BYTES, Selection, _size, check_selection, selected, token_counts
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, forward_prompts
 
 

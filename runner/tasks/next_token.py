@@ -7,9 +7,9 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from lmsweep.runner.engines.base import engine_of
 from lmsweep.core.task import MAX_PROB_DELTA, Task, TaskParams, Tolerance
 from lmsweep.core.task_registry import register_task
+from lmsweep.runner.engines.base import engine_of
 from lmsweep.runner.units import TaskContext, Unit, render_prompt
 
 MIN_TOPK_OVERLAP = Tolerance("min_topk_overlap", 1.0, "next-token: smallest per-unit top-k overlap", ge=0, le=1)

@@ -1,5 +1,5 @@
 """Tasks own their views: `lmsweep plot <task>` is derived from the tasks that declare a plot, the report asks the
-task for its figures, and the legibility join is the scoring task's declaration (runner/tasks/base.py)."""
+task for its figures, and the legibility join is the scoring task's declaration (lmsweep/core/task.py)."""
 from __future__ import annotations
 
 import sys
@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 
 from helpers.cli import cli
-from lmsweep.runner.tasks import registry
+from lmsweep.core import task_registry as registry
 from lmsweep.core.task import Legibility, Task
 
 

@@ -6,12 +6,12 @@ import pytest
 
 from helpers.cli import cli
 from helpers.task_runs import make_tiny_bert
+from lmsweep.core.task import Task
+from lmsweep.core.task_registry import all_tasks, get_task
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.model_facts import check_backend
 from lmsweep.jobs.plan import plan_spec
 from lmsweep.jobs.spec import load_spec
-from lmsweep.core.task import Task
-from lmsweep.core.task_registry import all_tasks, get_task
 
 MINILM = "{alias: minilm, source: 'package:all-minilm-l6-v2'}"
 

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from helpers.cli import REPO
-from lmsweep.runner.tasks import registry
+from lmsweep.core import task_registry as registry
 from lmsweep.core.task import MIN_EXACT_MATCH, Task, TaskParams, Tolerance
 
 
@@ -58,7 +58,7 @@ def test_params_must_carry_the_tasks_name_as_their_type(scratch_registry):
         @registry.register_task("mine")
         class Mine(Task):
             Params = Wrong
-    with pytest.raises(TypeError, match="subclass of runner.tasks.base.Task"):
+    with pytest.raises(TypeError, match="subclass of lmsweep.core.task.Task"):
         registry.register_task("mine")(Wrong)
 
 
