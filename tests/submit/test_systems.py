@@ -178,7 +178,7 @@ def test_cpu_only_profile_defaults_to_one_rank(tmp_path):
         ("    max_queued: 100\n", "", "7: queues.prod.max_queued: missing"),
         ("max_running: 10", "max_runing: 10", ("12: queues.prod.max_runing: unknown key (did you mean "
          "'max_running'?); expected one of: min_nodes, max_nodes, max_walltime, max_queued, max_running, "
-         "max_concurrent_subjobs, preemptable")),
+         "max_concurrent_subjobs, preemptable, partition, qos")),
         ("preemptable: false", "preemptable: 0", "14: queues.prod.preemptable: expected true or false, got 0"),
         ("scheduler: pbs", "scheduler: lsf", "2: scheduler: expected one of local, pbs, slurm, got 'lsf'"),
         ("default_queue: prod", "default_queue: debug", "5: default_queue: 'debug' is not one of the queues (prod)"),
@@ -250,9 +250,10 @@ def test_local_profile_may_not_have_queues(tmp_path):
 
 def test_unknown_system_name_lists_the_known_ones():
     with pytest.raises(
-        ProfileError, match=r"unknown system 'frontier' \(known: aurora, local, polaris, slurm-generic\)"
+        ProfileError, match=r"unknown system 'summit' \(known: aurora, frontier, local, perlmutter, polaris, "
+                            r"slurm-generic, slurm-gpu\)"
     ):
-        load_system("frontier")
+        load_system("summit")
 
 
 def test_missing_profile_path(tmp_path):
