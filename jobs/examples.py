@@ -32,6 +32,11 @@ def _example(path: Path) -> Example:
     prompts = data.get("prompts")
     sets = prompts if isinstance(prompts, list) else [prompts]
     files = tuple(Path(s["file"]) for s in sets if isinstance(s, dict) and s.get("file"))
+    datasets = [Path(s["dataset"]["path"]) for s in sets
+                if isinstance(s, dict) and isinstance(s.get("dataset"), dict) and s["dataset"].get("path")]
+    files += tuple(f.relative_to(ROOT) for d in datasets
+                   for f in (sorted(p for p in (ROOT / d).rglob("*") if p.is_file()) if (ROOT / d).is_dir()
+                             else [ROOT / d]))
     return Example(path.stem, path, str(data.get("description", "")).strip(), files)
 
 

@@ -1,4 +1,5 @@
-"""Prompt sets from inline lists or files (YAML, JSONL, CSV, Parquet) into Prompt records."""
+"""Prompt sets from inline lists, files (YAML, JSONL, CSV, Parquet) or Hugging Face datasets
+(jobs/prompt_sources.py) into Prompt records."""
 from __future__ import annotations
 
 import csv
@@ -12,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lmsweep.jobs.errors import SpecError, did_you_mean
+from lmsweep.jobs.prompt_sources import read_dataset
 from lmsweep.jobs.spec import PromptItem, PromptSetSpec
 from lmsweep.jobs.yamlio import line_of, load_yaml
 
@@ -38,6 +40,15 @@ def load_prompt_set(ps: PromptSetSpec, index: int, spec_file: str, spec_dir: Pat
                  {"id": f"p{i}", "text": it} if isinstance(it, str) else _inline_row(it))
                 for i, it in enumerate(ps.items)]
         return _to_prompts(ps, rows, spec_file, lambda i: f"prompts[{index}].items[{i}]")
+    if ps.dataset is not None:
+        def error(message: str, key: str) -> SpecError:
+            return SpecError(message, file=spec_file, line=line_of(lines, ("prompts", index, "dataset", key)),
+                             field=f"prompts[{index}].dataset.{key}")
+        got = read_dataset(ps.dataset, spec_dir, error)
+        if not got.rows:
+            raise error(f"prompt set {ps.name!r} is empty: {got.shown} has no rows", "path")
+        return _to_prompts(ps, [(None, row) for row in got.rows], got.shown, lambda i: f"row {got.origins[i] + 1}",
+                           default_ids=[f"p{o}" for o in got.origins])
     path = Path(ps.file)
     if not path.is_absolute():
         path = spec_dir / path
@@ -180,7 +191,7 @@ def _renamed(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
 
 
 def _to_prompts(ps: PromptSetSpec, rows: list[tuple[int | None, dict]], file: str,
-                field_for) -> list[Prompt]:
+                field_for, default_ids: list[str] | None = None) -> list[Prompt]:
     if not rows:
         raise SpecError(f"prompt set {ps.name!r} is empty", file=file)
     prompts: list[Prompt] = []
@@ -205,7 +216,7 @@ def _to_prompts(ps: PromptSetSpec, rows: list[tuple[int | None, dict]], file: st
                                 file=file, line=line, field=field)
         row = _renamed(row, columns)
         if row.get("id") is None:
-            row["id"] = f"p{i}"
+            row["id"] = default_ids[i] if default_ids else f"p{i}"
         if isinstance(row["id"], int) and not isinstance(row["id"], bool):
             row["id"] = str(row["id"])
         known = {k: row[k] for k in KNOWN if row.get(k) is not None}

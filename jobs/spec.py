@@ -76,14 +76,49 @@ class PromptItem(Strict):
 
 
 COLUMN_KEYS = ("text_column", "id_column", "label_column")
+FilterValue = str | int | float | bool | None
+
+
+class DatasetSource(Strict):
+    """A Hugging Face dataset read as a prompt set (jobs/prompt_sources.py), never downloaded: a local `path`
+    (a `save_to_disk` folder, an `.arrow` or `.parquet` shard, relative to the spec) or a `name` (and `config`)
+    found in the offline datasets cache."""
+
+    path: str | None = Field(None, min_length=1)
+    name: str | None = Field(None, min_length=1)
+    config: str | None = Field(None, min_length=1)
+    cache_dir: str | None = Field(None, min_length=1)   # default: the datasets cache (HF_DATASETS_CACHE)
+    split: str | None = Field(None, min_length=1)       # needed when the dataset has several splits
+    filter: dict[str, FilterValue | list[FilterValue]] | None = None   # keep rows whose column equals (one of)
+    limit: int | None = Field(None, ge=1)               # the first N rows (after the filter)
+    sample: int | None = Field(None, ge=1)              # N rows drawn with `seed` (after the filter)
+    seed: int = 0
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> DatasetSource:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give exactly one of `path` (a save_to_disk folder, .arrow or .parquet shard) or "
+                             "`name` (a dataset in the offline datasets cache)")
+        if self.path is not None and (self.config or self.cache_dir):
+            raise ValueError(f"{'config' if self.config else 'cache_dir'} applies to a cached dataset (`name`), "
+                             "not to a `path`")
+        if self.limit is not None and self.sample is not None:
+            raise ValueError("give `limit` (the first N rows) or `sample` (N rows drawn with `seed`), not both")
+        return self
 
 
 class PromptSetSpec(Strict):
-    """A prompt set: inline `items`, or a `file` (YAML, JSONL, CSV, Parquet) relative to the spec."""
+    """A prompt set: inline `items`, a `file` (YAML, JSONL, CSV, Parquet) relative to the spec, or a Hugging
+    Face `dataset`."""
 
     name: str = "prompts"
     items: list[PromptItem | str] | None = None
     file: str | None = None
+    dataset: DatasetSource | None = None   # a Hugging Face dataset (jobs/prompt_sources.py)
     system_prompt: str | None = None
     chat_template: bool = False
     text_column: str | None = None      # a file's column that holds the text (default `text`)
@@ -95,7 +130,7 @@ class PromptSetSpec(Strict):
         """The column mapping appears in dumps (the spec hash, plan.json) only when given, so specs written
         before it existed keep their spec hash."""
         data = handler(self)
-        for key in COLUMN_KEYS:
+        for key in (*COLUMN_KEYS, "dataset"):
             if data.get(key) is None:
                 data.pop(key, None)
         return data
@@ -125,8 +160,8 @@ class PromptSetSpec(Strict):
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSetSpec:
-        if (self.items is None) == (self.file is None):
-            raise ValueError("give exactly one of `items` (inline prompts) or `file`")
+        if sum(x is not None for x in (self.items, self.file, self.dataset)) != 1:
+            raise ValueError("give exactly one of `items` (inline prompts), `file` or `dataset`")
         if self.items is not None and not self.items:
             raise ValueError("items: empty prompt set")
         given = [k for k in COLUMN_KEYS if getattr(self, k) is not None]

@@ -164,7 +164,7 @@ def crash_line(e: BaseException, limit: int = 500) -> str:
 def compact_parts(run: ElementRun, rank: Rank) -> None:
     """Every unit done: rank 0 (holding the element's lock) merges the element's parts (results/compact.py)."""
     if rank.rank == 0:
-        compact_element(run.exp_dir, run.plan.task_type, run.element, WORKER_MIN_PARTS, signals.test_hook("compact"))
+        compact_element(run.exp_dir, run.plan.task_type, run.element, WORKER_MIN_PARTS, kill_points.test_hook("compact"))
 
 
 # ---- what every phase reads ----------------------------------------------------------------------------
@@ -357,7 +357,7 @@ def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> Ran
     if not (claim.todo or settings.group_size > 1):   # a TP group with no share still joins the model set-up
         return RankModel(None, None, {}, 0)
     unit0 = claim.todo[0] if claim.todo else claim.units[claim.pending[0]]
-    signals.test_point("load")
+    kill_points.test_point("load")
     model_class = task_model_class(run.task, task_params(run.plan, unit0.variant))
     loads = 1
     loaded, backend_info = settings.engine.load(run.model, model_class, run.task.attn_implementation, settings,
@@ -439,7 +439,7 @@ def run_batches(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, bat
             continue
         timers.task_s += time.perf_counter() - task_start
         timers.model_s += sum({r["batch_latency_s"] for r in rows if r.get("batch_latency_s")})
-        signals.test_point("batch")
+        kill_points.test_point("batch")
         finished += len(batch) - len(errors)
         failed += len(errors)
         if not rank.leader:              # the group's other ranks computed the same rows
@@ -458,7 +458,7 @@ class ResultSink:
     def __init__(self, run: ElementRun, rank: Rank):
         self.element, self.rank, self.alias = run.element, rank.rank, run.alias
         self.writer = PartWriter(run.exp_dir, run.plan.task_type, run.element, rank.rank,
-                                 before_rename=signals.test_hook("write"))
+                                 before_rename=kill_points.test_hook("write"))
         self.common = _common_columns(run, rank)
         self.labels = point_labels(run.plan.points)
 

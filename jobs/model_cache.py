@@ -21,7 +21,7 @@ from filelock import FileLock
 
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.model_files import read_config, weights_problem
-from lmsweep.runner import signals
+from lmsweep.core import kill_points
 
 
 def cache_root() -> Path:
@@ -36,7 +36,7 @@ def materialize(path: str, fingerprint: str) -> Path:
 
     def convert(tmp: Path) -> None:
         _convert_gguf(Path(path), tmp)
-        signals.test_point("convert")
+        kill_points.test_point("convert")
 
     return _built_once(target, convert, stamp=fingerprint, verify=converted_problem,
                        note=f"converting {path} into {target} (once; other processes wait for it)")
