@@ -9,6 +9,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from lmsweep.core.task_registry import all_tasks, get_task
+from lmsweep.jobs.decoding import columns as decoding_columns
 
 SCHEMA_VERSION = 1
 
@@ -20,10 +21,8 @@ COMMON = [
     ("prompt_set", pa.string()), ("prompt_id", pa.string()), ("prompt_text", pa.string()),
     ("label", pa.string()),
     ("variant", pa.int32()), ("point", pa.int32()), ("decoding", pa.string()), ("seed", pa.int64()),
-    ("do_sample", pa.bool_()), ("num_beams", pa.int32()), ("temperature", pa.float64()),
-    ("top_k", pa.int32()), ("top_p", pa.float64()), ("repetition_penalty", pa.float64()),
-    ("no_repeat_ngram_size", pa.int32()), ("max_new_tokens", pa.int32()),
-    ("num_return_sequences", pa.int32()),
+    # each decoding parameter as its own typed column, in the table's order (jobs/decoding.py PARAMS)
+    *[(name, pa.type_for_alias(arrow_type)) for name, arrow_type in decoding_columns()],
     ("num_prompt_tokens", pa.int32()),
     ("batch_size", pa.int32()), ("batch_latency_s", pa.float64()),
     ("host", pa.string()), ("finished_at", pa.timestamp("ms", tz="UTC")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -76,15 +77,24 @@ class PerSequenceGumbel(LogitsProcessor):
         return scores + gumbel.to(device=scores.device, dtype=scores.dtype)
 
 
-def sampling_processors(temperature: float | None, top_k: int | None, top_p: float | None,
-                        streams: list[torch.Generator]) -> LogitsProcessorList:
-    """The warpers in the order transformers applies them, then the per-sequence noise."""
+# The hf and deepspeed engines' mapping of the sampling parameters (jobs/decoding.py, `sampling=True`): each
+# parameter's warper, in the order transformers applies them, and whether a value changes anything (at None,
+# and at a neutral value, the warper is left out). A sampling parameter missing here is not served by those
+# engines (runner/engines/hf.py `decoding`; tests/jobs/test_decoding_params.py checks the two agree).
+WARPERS: dict[str, tuple[Callable[[Any], bool], Callable[[Any], LogitsProcessor]]] = {
+    "temperature": (lambda t: t != 1.0, TemperatureLogitsWarper),
+    "top_k": (lambda k: True, TopKLogitsWarper),
+    "top_p": (lambda p: p < 1.0, NucleusWarper),
+}
+
+
+def sampling_processors(point: DecodingPoint, streams: list[torch.Generator]) -> LogitsProcessorList:
+    """The warpers of the point's sampling parameters in the order transformers applies them, then the
+    per-sequence noise."""
     procs = LogitsProcessorList()
-    if temperature is not None and temperature != 1.0:
-        procs.append(TemperatureLogitsWarper(temperature))
-    if top_k is not None:
-        procs.append(TopKLogitsWarper(top_k))
-    if top_p is not None and top_p < 1.0:
-        procs.append(NucleusWarper(top_p))
+    for name, (applies, warper) in WARPERS.items():
+        value = getattr(point, name)
+        if value is not None and applies(value):
+            procs.append(warper(value))
     procs.append(PerSequenceGumbel(streams))
     return procs

@@ -13,8 +13,20 @@ from lmsweep.runner.units import TaskContext
 @register_engine("hf")
 class HF(Engine):
     tasks = None                      # every task: a transformers model does whatever a task asks of it
+    # The decoding parameters it serves (jobs/decoding.py PARAMS): the decode loop's own, the penalties'
+    # processors (transformers_batch.PENALTIES) and the sampling warpers (runner.sampling.WARPERS). A point
+    # setting any other parameter is refused at plan time, naming this engine.
+    decoding = frozenset({"do_sample", "num_beams", "max_new_tokens", "num_return_sequences",
+                          "repetition_penalty", "no_repeat_ngram_size", "temperature", "top_k", "top_p"})
     tensor_parallel = "none"
     packages = ("torch", "transformers")
+
+    def decoding_refusal(self, point) -> str | None:
+        """The message for the first parameter of the point this engine does not serve (its `decoding`)."""
+        from lmsweep.core.engine import all_engines
+        from lmsweep.jobs.decoding import engine_refusal
+
+        return engine_refusal(self, point, all_engines())
 
     def load(self, model, model_class, attn_implementation, settings: Settings, tp_group: Any, device: str, *,
              spec_file: str | None = None, where: str = "model") -> tuple[Any, dict]:

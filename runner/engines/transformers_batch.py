@@ -6,6 +6,9 @@ per sequence); beam search and models runner.decode does not run go through `mod
 same processors. The rows are built by the tasks (runner/tasks/generate/batch.py, next_token.py)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from transformers import (
     GenerationConfig,
@@ -15,7 +18,7 @@ from transformers import (
     RepetitionPenaltyLogitsProcessor,
 )
 
-from lmsweep.jobs.decoding import DecodingPoint
+from lmsweep.jobs.decoding import BY_NAME, DecodingPoint
 from lmsweep.runner import decode
 from lmsweep.runner.engines.base import GenerationRequest, TopK
 from lmsweep.runner.sampling import generators, sampling_processors
@@ -39,19 +42,29 @@ def _as_slice(rows: torch.Tensor) -> torch.Tensor | slice:
     return slice(first, first + n) if torch.equal(rows, torch.arange(first, first + n, device=rows.device)) else rows
 
 
-def _row_processors(point: DecodingPoint, streams: list[torch.Generator], pads: torch.Tensor) -> LogitsProcessorList:
-    """What GenerationConfig would add for this point (penalties), then our batch-invariant sampling.
+# The hf and deepspeed engines' mapping of the decoding parameters that are not sampling parameters and not the
+# decode loop's own (do_sample, num_beams, max_new_tokens, num_return_sequences): each one's logits processor,
+# built from its value and the rows' left padding, applied when it is not at its default (jobs/decoding.py), in
+# transformers' order. Sampling parameters: runner.sampling.WARPERS. A parameter in neither is not served by
+# these engines (runner/engines/hf.py `decoding`; tests/jobs/test_decoding_params.py checks they agree).
+#
+# The repetition penalty skips each row's left padding (`pads` positions): transformers' own counts the pad token
+# as seen, and pad is EOS for many models (SmolLM2), so a padded row was pushed away from EOS and batched greedy
+# text differed from the same prompt run alone.
+PENALTIES: dict[str, Callable[[Any, torch.Tensor], LogitsProcessor]] = {
+    "repetition_penalty": lambda value, pads: RepetitionPenaltyLogitsProcessor(value, prompt_ignore_length=pads),
+    "no_repeat_ngram_size": lambda value, pads: NoRepeatNGramLogitsProcessor(value),
+}
 
-    The repetition penalty skips each row's left padding (`pads` positions): transformers' own counts the
-    pad token as seen, and pad is EOS for many models (SmolLM2), so a padded row was pushed away from
-    EOS and batched greedy text differed from the same prompt run alone."""
+
+def _row_processors(point: DecodingPoint, streams: list[torch.Generator], pads: torch.Tensor) -> LogitsProcessorList:
+    """What GenerationConfig would add for this point (penalties), then our batch-invariant sampling."""
     procs = LogitsProcessorList()
-    if point.repetition_penalty != 1.0:
-        procs.append(RepetitionPenaltyLogitsProcessor(point.repetition_penalty, prompt_ignore_length=pads))
-    if point.no_repeat_ngram_size:
-        procs.append(NoRepeatNGramLogitsProcessor(point.no_repeat_ngram_size))
+    for name, processor in PENALTIES.items():
+        if BY_NAME[name].differs(value := getattr(point, name)):
+            procs.append(processor(value, pads))
     if point.do_sample:
-        procs.extend(sampling_processors(point.temperature, point.top_k, point.top_p, streams))
+        procs.extend(sampling_processors(point, streams))
     return procs
 
 
