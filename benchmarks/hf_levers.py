@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmarks.workload import bench_prompts
     from lmsweep.jobs.model_sources import resolve
-    from lmsweep.runner.model_cache import materialize
+    from lmsweep.jobs.model_cache import materialize
 
     ref = resolve("package:smollm2-135m-instruct")
     path = materialize(ref.path, ref.fingerprint)

@@ -81,7 +81,7 @@ def _gguf_facts(ref: ModelRef) -> ModelFacts:
     """From the GGUF header, read once per file: GGUFReader parses every metadata field in Python, the
     whole vocabulary included (2.7 s of CPU for SmolLM2), so the few numbers kept are cached in the
     lmsweep cache under the file's fingerprint (content-derived: a changed file gets a new entry)."""
-    from lmsweep.runner.model_cache import cache_root
+    from lmsweep.jobs.model_cache import cache_root
 
     kind = PACKAGES[ref.source.removeprefix("package:")].kind if ref.kind == "package" else "causal_lm"
     cached = cache_root() / "facts" / (re.sub(r"[^A-Za-z0-9._-]", "_", ref.fingerprint) + ".json")

@@ -93,7 +93,7 @@ def _package(source: str) -> ModelRef:
     if pkg.chunks:
         # Joined once into lmsweep's cache (checked against the package's sha256), so that planning can
         # read its header and the runner convert it like any packaged GGUF.
-        from lmsweep.runner.model_cache import assemble
+        from lmsweep.jobs.model_cache import assemble
 
         joined = assemble(pkg.module, pkg.subpath, f"{pkg.distribution}-{version}")
         return ModelRef(source, "package", str(joined), fingerprint)

@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from lmsweep.core import kill_points
 from lmsweep.errors import ExperimentError, SpecError, UsageError
 from lmsweep.jobs.decoding import DecodingPoint, point_labels
 from lmsweep.jobs.plan import ModelInfo, PlanFiles, read_plan

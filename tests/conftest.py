@@ -28,7 +28,7 @@ def tiny_llama(tmp_path_factory) -> Path:
 def smollm2_dir() -> Path:
     """The packaged SmolLM2, converted once into the shared lmsweep cache."""
     from lmsweep.jobs.model_sources import resolve
-    from lmsweep.runner.model_cache import materialize
+    from lmsweep.jobs.model_cache import materialize
 
     ref = resolve("package:smollm2-135m-instruct")
     return materialize(ref.path, ref.fingerprint)

@@ -122,7 +122,7 @@ def extensions_dir() -> str:
     """Where DeepSpeed's JIT-built ops go: once per machine and version set, not once per job (~70 s)."""
     import importlib.metadata as md
 
-    from lmsweep.runner.model_cache import cache_root
+    from lmsweep.jobs.model_cache import cache_root
 
     try:
         ds = md.version("deepspeed")

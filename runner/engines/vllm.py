@@ -6,7 +6,7 @@ How an element maps onto engines:
   element's units, and each rank writes its own rows (no lmsweep tensor-parallel groups);
 - a model's `tensor_parallel: N` is vLLM's `tensor_parallel_size=N` inside the rank: the rank's engine uses
   N GPUs of its node (`bind`: local rank r takes GPUs r*N .. r*N+N-1 of those it sees);
-- the engine loads the model's Hugging Face directory (runner/model_cache.py converts a GGUF into one);
+- the engine loads the model's Hugging Face directory (jobs/model_cache.py converts a GGUF into one);
 - units go to the engine in chunks (`execution.batch_size`; `auto` is AUTO_CHUNK units): vLLM schedules the
   requests of a chunk itself, the worker writes the chunk's rows and checks for a stop request between
   chunks, so a preempted rank loses at most one chunk (exactly-once resume, SIGTERM and exit codes as for
@@ -132,7 +132,7 @@ class Vllm(Engine):
 def prepare_environment() -> None:
     """vLLM's settings and its compile caches (once per machine, not per job: ~60 s a start) under the
     lmsweep cache, unless the environment already says otherwise."""
-    from lmsweep.runner.model_cache import cache_root
+    from lmsweep.jobs.model_cache import cache_root
 
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)

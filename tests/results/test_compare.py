@@ -183,40 +183,6 @@ def test_regress_creates_promotes_and_then_catches_a_regression(gen):
     assert len(runs) == 3 and (runs[-1] / "reports" / "compare.html").is_file()
 
 
-BACKEND = """
-name: be
-models:
-  - {{alias: tiny, source: {model}, tensor_parallel: {tp}}}
-prompts: {prompts}
-task: generate
-decoding:
-  max_new_tokens: 8
-  include: [{{}}, {{num_beams: 2}}]
-execution:
-  backend: {backend}
-  ranks_per_element: {tp}
-  batch_size: 4
-"""
-
-
-@pytest.mark.slow
-def test_hf_and_deepspeed_tensor_parallel_2_compare_with_zero_greedy_diffs(tmp_path, tiny_llama):
-    """The backend is not part of a unit's id, so the runs join on unit_id and every sequence must match."""
-    hf = run(write(tmp_path, "hf.yaml", BACKEND.format(model=tiny_llama, prompts=PROMPTS, tp=1, backend="hf")),
-             tmp_path / "hf")
-    spec = write(tmp_path, "ds.yaml", BACKEND.format(model=tiny_llama, prompts=PROMPTS, tp=2, backend="deepspeed"))
-    # two ranks on two shared cores: one thread each (as tests/test_deepspeed_mpi.py does)
-    cli("run", str(spec), "--output-dir", str(tmp_path / "ds"), "--quiet", check=True,
-            env={"OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"})
-    ds = tmp_path / "ds" / "be"
-    proc = cli("compare", str(hf), str(ds))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "backend hf → deepspeed" in proc.stdout and "joined on unit_id" in proc.stdout
-    md = (ds / "reports" / "compare.md").read_text()
-    assert "12/12 sequences identical" in md and "| units on one side only | 0 |" in md
-    assert set(rows(ds)["backend"]) == {"deepspeed"} and flagged(ds).empty
-
-
 # ---- bad input: exit 2, one line, nothing written ------------------------------------------------------
 
 def test_compare_missing_directory_is_exit_2(tmp_path):

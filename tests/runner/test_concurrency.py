@@ -172,7 +172,7 @@ def _materialize(gguf_path: str, cache: str, go: str, log: str, kill_at: str) ->
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 2)
     os.environ.update(LMSWEEP_CACHE=cache, LMSWEEP_TEST_KILL_AT=kill_at)
-    from lmsweep.runner.model_cache import materialize
+    from lmsweep.jobs.model_cache import materialize
 
     while not os.path.exists(go):
         time.sleep(0.001)

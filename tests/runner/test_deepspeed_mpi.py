@@ -191,6 +191,19 @@ def test_tensor_parallel_2_equals_tensor_parallel_1(ds_three_ranks, ds_tp2) -> N
     assert follower["tensor_parallel"]["group_ranks"] == [0, 1] and not follower["tensor_parallel"]["leader"]
 
 
+def test_compare_of_hf_and_tensor_parallel_2_finds_zero_diffs(hf_run, ds_tp2) -> None:
+    """`lmsweep compare` across backends: the backend is not part of a unit's id, so the runs join on
+    unit_id and every sequence (greedy and beam) must match."""
+    tp2, _ = ds_tp2
+    proc = cli("compare", str(hf_run), str(tp2))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "backend hf → deepspeed" in proc.stdout and "joined on unit_id" in proc.stdout
+    md = (tp2 / "reports" / "compare.md").read_text()
+    n = len(planned_ids(tp2))
+    assert f"{n}/{n} sequences identical" in md and "| units on one side only | 0 |" in md
+    assert (tp2 / "reports" / "compare-units.csv").read_text().strip().count("\n") == 0   # header only: none flagged
+
+
 def test_two_tensor_parallel_groups_in_one_element_stay_apart(work, tiny_llama, hf_run) -> None:
     """4 ranks, TP=2: groups {0,1} and {2,3}. DeepSpeed's CPU shared-memory all-reduce spans the whole
     node and would mix the groups (measured: wrong tokens, then a hang); lmsweep routes around it."""

@@ -76,7 +76,7 @@ def test_resolving_joins_the_chunks_once_into_the_cache_and_reads_the_header(ggu
 
     from lmsweep.jobs.model_facts import model_facts
     from lmsweep.jobs.model_sources import resolve
-    from lmsweep.runner.model_cache import cache_root
+    from lmsweep.jobs.model_cache import cache_root
 
     ref = resolve(SOURCE)
     assert Path(ref.path) == gguf and gguf.is_relative_to(cache_root() / "packages")

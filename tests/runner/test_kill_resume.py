@@ -38,7 +38,7 @@ BATCHES = 4                 # 12 prompts, batch_size 3
 SEED = 8
 # What the forkserver imports once (shared by every test module that forks workers from it).
 PRELOAD = ["torch", "transformers", "pyarrow.dataset", "pandas", "lmsweep.cli", "lmsweep.runner.worker",
-           "lmsweep.runner.loading", "lmsweep.runner.tasks", "lmsweep.runner.model_cache", "lmsweep.results.load",
+           "lmsweep.runner.loading", "lmsweep.runner.tasks", "lmsweep.jobs.model_cache", "lmsweep.results.load",
            "lmsweep.results.writer",
            "transformers.models.llama.modeling_llama", "transformers.models.auto.modeling_auto",
            "transformers.models.auto.tokenization_auto"]
