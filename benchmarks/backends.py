@@ -104,9 +104,9 @@ def _measured(exp: Path) -> dict:
 
 def warm_up(spec: dict, spec_dir: Path, tp2: bool) -> None:
     """Convert the models once and, for TP=2, build DeepSpeed's CPU op, so no timed run pays for either."""
+    from lmsweep.jobs.model_cache import materialize
     from lmsweep.jobs.model_sources import resolve
     from lmsweep.runner.engines.deepspeed import extensions_dir
-    from lmsweep.jobs.model_cache import materialize
 
     for m in spec["models"]:
         ref = resolve(m["source"] if isinstance(m, dict) else m, spec_dir=spec_dir)
@@ -164,8 +164,8 @@ def lmsweep_worker(python: Path, spec: dict, work: Path, env: dict) -> dict:
 
 def vllm_comparison(args) -> int:
     from benchmarks.workload import bench_prompts
-    from lmsweep.jobs.model_sources import resolve
     from lmsweep.jobs.model_cache import materialize
+    from lmsweep.jobs.model_sources import resolve
 
     if not VLLM_PYTHON.exists():
         raise SystemExit(f"{VLLM_PYTHON} is missing: build it with `make .venv-vllm`")

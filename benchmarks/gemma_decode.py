@@ -83,9 +83,9 @@ def main() -> None:
     import torch
     import transformers
 
+    from lmsweep.jobs.model_cache import materialize
     from lmsweep.jobs.model_sources import resolve
     from lmsweep.runner import decode
-    from lmsweep.jobs.model_cache import materialize
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     tiny = tiny_gemma3()

@@ -22,8 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from benchmarks.workload import bench_prompts
-    from lmsweep.jobs.model_sources import resolve
     from lmsweep.jobs.model_cache import materialize
+    from lmsweep.jobs.model_sources import resolve
 
     ref = resolve("package:smollm2-135m-instruct")
     path = materialize(ref.path, ref.fingerprint)

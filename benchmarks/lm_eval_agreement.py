@@ -105,8 +105,8 @@ def lmsweep_scores(work: Path, max_length: int | None) -> tuple[dict, dict]:
 
 
 def compare(lm_eval: str, max_length: int | None) -> dict:
-    from lmsweep.jobs.model_sources import resolve
     from lmsweep.jobs.model_cache import materialize
+    from lmsweep.jobs.model_sources import resolve
 
     ref = resolve("package:smollm2-135m-instruct")
     model_dir = Path(materialize(ref.path, ref.fingerprint))

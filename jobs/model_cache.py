@@ -19,9 +19,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from lmsweep.core import kill_points
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.model_files import read_config, weights_problem
-from lmsweep.core import kill_points
 
 
 def cache_root() -> Path:

@@ -85,8 +85,8 @@ def crash_notes(exp: Path, plan) -> None:
 
 def compact(exp: Path) -> int:
     """`results --compact`: merge the parts of every element no worker is running now."""
-    from lmsweep.results.compact import compact_experiment
     from lmsweep.core.kill_points import test_hook
+    from lmsweep.results.compact import compact_experiment
 
     done, running = compact_experiment(exp, hook=test_hook("compact"))
     parts = sum(c.parts for c in done)

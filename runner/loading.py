@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lmsweep.errors import BadInput
-from lmsweep.jobs.model_files import weights_problem
 from lmsweep.jobs.model_cache import materialize, tokenizer_dir
+from lmsweep.jobs.model_files import weights_problem
 
 if TYPE_CHECKING:
     from lmsweep.jobs.plan import ModelInfo

@@ -15,12 +15,8 @@ counts once. `lmsweep run` starts each worker in a process group of its own and 
 The watchdog does not depend on the main thread returning to Python (it may sit in a long C call:
 a matmul, an MPI collective): the signal's byte arrives on a wakeup fd that the watchdog thread reads.
 
-Test hook. `LMSWEEP_TEST_KILL_AT=<point>[:N][@SIGNAL]` makes the process send itself SIGNAL (default
-KILL) the N-th time (default 1) it passes `<point>`. Points: `load` (before the model loads), `batch`
-(a batch computed, its rows not yet written), `write` (a result part's bytes are in its temporary file,
-not yet renamed), `convert` (a model conversion written, not yet marked complete), `compact` (the N-th
-step of a part compaction, results/compact.py). For tests only;
-when unset it costs one dictionary lookup.
+The test hook that kills a process at a named point (LMSWEEP_TEST_KILL_AT) is lmsweep/core/kill_points.py:
+the model cache (jobs/) and compaction (results/) pass its points too.
 """
 from __future__ import annotations
 
@@ -29,17 +25,12 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
-from collections.abc import Callable
 
 EXIT_PREEMPTED = 3
 DEFAULT_GRACE = 8.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-KILL_ENV = "LMSWEEP_TEST_KILL_AT"
-POINTS = ("load", "batch", "write", "convert", "compact")
 
 _state = {"installed": False, "signum": None, "grace": DEFAULT_GRACE}
-_passes: Counter[str] = Counter()
 
 
 def stop_requested() -> bool:
@@ -103,32 +94,3 @@ def _watchdog(read_fd: int) -> None:
         sys.stdout.flush()
     finally:
         os._exit(EXIT_PREEMPTED)
-
-
-def _kill_spec() -> tuple[str, int, int] | None:
-    raw = os.environ.get(KILL_ENV)
-    if not raw:
-        return None
-    where, _, sig = raw.partition("@")
-    point, _, n = where.partition(":")
-    if point not in POINTS:
-        raise ValueError(f"{KILL_ENV}={raw!r}: point must be one of {', '.join(POINTS)}")
-    return point, int(n or 1), int(getattr(signal, "SIG" + sig.upper().removeprefix("SIG"))) if sig \
-        else int(signal.SIGKILL)
-
-
-def test_point(point: str) -> None:
-    """The LMSWEEP_TEST_KILL_AT hook: count this pass through `point`; signal ourselves on the chosen one."""
-    spec = _kill_spec()
-    if spec is None or spec[0] != point:
-        return
-    _passes[point] += 1
-    if _passes[point] == spec[1]:
-        print(f"{KILL_ENV}: signal {spec[2]} at {point} #{spec[1]}", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), spec[2])
-
-
-def test_hook(point: str) -> Callable[[], None] | None:
-    """`test_point(point)` as a callback for code outside runner/ (the part writer), or None when unset."""
-    spec = _kill_spec()
-    return (lambda: test_point(point)) if spec is not None and spec[0] == point else None

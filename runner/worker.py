@@ -165,7 +165,8 @@ def crash_line(e: BaseException, limit: int = 500) -> str:
 def compact_parts(run: ElementRun, rank: Rank) -> None:
     """Every unit done: rank 0 (holding the element's lock) merges the element's parts (results/compact.py)."""
     if rank.rank == 0:
-        compact_element(run.exp_dir, run.plan.task_type, run.element, WORKER_MIN_PARTS, kill_points.test_hook("compact"))
+        compact_element(run.exp_dir, run.plan.task_type, run.element, WORKER_MIN_PARTS,
+                        kill_points.test_hook("compact"))
 
 
 # ---- what every phase reads ----------------------------------------------------------------------------

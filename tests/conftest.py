@@ -27,8 +27,8 @@ def tiny_llama(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The packaged SmolLM2, converted once into the shared lmsweep cache."""
-    from lmsweep.jobs.model_sources import resolve
     from lmsweep.jobs.model_cache import materialize
+    from lmsweep.jobs.model_sources import resolve
 
     ref = resolve("package:smollm2-135m-instruct")
     return materialize(ref.path, ref.fingerprint)

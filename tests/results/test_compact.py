@@ -1,7 +1,7 @@
 """Compaction: an element's parts merged into one, and a kill -9 at every step of the merge.
 
 The tree is made by the real worker (tiny random Llama, 20 prompts, batch size 1: 20 parts, above the
-worker's threshold of 16), stopped with `LMSWEEP_TEST_KILL_AT=compact:1` (runner/signals.py) just after
+worker's threshold of 16), stopped with `LMSWEEP_TEST_KILL_AT=compact:1` (lmsweep/core/kill_points.py) just after
 it wrote the merged rows to a temporary file: the 20 parts and the debris of a merge. From there each
 test kills the real `lmsweep results --compact` or the real `lmsweep worker` at one step of the merge
 (1 merged bytes in a temp file, 2 manifest written, 3 merged file in place with the old parts, 4 half

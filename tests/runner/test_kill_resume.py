@@ -4,7 +4,7 @@ The harness: a forkserver process imports torch, transformers and lmsweep once; 
 child forked from it that calls the real `lmsweep worker` entry point (argument parsing, signal set-up,
 lock, plan, model load, batches, atomic part files). Forking instead of exec'ing saves ~10 s of imports
 per run, which is what makes two dozen kill runs cheap. Kills come two ways: the worker's test hook
-`LMSWEEP_TEST_KILL_AT=<point>[:N]` (runner/signals.py) SIGKILLs the child at an exact point (before the
+`LMSWEEP_TEST_KILL_AT=<point>[:N]` (lmsweep/core/kill_points.py) SIGKILLs the child at an exact point (before the
 model load, after batch N is computed but before it is written, after part N's bytes are written but
 before the rename), and the harness SIGKILLs it after a random wall-clock delay. All choices come from
 a seeded RNG. Some trials also damage the results tree after the kill (a torn part, an empty or
