@@ -57,7 +57,8 @@ def cmd_results(args) -> int:
         wanted = args.columns.split(",")
         unknown = [c for c in wanted if c not in df.columns]
         if unknown:
-            raise UsageError(f"unknown column {unknown[0]!r}; see the README's column reference", field="--columns")
+            raise UsageError(f"unknown column {unknown[0]!r}; the columns are listed in "
+                             "docs/results.md#column-reference", field="--columns")
         df = df[wanted]
     if args.csv:
         df.to_csv(sys.stdout, index=False)

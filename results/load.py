@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from lmsweep.errors import UsageError, did_you_mean
 from lmsweep.jobs.plan import read_plan
 from lmsweep.results.integrity import live_parts, read_parts
 from lmsweep.results.schema import ERROR_SCHEMA, row_key, schema_for
@@ -26,6 +27,9 @@ def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=No
     plan = read_plan(exp_dir)
     task = plan.meta["task"]["type"]
     schema = schema_for(task)
+    _known_columns(task, schema, columns, "columns")
+    terms = _filter_terms(filters)
+    _known_columns(task, schema, [t[0] for t in terms], "filters")
     directory = results_dir(exp_dir, task)
     if not directory.is_dir():
         return schema.empty_table() if columns is None else schema.empty_table().select(columns)
@@ -48,7 +52,67 @@ def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=No
         if not pc.all(mask).as_py():
             table = table.filter(mask)
     table = _dedupe(table, keys)
+    if table.num_rows == 0 and terms:
+        _warn_unmatched(exp_dir, directory, schema, terms)
     return table if columns is None else table.select(columns)
+
+
+def unit_from_prefix(exp_dir: str | Path, unit: str, field: str = "unit") -> str:
+    """The full unit id of the row that `unit` (an id or a unique prefix of one) names."""
+    ids = pc.unique(load_table(exp_dir, columns=["unit_id"]).column("unit_id")).to_pylist()
+    matches = sorted(u for u in ids if u.startswith(unit))
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UsageError(f"no result row for unit {unit!r} in {exp_dir} ({len(ids)} units have rows)", field=field)
+    raise UsageError(f"unit prefix {unit!r} matches {len(matches)} units ({', '.join(matches[:3])}, …); "
+                     "give more characters", field=field)
+
+
+class FilterWarning(UserWarning):
+    """A `load` filter asked for a value the experiment does not have (the warning names the values it has)."""
+
+
+COLUMN_DOCS = "docs/results.md#column-reference"
+
+
+def _known_columns(task: str, schema: pa.Schema, names, what: str) -> None:
+    """One line for a column the task's rows do not have, instead of pyarrow's schema dump."""
+    unknown = [c for c in (names or []) if c not in schema.names]
+    if unknown:
+        raise UsageError(f"unknown column {unknown[0]!r}{did_you_mean(unknown[0], schema.names)}; a {task} "
+                         f"experiment's columns are listed in {COLUMN_DOCS}", field=what)
+
+
+def _filter_terms(filters) -> list[tuple[str, str, object]]:
+    """The (column, op, value) terms of a list-of-tuples filter (a pyarrow expression is not looked into)."""
+    if filters is None or isinstance(filters, pc.Expression):
+        return []
+    groups = filters if filters and isinstance(filters[0], list) else [filters]
+    return [tuple(t) for g in groups for t in g if isinstance(t, (tuple, list)) and len(t) == 3]
+
+
+def _warn_unmatched(exp_dir: Path, directory: Path, schema: pa.Schema, terms) -> None:
+    """No row matched: name each equality term whose value the experiment does not have, with the values it
+    has (`("model", "=", "smollm2")` when the model is called `smollm2-135m-instruct`)."""
+    import warnings
+
+    if not directory.is_dir():
+        return
+    for column, op, value in terms:
+        if op not in ("=", "==", "in"):
+            continue
+        wanted = list(value) if op == "in" else [value]
+        table = read_parts(exp_dir, directory, schema, columns=[column])
+        if table is None or pa.types.is_nested(schema.field(column).type):
+            continue
+        have = pc.unique(table.column(column)).to_pylist()
+        missing = [v for v in wanted if v not in have]
+        if missing:
+            shown = ", ".join(repr(v) for v in sorted(have, key=str)[:20]) + (" …" if len(have) > 20 else "")
+            warnings.warn(f"filter ({column!r}, {op!r}, {value!r}) matches no row: {exp_dir} has no {column} "
+                          f"{missing[0]!r}{did_you_mean(str(missing[0]), map(str, have))}; its {column} values: "
+                          f"{shown}", FilterWarning, stacklevel=4)
 
 
 def _dedupe(table: pa.Table, keys: list[str]) -> pa.Table:

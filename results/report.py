@@ -195,16 +195,21 @@ def sidecar_history(exp: Path) -> list[dict]:
     return out
 
 
+def _absent(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
     """Everything known about how one unit's row was made: the plan's spec and model, the row's own
     columns, and the sidecar of the run that wrote it (same element and rank, the first to finish after
     the row was written)."""
     from lmsweep.errors import UsageError
     from lmsweep.jobs.plan import read_plan
-    from lmsweep.results.load import load
+    from lmsweep.results.load import load, unit_from_prefix
 
     exp = Path(exp)
     plan = read_plan(exp)
+    unit_id = unit_from_prefix(exp, unit_id, "--trace")     # a prefix, as `plot --unit` takes
     rows = load(exp, filters=[("unit_id", "=", unit_id)])
     if rows.empty:
         raise UsageError(f"no result row for unit {unit_id!r} in {exp}", field="--trace")
@@ -227,6 +232,7 @@ def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
         ("element / rank", f"{r['element']} / {r['rank']}"), ("finished_at", str(r["finished_at"])),
         ("sidecar", side.get("_file", "none found (the run that wrote this row did not finish)")),
     ]
+    facts = [(k, v) for k, v in facts if k not in ("decoding", "seed") or not _absent(v)]   # tasks without them
     if side:
         facts += [("python", side.get("python")), ("accelerator", side.get("accelerator")),
                   ("cuda / gpus", f"{side.get('cuda')} / {', '.join(side.get('gpus') or []) or '–'}"),

@@ -64,6 +64,7 @@ def cmd_run(args) -> int:
     import signal
 
     from lmsweep.console import console
+    from lmsweep.errors import UsageError
     from lmsweep.jobs.cli import experiment_dir, print_plan, validated
     from lmsweep.jobs.plan import write_plan
     from lmsweep.results.cli import report
@@ -73,6 +74,9 @@ def cmd_run(args) -> int:
 
     # SIGTERM/SIGINT/SIGHUP from here on stop the run: passed on to the workers, which finish their batch
     # and exit 3; the run waits for them, then exits 3 (runner/local.py). None starts after a stop request.
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"{args.batch_size}: a batch holds at least 1 unit", field="--batch-size")
+    _not_a_directory(Path(args.spec))
     with Stopper() as stopper:
         spec, plan = validated(args.spec)
         exp = experiment_dir(spec, args.output_dir)
@@ -86,7 +90,8 @@ def cmd_run(args) -> int:
             console.print(f"running {before.planned - before.done} unit(s) in {len(todo)} element(s) locally")
             ex = spec.execution
             ran = run_elements(exp, todo, concurrency=ex.concurrency, ranks=ex.ranks_per_element,
-                               threads=ex.threads_per_rank, show_progress=not args.quiet, stopper=stopper)
+                               threads=ex.threads_per_rank, show_progress=not args.quiet, stopper=stopper,
+                               batch_size=args.batch_size)
     if any(r.returncode == 2 for r in ran):   # a worker refused its input (printed above): bad input
         return 2
     if stopper.stopped or any(r.returncode == EXIT_PREEMPTED for r in ran):   # finished batches are kept
@@ -107,11 +112,33 @@ def cmd_run(args) -> int:
     return 1 if any(r.crashed for r in ran) and code == 0 else code
 
 
+def _not_a_directory(path: Path) -> None:
+    """`lmsweep run runs/nt` (an experiment directory, not its spec): say what it is and what runs on it."""
+    from lmsweep.errors import UsageError
+
+    if not path.is_dir():
+        return
+    if (path / "plan.json").is_file():
+        import json
+
+        try:
+            spec_file = json.loads((path / "plan.json").read_text()).get("spec_file") or "SPEC"
+        except (OSError, ValueError):
+            spec_file = "SPEC"
+        raise UsageError(f"{path} is an experiment directory, not a spec: `lmsweep status {path}` and "
+                         f"`lmsweep results {path} --summary` read it; `lmsweep run {spec_file}` runs (or resumes) "
+                         "it", field="spec")
+    raise UsageError(f"{path} is a directory; expected a spec file (YAML), e.g. one from `lmsweep examples`",
+                     field="spec")
+
+
 def register(sub) -> None:
     s = sub.add_parser("run", help="plan and run a spec locally, then print a summary")
     s.add_argument("spec")
     s.add_argument("--output-dir", help="parent of the experiment directory (default: the spec's output_dir)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or tables")
+    s.add_argument("--batch-size", type=int, help="units per batch, in place of the spec's execution.batch_size "
+                   "(unit ids and the spec hash do not change)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("worker", help="run one element of a plan (what schedulers launch)")

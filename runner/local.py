@@ -114,9 +114,10 @@ class Stopper:
                 pass
 
 
-def worker_command(exp_dir: Path, element: int, ranks: int = 1) -> list[str]:
+def worker_command(exp_dir: Path, element: int, ranks: int = 1, batch_size: int | None = None) -> list[str]:
     """The command line of one element; more than one rank goes through the venv's mpiexec."""
     cmd = [sys.executable, "-m", "lmsweep", "worker", "--plan", str(exp_dir), "--element", str(element)]
+    cmd += ["--batch-size", str(batch_size)] if batch_size is not None else []
     if ranks > 1:
         mpiexec = Path(sys.executable).with_name("mpiexec")
         cmd = [str(mpiexec) if mpiexec.exists() else "mpiexec", "-n", str(ranks)] + cmd
@@ -125,7 +126,7 @@ def worker_command(exp_dir: Path, element: int, ranks: int = 1) -> list[str]:
 
 def run_elements(exp_dir: Path, elements: list[int], *, concurrency: int = 1, ranks: int = 1,
                  threads: int | None = None, show_progress: bool = True,
-                 stopper: Stopper | None = None) -> list[ElementResult]:
+                 stopper: Stopper | None = None, batch_size: int | None = None) -> list[ElementResult]:
     """Run elements with at most `concurrency` at once; stream each one's log to logs/element-N.log.
 
     An element not started because of a stop request has no result. A caller that passes no `stopper`
@@ -134,7 +135,7 @@ def run_elements(exp_dir: Path, elements: list[int], *, concurrency: int = 1, ra
     if stopper is None:
         with Stopper() as own:
             ran = run_elements(exp_dir, elements, concurrency=concurrency, ranks=ranks, threads=threads,
-                               show_progress=show_progress, stopper=own)
+                               show_progress=show_progress, stopper=own, batch_size=batch_size)
         if own.stopped:
             from lmsweep.runner.signals import EXIT_PREEMPTED
             print("preempted; rerun the same command to continue where it stopped", flush=True)
@@ -177,7 +178,7 @@ def run_elements(exp_dir: Path, elements: list[int], *, concurrency: int = 1, ra
             log = logs / f"element-{element:05d}.log"
             with log.open("a") as fh:
                 start, since = time.time(), fh.tell()
-                proc = stopper.popen(worker_command(exp_dir, element, ranks), stdout=subprocess.PIPE,
+                proc = stopper.popen(worker_command(exp_dir, element, ranks, batch_size), stdout=subprocess.PIPE,
                                      stderr=fh, stdin=subprocess.DEVNULL, env=env, text=True)
                 if proc is None:              # stopped before this element started
                     return
