@@ -30,9 +30,9 @@ def cmd_validate(args) -> int:
     console.print(f"ok: {args.spec}: experiment {spec.name!r}, {len(plan.models)} model(s), "
                   f"{len(plan.prompts)} prompt(s), {max(len(plan.points), 1)} decoding point(s), "
                   f"{plan.n_units} unit(s) in {len(plan.elements)} element(s)")
-    from lmsweep.submit.cli import packing_note  # submit re-packs for a queue: say how, here too
-    for line in packing_note(spec, plan):
-        console.print(f"  {line}", markup=False)
+    for note in getattr(args, "notes", ()):   # later stages' word on the plan (submit's re-packing), given by
+        for line in note(spec, plan):           # lmsweep/cli.py: jobs imports no later stage
+            console.print(f"  {line}", markup=False)
     print_points(plan.points)
     return 0
 

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     # regress runs (submit) and compares (results), so it registers after both
     for stage in (jobs_cli, runner_cli, submit_cli, results_cli, regress):
         stage.register(sub)
+    # validate (jobs) also says what submit would make of the plan; jobs imports no later stage, so it is given here
+    sub.choices["validate"].set_defaults(notes=(submit_cli.packing_note,))
     return p
 
 
