@@ -9,7 +9,10 @@ Two forms, chosen per prompt:
   and the continuation's tokens are those the tokenizer gives `context + continuation` after the
   context's own tokens (lm-eval's `_encode_pair`).
 - **text**: no continuation: every token of the text is scored, the first one after the tokenizer's
-  BOS token (its EOS when it has none) — lm-eval's `loglikelihood_rolling`.
+  BOS token (its EOS when it has none) — lm-eval's `loglikelihood_rolling`. `prefix` changes what the
+  text is scored after: `bos` (the default), `none` (nothing: the text's first token is context, not
+  scored) or a string (its tokens, then the text's own tokens; e.g. "\n", since SmolLM2-Instruct's BOS is
+  `<|im_start|>`, after which plain text is unlikely).
 
 Sequences longer than the window (`max_length`, default the model's context) are scored in rolling
 windows: the first window is the first `max_length` tokens (for a pair whose context is longer, the
@@ -30,9 +33,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
-from lmsweep.core.task import Legibility, Task, TaskParams
+from lmsweep.core.task import Legibility, Metric, Sample, Task, TaskParams
 from lmsweep.core.task_registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
 
@@ -47,6 +50,21 @@ class LoglikelihoodParams(TaskParams):
     continuation_column: str = Field("continuation", min_length=1)   # prompt column holding the continuation
     max_length: int | None = Field(None, ge=2)    # window in tokens; default: the model's context
     stride: int | None = Field(None, ge=1)        # tokens each later window adds; default: max_length
+    prefix: str | None = Field(None, min_length=1)   # whole texts are scored after: bos (default) | none | a string
+
+    @field_validator("prefix")
+    @classmethod
+    def _bos_is_the_default(cls, v: str | None) -> str | None:
+        return None if v == "bos" else v
+
+    @model_serializer(mode="wrap")
+    def _without_default_prefix(self, handler):
+        """`prefix` enters the spec hash and unit ids only when set (and not `bos`): specs written before it
+        keep their ids, and `prefix: bos` computes what they computed."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("prefix") is None:
+            data.pop("prefix", None)
+        return data
 
     @model_validator(mode="after")
     def _stride(self) -> LoglikelihoodParams:
@@ -113,11 +131,21 @@ def continuation_of(meta: str | dict | None, column: str) -> str | None:
     return None if value is None else str(value)
 
 
-def encode(tok, prompt: dict, column: str) -> tuple[list[int], int, int, str | None]:
+def encode(tok, prompt: dict, column: str, prefix: str | None = None) -> tuple[list[int], int, int, str | None]:
     """(sequence, index of its first scored token, prompt tokens, continuation) for one prompt: the
-    prompt tokens are the context's (pair) or the text's (text)."""
+    prompt tokens are the context's (pair) or the text's (text). `prefix` (whole texts only): None for the
+    BOS, "none", or a string whose tokens precede the text's."""
     continuation = continuation_of(prompt.get("meta"), column)
     text, add = render_prompt(tok, prompt)
+    if continuation is None and prefix is not None:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        before = [] if prefix == "none" else tok(prefix, add_special_tokens=False)["input_ids"]
+        if prefix != "none" and not before:
+            raise UnitFailure(f"the prefix {prefix!r} has no tokens")
+        if not before and len(ids) < 2:
+            raise UnitFailure("prefix none: the text is one token, the context of nothing")
+        first = len(before) or 1
+        return [*before, *ids], first, len(ids), None
     if continuation is None:
         ids = tok(text, add_special_tokens=add)["input_ids"]
         prefix = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -162,7 +190,7 @@ class Loglikelihood(Task):
         encoded, errors = {}, {}
         for u in units:
             try:
-                encoded[u.unit_id] = encode(tok, u.prompt, p.continuation_column)
+                encoded[u.unit_id] = encode(tok, u.prompt, p.continuation_column, p.prefix)
             except UnitFailure as e:
                 errors[u.unit_id] = str(e)
         jobs = [(u.unit_id, w) for u in units if u.unit_id in encoded
