@@ -20,11 +20,11 @@ from pydantic import (
     model_validator,
 )
 
+from lmsweep.core.engine import DEFAULT as ENGINE_DEFAULT
+from lmsweep.core.task_registry import all_tasks, task_names, task_spec_union, tolerance_fields
 from lmsweep.jobs.decoding import DecodingGrid
 from lmsweep.jobs.errors import KeyProblems, SpecError, did_you_mean, raise_all
 from lmsweep.jobs.yamlio import SpecSource, dotted, line_of, load_yaml
-from lmsweep.core.engine import DEFAULT as ENGINE_DEFAULT
-from lmsweep.core.task_registry import all_tasks, task_names, task_spec_union, tolerance_fields
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_MAX_UNITS = 2_000_000
@@ -211,7 +211,7 @@ class ExecutionSpec(Strict):
                 k not in cls.model_fields or (cls.model_fields[k].annotation is Any and v is not None)
                 for k, v in data.items()):
             return handler(data)
-        from lmsweep.submit.backends import block_models  # lazy: scheduler code only for a block
+        from lmsweep.core.schedulers import block_models  # lazy: scheduler code only for a block
         models, blocks, errors = block_models(), {}, []
         for key, value in data.items():
             if key in cls.model_fields and key not in models:
@@ -451,7 +451,7 @@ def _most_specific(errors: list[SpecError]) -> list[SpecError]:
 def _known_keys(parent: tuple) -> list[str]:
     """The keys the spec accepts under `parent` (for a did-you-mean), found by walking the spec's models."""
     if len(parent) == 2 and parent[0] == "execution":      # a scheduler's block: its backend's model
-        from lmsweep.submit.backends import block_models
+        from lmsweep.core.schedulers import block_models
         block = block_models().get(str(parent[1]))
         return list(block.model_fields) if block is not None else []
     model: Any = ExperimentSpec

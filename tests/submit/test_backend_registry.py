@@ -96,7 +96,7 @@ def echo_backend():
     backends.backends()                       # the shipped ones first, as a real run would have them
     register(EchoScheduler)
     yield EchoScheduler
-    backends._BACKENDS.pop("echo", None)
+    backends.unregister("echo")
 
 
 def files(tmp_path: Path, model: Path, project: str = "MYPROJ") -> tuple[Path, Path]:

@@ -105,7 +105,7 @@ def tier_backend():
     backends.backends()
     register(TierScheduler)
     yield TierScheduler
-    backends._BACKENDS.pop("tier", None)
+    backends.unregister("tier")
 
 
 def spec_file(tmp_path: Path, model: Path, block: str, name: str = "tiered") -> Path:
