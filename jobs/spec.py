@@ -24,6 +24,7 @@ from lmsweep.core.engine import DEFAULT as ENGINE_DEFAULT
 from lmsweep.core.task_registry import all_tasks, task_names, task_spec_union, tolerance_fields
 from lmsweep.jobs.decoding import DecodingGrid
 from lmsweep.jobs.errors import KeyProblems, SpecError, did_you_mean, raise_all
+from lmsweep.jobs.gates import Gates
 from lmsweep.jobs.yamlio import SpecSource, dotted, line_of, load_yaml
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -272,6 +273,7 @@ class RegressionSpec(Strict):
     baseline: str | None = Field(None, min_length=1)   # an experiment directory, relative to the working dir
     by: Literal["auto", "id", "key"] = "auto"          # join on unit_id, on unit_key (model/backend swaps), or detect
     tolerances: Tolerances = Field(default_factory=Tolerances)
+    gates: Gates | None = None                         # statistical gates (jobs/gates.py); absent: reported only
 
 
 class ExperimentSpec(Strict):

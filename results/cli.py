@@ -160,7 +160,7 @@ def run_compare(baseline: Path, current: Path, args, regression: dict | None = N
     """Compare, print the checks, write the reports; 0 within tolerance, 1 otherwise."""
     from lmsweep.jobs.plan import read_plan
     from lmsweep.jobs.spec import load_spec
-    from lmsweep.results.compare import checks_frame, compare, tolerances_from, verdict, write_reports
+    from lmsweep.results.compare import checks_frame, compare, gates_from, tolerances_from, verdict, write_reports
 
     if regression is None:
         if getattr(args, "spec", None):
@@ -169,7 +169,7 @@ def run_compare(baseline: Path, current: Path, args, regression: dict | None = N
         else:
             regression = read_plan(current).meta["spec"].get("regression")
     tol, by = tolerances_from(regression, tolerance_overrides(args))
-    result = compare(baseline, current, by=args.by or by, tolerances=tol)
+    result = compare(baseline, current, by=args.by or by, tolerances=tol, gates=gates_from(regression))
     print_df(checks_frame(result), f"compare {current} vs baseline {baseline}")
     console.print(result.reason)
     for title, table in (("differing units", result.diffs), ("units on one side only", result.unmatched)):

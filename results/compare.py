@@ -18,7 +18,9 @@ import pandas as pd
 
 from lmsweep.core.task_registry import get_task
 from lmsweep.errors import UsageError
+from lmsweep.jobs.gates import Gates
 from lmsweep.jobs.spec import Tolerances
+from lmsweep.results import gates as gate_rules
 from lmsweep.results.schema import row_key
 
 if TYPE_CHECKING:
@@ -81,6 +83,8 @@ class Comparison:
     info_diffs: pd.DataFrame             # differences that no tolerance covers (e.g. sampled text)
     perf: pd.DataFrame                   # per model pair: latency and throughput, both sides and ratio
     tolerances: Tolerances
+    statistics: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=gate_rules.COLUMNS))
+    gates: Gates = field(default_factory=Gates)   # the regression gates' settings (gating if regression.gates)
 
     @property
     def passed(self) -> bool:
@@ -145,7 +149,7 @@ def plan_units(exp: Path) -> pd.DataFrame:
 
 
 def compare(baseline: str | Path, current: str | Path, *, by: str = "auto",
-            tolerances: Tolerances | None = None) -> Comparison:
+            tolerances: Tolerances | None = None, gates: Gates | None = None) -> Comparison:
     """Read two experiment directories and compare them (UsageError if they cannot be compared)."""
     baseline, current = Path(baseline), Path(current)
     base, cur = side_info(baseline), side_info(current)
@@ -153,7 +157,7 @@ def compare(baseline: str | Path, current: str | Path, *, by: str = "auto",
         raise UsageError(f"cannot compare a {base.task} experiment with a {cur.task} experiment",
                         file=str(current))
     return compare_frames(read_rows(baseline, base.task), read_rows(current, cur.task), base, cur,
-                          by=by, tolerances=tolerances or Tolerances(),
+                          by=by, tolerances=tolerances or Tolerances(), gates=gates,
                           base_plan=plan_units(baseline), cur_plan=plan_units(current))
 
 
@@ -193,8 +197,10 @@ def pair_models(base_models: list[str], cur_models: list[str]) -> dict[str, str]
 
 
 def compare_frames(base_df: pd.DataFrame, cur_df: pd.DataFrame, base: SideInfo, cur: SideInfo, *,
-                   by: str = "auto", tolerances: Tolerances | None = None,
+                   by: str = "auto", tolerances: Tolerances | None = None, gates: Gates | None = None,
                    base_plan: pd.DataFrame | None = None, cur_plan: pd.DataFrame | None = None) -> Comparison:
+    """`gates` (regression.gates) makes the statistical gates fail the comparison; without them the same
+    statistics are computed at the default settings and reported only."""
     tol = tolerances or Tolerances()
     task = base.task
     join, reason = choose_join(base, cur, by)
@@ -218,8 +224,30 @@ def compare_frames(base_df: pd.DataFrame, cur_df: pd.DataFrame, base: SideInfo, 
                         _unmatched_detail(unmatched)))
     perf = _perf(base_df, cur_df, pairs)
     _perf_checks(perf, tol, checks)
+    settings = gates or Gates()
+    table = _statistics(base_df, cur_df, both, pairs, task, settings, gates is not None, checks)
     return Comparison(baseline=base, current=cur, task=task, by=join, reason=reason, matched=len(both),
-                      checks=checks, unmatched=unmatched, diffs=diffs, info_diffs=info, perf=perf, tolerances=tol)
+                      checks=checks, unmatched=unmatched, diffs=diffs, info_diffs=info, perf=perf, tolerances=tol,
+                      statistics=table, gates=settings)
+
+
+def _statistics(base_df: pd.DataFrame, cur_df: pd.DataFrame, both: pd.DataFrame, pairs: dict[str, str],
+                task_name: str, settings: Gates, gating: bool, checks: list[Check]) -> pd.DataFrame:
+    """The task's samples (`Task.statistics`; each side's rows with `model_pair`, the baseline alias) judged by
+    results.gates; one Check counting regressions, failing on any when gating, off otherwise."""
+    task = get_task(task_name)
+    samples = task.statistics(base_df.assign(model_pair=base_df["model"]),
+                              cur_df.assign(model_pair=cur_df["model"].map(pairs).fillna(cur_df["model"])), both)
+    if not samples:
+        return pd.DataFrame(columns=gate_rules.COLUMNS)
+    table = gate_rules.evaluate(samples, {m.name: m for m in task.metrics}, settings)
+    regressions = table[table["verdict"] == gate_rules.REGRESSION]
+    detail = gate_rules.summary(table, settings, gating)
+    if not regressions.empty:
+        detail = "; ".join(f"{r.metric} at {r.group}: {r.difference:+.4g}" for r in regressions.itertuples()) + \
+            "; " + detail
+    checks.append(Check("significant shifts beyond threshold", len(regressions), 0 if gating else None, "<=", detail))
+    return table
 
 
 def _unmatched(merged: pd.DataFrame, join: str, pairs: dict[str, str], base_plan: pd.DataFrame | None,
@@ -420,6 +448,8 @@ def sides_frame(c: Comparison) -> pd.DataFrame:
 def sections(c: Comparison) -> list[tuple[str, pd.DataFrame, str]]:
     """(title, table, note) in report order; shared by the Markdown and HTML renderings."""
     out = [("Runs", sides_frame(c), c.reason), ("Checks", checks_frame(c), f"{c.matched} rows matched")]
+    if not c.statistics.empty:
+        out.append(("Statistics", gate_rules.for_report(c.statistics), _statistics_note(c)))
     task = get_task(c.task)
     out.append((task.diffs_title, c.diffs, ""))
     if not c.unmatched.empty:
@@ -429,6 +459,15 @@ def sections(c: Comparison) -> list[tuple[str, pd.DataFrame, str]]:
     if not c.perf.empty:
         out.append(("Latency and throughput", c.perf, "medians; timings on shared machines are noisy"))
     return out
+
+
+def _statistics_note(c: Comparison) -> str:
+    g = c.gates
+    return (f"difference = current − baseline with its 95% bootstrap CI ({g.resamples} resamples, seed {g.seed}); "
+            f"p adjusted by {g.correction} over the {len(c.statistics)} rows; REGRESSION = p_adjusted < {g.alpha:g} "
+            f"and beyond the threshold; mde = smallest shift this sample finds at power {g.power:g} (inf: none)"
+            + ("" if any(k.name == "significant shifts beyond threshold" and k.limit is not None for k in c.checks)
+               else "; reported only: add regression.gates to the spec to gate on these"))
 
 
 def md_table(df: pd.DataFrame, limit: int = MAX_LISTED) -> str:
@@ -511,3 +550,18 @@ def tolerances_from(regression: dict | None, overrides: dict[str, Any]) -> tuple
         name = str(err["loc"][0]) if err["loc"] else "tolerances"
         raise UsageError(f"{err['msg']}, got {err.get('input')!r}", field="--" + name.replace("_", "-")) from None
     return tol, reg.get("by") or "auto"
+
+
+def gates_from(regression: dict | None) -> Gates | None:
+    """The `regression.gates` block as Gates; None when the spec has none (statistics reported, not gating)."""
+    from pydantic import ValidationError
+
+    block = (regression or {}).get("gates")
+    if block is None:
+        return None
+    try:
+        return Gates.model_validate(block)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise UsageError(f"{err['msg']}, got {err.get('input')!r}", field=f"regression.gates.{where}") from None

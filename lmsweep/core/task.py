@@ -100,6 +100,33 @@ RUN_TOLERANCES = (
 
 
 @dataclass(frozen=True)
+class Metric:
+    """One statistic a task offers compare's regression gates (results.gates): its name is a key of
+    `regression.gates.thresholds`, and a shift gates when it is significant (after the multiple-comparison
+    correction) and beyond `threshold` in a `direction` that regresses. A name means one thing across tasks."""
+
+    name: str
+    threshold: float | None      # the practical threshold by default; None: reported, never gating
+    help: str
+    relative: bool = False       # threshold as a share of |baseline value| (e.g. 0.05: a 5% change)
+    direction: str = "both"      # "both", "down" (only a decrease regresses, e.g. accuracy) or "up"
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Both sides' values of one Metric over one group of rows (a model × decoding point), as
+    `Task.statistics` returns them. kind: "two_sample" (independent per-row values, e.g. sampled texts),
+    "paired" (row i on both sides), "one_sample" (`current` against zero; `baseline` empty) or "mcnemar"
+    (right/wrong per row on both sides)."""
+
+    group: str
+    metric: str
+    kind: str
+    baseline: Sequence[float]
+    current: Sequence[float]
+
+
+@dataclass(frozen=True)
 class Legibility:
     """How `results.legibility.legibility_table` joins an experiment of outputs with one of this task that
     scores them (declared by the scoring task, `Task.legibility`): one row per output group (`by`) of the
@@ -161,6 +188,7 @@ class Task:
         plot_help       `lmsweep plot <name>` exists: `plot_arguments` adds its flags, `plot` draws
         legibility      results.legibility's join of another task's outputs with this task's scores
         summarize, examples, report_plots   the summary table, rows to eyeball, the report's figures
+        metrics, statistics   the statistics compare's regression gates test (results.gates)
     """
 
     name: ClassVar[str] = ""                           # set by register_task
@@ -180,6 +208,7 @@ class Task:
     # views (results/ asks for them; see "views" below)
     plot_help: ClassVar[str | None] = None             # `lmsweep plot <name>`'s help; None: no plot command
     legibility: ClassVar[Legibility | None] = None     # this task scores another's outputs (results.legibility)
+    metrics: ClassVar[tuple[Metric, ...]] = ()         # what `statistics` offers the regression gates
 
     # ---- planning (no torch) ----------------------------------------------------------------------------
 
@@ -248,6 +277,12 @@ class Task:
         None (the default): no rule of its own, so compare applies the default one (results.compare.
         compare_outputs: exact columns equal, probabilities within max_prob_delta)."""
         return None
+
+    def statistics(self, base: pd.DataFrame, cur: pd.DataFrame, both: pd.DataFrame) -> list[Sample]:
+        """The samples compare's regression gates test (results.gates), one per group and Metric of `metrics`:
+        `base` and `cur` are each side's rows (column `model_pair`: the model alias on the baseline side, so
+        groups line up when models are paired by key), `both` the matched rows as for `compare`. Default: none."""
+        return []
 
     # ---- views: `lmsweep plot <name>`, the report's plots (matplotlib and pandas imported inside) -------------
 

@@ -237,6 +237,15 @@ class Loglikelihood(Task):
     # the generate summary's legibility columns (docs/homework.md).
     legibility = Legibility(outputs_task="generate",
                             outputs_columns=("rows", "mean_new_tokens", "distinct_1", "distinct_2", "repetition_rate"))
+    metrics = (Metric("logprob_per_token", 0.01, "loglikelihood: log-likelihood per scored token (nats), paired"),)
+
+    def statistics(self, base, cur, both):
+        """Per model: each unit's log-likelihood per scored token, paired unit by unit."""
+        out = []
+        for model, g in both.groupby("model_b", sort=True):
+            per = [(g["logprob_" + s] / g["num_scored_tokens_" + s].clip(lower=1)).tolist() for s in "bc"]
+            out.append(Sample(model, "logprob_per_token", "paired", per[0], per[1]))
+        return out
 
     def summarize(self, df):
         """Per model × task configuration: units, scored tokens, mean log-probability per token and the

@@ -7,7 +7,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from lmsweep.core.task import MAX_PROB_DELTA, Task, TaskParams, Tolerance
+from lmsweep.core.task import MAX_PROB_DELTA, Metric, Sample, Task, TaskParams, Tolerance
 from lmsweep.core.task_registry import register_task
 from lmsweep.runner.engines.base import engine_of
 from lmsweep.runner.units import TaskContext, Unit, render_prompt
@@ -32,6 +32,12 @@ class NextToken(Task):
     tolerances = (MAX_PROB_DELTA, MIN_TOPK_OVERLAP)
     compare_columns = ("topk_ids", "topk_tokens", "topk_probs", "entropy")
     diffs_title = "Next-token units beyond tolerance"
+    metrics = (
+        Metric("kl_topk", 1e-3, "next-token: per-unit KL(baseline ‖ current) over the top-k union (nats), against 0",
+               direction="up"),
+        Metric("entropy", 0.05, "next-token: per-unit entropy of the full distribution (nats), paired"),
+        Metric("top1_prob", 0.02, "next-token: per-unit probability of the most likely token, paired"),
+    )
 
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
         """The rows from the engine's `next_token` primitive (runner/engines), whatever the engine."""
@@ -118,6 +124,21 @@ class NextToken(Task):
         info = out[~bad & ((out["max_abs_dp"] > 0) | (out["topk_overlap"] < 1))]
         return (out[bad].sort_values("max_abs_dp", ascending=False).reset_index(drop=True),
                 info.sort_values("max_abs_dp", ascending=False).reset_index(drop=True))
+
+    def statistics(self, base, cur, both):
+        """Per model: the per-unit KL divergences over the top-k union (results.stats.topk_kl) against zero, and
+        the entropy and top-1 probability paired unit by unit."""
+        from lmsweep.results.stats import topk_kl
+
+        out = []
+        for model, g in both.groupby("model_b", sort=True):
+            kl = [topk_kl(list(ia), list(qa), list(ib), list(qb)) for ia, qa, ib, qb in
+                  zip(g["topk_ids_b"], g["topk_probs_b"], g["topk_ids_c"], g["topk_probs_c"])]
+            top1 = [[float(p[0]) if len(p) else float("nan") for p in g[f"topk_probs_{s}"]] for s in "bc"]
+            out += [Sample(model, "kl_topk", "one_sample", [], kl),
+                    Sample(model, "entropy", "paired", list(g["entropy_b"]), list(g["entropy_c"])),
+                    Sample(model, "top1_prob", "paired", top1[0], top1[1])]
+        return out
 
 
 def topk_delta(ids_a, probs_a, ids_b, probs_b) -> tuple[float, float, bool]:

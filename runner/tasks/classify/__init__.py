@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
-from lmsweep.core.task import MAX_PROB_DELTA, MIN_EXACT_MATCH, PlannedUnits, Task, TaskParams, Tolerance
+from lmsweep.core.task import MAX_PROB_DELTA, MIN_EXACT_MATCH, Metric, PlannedUnits, Sample, Task, TaskParams, Tolerance
 from lmsweep.core.task_registry import register_task
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure
 
@@ -212,6 +212,10 @@ class Classify(Task):
     )
     tolerances = (MIN_EXACT_MATCH, MAX_PROB_DELTA, MAX_ACCURACY_DROP)
     probability_columns = frozenset({"token_scores"})
+    metrics = (
+        Metric("accuracy", 0.01, "classify: share of units right, paired (McNemar on the flips)", direction="down"),
+        Metric("top_label_score", None, "classify: the predicted label's score per unit, paired (reported)"),
+    )
 
     def auto_class_for(self, variant: ClassifyVariant) -> str:
         if variant.method == "label_likelihood":
@@ -291,6 +295,27 @@ class Classify(Task):
             flips = _accuracy(both, tol, checks)
             diffs = pd.concat([diffs, flips], ignore_index=True) if not diffs.empty else flips
         return diffs, info
+
+    def statistics(self, base, cur, both):
+        """Per model: right/wrong per unit on both sides (where both have a gold label) for McNemar, and the
+        highest label score paired unit by unit."""
+        out = []
+        for model, g in both.groupby("model_b", sort=True):
+            if "correct_b" in g.columns and "correct_c" in g.columns:
+                gold = g[g["correct_b"].notna() & g["correct_c"].notna()]
+                if len(gold):
+                    out.append(Sample(model, "accuracy", "mcnemar", gold["correct_b"].astype(bool).tolist(),
+                                      gold["correct_c"].astype(bool).tolist()))
+            if "label_scores_b" in g.columns:
+                s = g[g["label_scores_b"].map(_has_scores) & g["label_scores_c"].map(_has_scores)]
+                if len(s):
+                    out.append(Sample(model, "top_label_score", "paired", [float(max(x)) for x in s["label_scores_b"]],
+                                      [float(max(x)) for x in s["label_scores_c"]]))
+        return out
+
+
+def _has_scores(x) -> bool:
+    return x is not None and not isinstance(x, float) and len(x) > 0
 
 
 def _accuracy(both, tol, checks):

@@ -12,12 +12,21 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from lmsweep.core.task import MIN_EXACT_MATCH, Task, TaskParams, Tolerance
+from lmsweep.core.task import MIN_EXACT_MATCH, Metric, Sample, Task, TaskParams, Tolerance
 from lmsweep.core.task_registry import register_task
 from lmsweep.runner.units import TaskContext, Unit
 
 MIN_SAMPLED_EXACT_MATCH = Tolerance("min_sampled_exact_match", None,
                                     "same for seeded sampled sequences (off by default)", ge=0, le=1)
+# What the regression gates test on sampled points (results.gates): per-sequence metrics of each side,
+# two samples per model × decoding point (a sampled sequence depends on its seed, so they are not paired).
+SAMPLED_METRICS = (
+    Metric("length", 0.05, "sampled: new tokens per sequence (threshold: share of the baseline mean)", relative=True),
+    Metric("distinct_1", 0.05, "sampled: distinct tokens / tokens, per sequence"),
+    Metric("distinct_2", 0.05, "sampled: distinct bigrams / bigrams, per sequence"),
+    Metric("repetition", 0.05, "sampled: share of repeated 4-grams, per sequence"),
+    Metric("hit_budget", 0.1, "sampled: share of sequences stopped by max_new_tokens"),
+)
 REP_N = 4          # repetition rate: seq-rep-4 (Welleck et al., 2019), the share of repeated 4-grams
 SHOW_TEXT = 120    # characters of a differing text shown in a compare report
 
@@ -45,7 +54,8 @@ class Generate(Task):
         ("num_new_tokens", pa.int32()), ("finish_reason", pa.string()), ("tokens_per_s", pa.float64()),
     )
     tolerances = (MIN_EXACT_MATCH, MIN_SAMPLED_EXACT_MATCH)
-    compare_columns = ("sequence_index", "text", "token_ids", "num_new_tokens", "tokens_per_s")
+    compare_columns = ("sequence_index", "text", "token_ids", "num_new_tokens", "finish_reason", "tokens_per_s")
+    metrics = SAMPLED_METRICS
     diffs_title = "Differing greedy/beam sequences"
     info_note = "seeded sampling; no tolerance applies unless min_sampled_exact_match is set"
 
@@ -135,6 +145,25 @@ class Generate(Task):
         if tol.min_sampled_exact_match is not None:
             flagged, sampled_flag = flagged | sampled_flag, np.zeros_like(flagged)
         return out[flagged].reset_index(drop=True), out[sampled_flag].reset_index(drop=True)
+
+    def statistics(self, base, cur, both):
+        """Per model × sampled decoding point: each side's per-sequence metrics (results.stats.generation_metrics)
+        as two samples. Greedy and beam rows are left to the exact-match check."""
+        from lmsweep.results.stats import generation_metrics
+
+        def sampled(df):
+            return df[df["do_sample"].fillna(False).astype(bool)]
+
+        b, c = sampled(base), sampled(cur)
+        out = []
+        groups = set(zip(b["model_pair"], b["decoding"])) & set(zip(c["model_pair"], c["decoding"]))
+        for model, decoding in sorted(groups):
+            gb = b[(b["model_pair"] == model) & (b["decoding"] == decoding)]
+            gc = c[(c["model_pair"] == model) & (c["decoding"] == decoding)]
+            mb = generation_metrics(gb["token_ids"], gb["finish_reason"])
+            mc = generation_metrics(gc["token_ids"], gc["finish_reason"])
+            out += [Sample(f"{model} · {decoding}", m.name, "two_sample", mb[m.name], mc[m.name]) for m in self.metrics]
+        return out
 
 
 # ---- summary metrics ---------------------------------------------------------------------------------------
