@@ -49,7 +49,7 @@ from lmsweep.results.integrity import (
     verify_element_parts,
 )
 from lmsweep.results.schema import ERROR_SCHEMA, row_key, schema_for
-from lmsweep.results.writer import errors_dir, fsync_dir, part_metadata, publish, results_dir
+from lmsweep.results.writer import errors_dir, fsync_dir, lock_path, part_metadata, publish, results_dir
 
 # An element with fewer parts is left as it is after a run: 16 files cost ~30 ms to read, while a merge
 # rewrites the element's data. `lmsweep results --compact` merges from 2.
@@ -309,8 +309,6 @@ def _row_groups(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
 
 def try_lock(exp_dir: Path, element: int) -> int | None:
     """The element's lock (runner/locks.py) if no worker holds it now, as an fd to close; else None."""
-    from lmsweep.runner.locks import lock_path
-
     path = lock_path(exp_dir, element)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)

@@ -56,12 +56,3 @@ def save_figure(plt, fig, out: Path) -> Path:
         fig.savefig(out, dpi=90)
     plt.close(fig)
     return out
-
-
-def __getattr__(name: str):
-    """`attention_matrix`, documented here before the attention task owned its views (docs/tasks.md)."""
-    if name == "attention_matrix":
-        from lmsweep.runner.tasks.attention_views import attention_matrix
-
-        return attention_matrix
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,12 @@ def errors_dir(exp_dir: Path) -> Path:
     return exp_dir / "errors"
 
 
+def lock_path(exp_dir: Path, element: int) -> Path:
+    """The element's lock file: a worker holds it while it runs the element (runner/locks.py), and
+    compaction takes it to leave a running element alone (results/compact.py)."""
+    return Path(exp_dir) / "locks" / f"element-{element:05d}.lock"
+
+
 COLUMNS_KEY = b"lmsweep.columns"
 _HOST = f"{zlib.crc32(socket.gethostname().encode()):08x}"
 _SEQ = itertools.count()

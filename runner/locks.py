@@ -22,13 +22,9 @@ from pathlib import Path
 
 from lmsweep.results.integrity import sweep_temp_files, verify_element_parts
 from lmsweep.results.schema import schema_for
-from lmsweep.results.writer import results_dir
+from lmsweep.results.writer import lock_path, results_dir
 
 POLL_SECONDS = 1.0
-
-
-def lock_path(exp_dir: Path, element: int) -> Path:
-    return Path(exp_dir) / "locks" / f"element-{element:05d}.lock"
 
 
 class ElementLock:

@@ -159,9 +159,9 @@ class Attention(Task):
         where = (Path(args.experiment), args.unit, Path(args.out) if args.out else None)
         selection = {"layers": int_list(args.layers), "heads": int_list(args.heads)}
         if args.bertviz:
-            from lmsweep.results.bertviz import write_pages
+            from lmsweep.runner.tasks.attention_views import write_bertviz_pages
 
-            return list(write_pages(*where, **selection))
+            return list(write_bertviz_pages(*where, **selection))
         from lmsweep.runner.tasks.attention_views import plot_attention
 
         return list(plot_attention(*where, **selection))

@@ -1,4 +1,5 @@
-"""bertviz's head view and model view over stored attention rows (results/bertviz.py, `plot attention --bertviz`).
+"""bertviz's head view and model view over stored attention rows (`plot attention --bertviz`, and in a
+notebook runner/tasks/attention_views.py's bertviz_head_view / bertviz_model_view).
 
 The views are bertviz's own (the optional `bertviz` extra, which make test installs). Their pages load
 require.js, d3 and jQuery from cdnjs.cloudflare.com; the browser test serves those scripts from the npm
@@ -54,11 +55,11 @@ def _params(html_text: str) -> dict:
 
 
 def test_head_view_hands_bertviz_the_stored_weights_under_their_layer_numbers(experiment):
-    from lmsweep.results import bertviz
+    from lmsweep.runner.tasks import attention_views
 
     exp, df = experiment
     unit = df["unit_id"].iloc[0]
-    view = bertviz.head_view(exp, unit[:8])
+    view = attention_views.bertviz_head_view(exp, unit[:8])
     assert type(view).__name__ == "HTML" and view.__module__.startswith("IPython")
     params = _params(view.data)
     assert params["include_layers"] == [0, 1]
@@ -74,11 +75,11 @@ def test_head_view_hands_bertviz_the_stored_weights_under_their_layer_numbers(ex
 
 
 def test_model_view_and_a_selection(experiment):
-    from lmsweep.results import bertviz
+    from lmsweep.runner.tasks import attention_views
 
     exp, df = experiment
     unit = df["unit_id"].iloc[0]
-    params = _params(bertviz.model_view(exp, unit, layers=[1], heads=[0, 3]).data)
+    params = _params(attention_views.bertviz_model_view(exp, unit, layers=[1], heads=[0, 3]).data)
     assert params["include_layers"] == [1]
     weights = np.asarray(params["attention"][0]["attn"])
     assert weights.shape[:2] == (1, 2)

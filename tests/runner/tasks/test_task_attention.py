@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from helpers.cli import cli
 from helpers.task_runs import rows, run_spec
 from helpers.tolerances import logprob_tolerance
-from lmsweep.results.plots import attention_matrix
+from lmsweep.runner.tasks.attention_views import attention_matrix
 
 PROMPTS = """
 prompts:
