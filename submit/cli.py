@@ -518,3 +518,7 @@ def register(sub) -> None:
     s = sub.add_parser("cancel", help="cancel an experiment's queued and running jobs")
     s.add_argument("experiment", help="experiment directory")
     s.set_defaults(func=cmd_cancel)
+
+    from lmsweep.submit import status  # results' counts joined with the scheduler's view
+
+    status.register(sub)

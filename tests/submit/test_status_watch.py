@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from helpers.cli import cli
-from lmsweep.results.watch import MAX_BACKOFF, next_wait
+from lmsweep.submit.watch import MAX_BACKOFF, next_wait
 
 SPEC = """
 name: {name}
