@@ -261,6 +261,32 @@ def packing_note(spec, plan) -> list[str]:
                    f"{sp.tokens_per_second:g} tokens/s per rank ({capacity_difference(spec, sp)})"]
 
 
+def time_to_results(spec, plan, sp: SubmitPacking, exp: Path) -> list[str]:
+    """The decision's time-to-results lines (submit/estimate.py): the chosen queue and every other queue of the
+    profile packed the same way (at the walltime asked, or the queue's maximum where that is lower), the
+    model load times (measured by this experiment's finished elements where there are some), the
+    recommended queue and the warnings."""
+    from lmsweep.submit import estimate as est
+    from lmsweep.submit.packing import PackingError, pack, plan_unit_costs
+    from lmsweep.submit.systems import walltime_seconds
+    profile, req = sp.sched.profile, sp.request
+    measured = est.measured_loads(est.read_history(exp), accelerated=profile.gpus_per_node > 0)
+    loads = est.model_loads(plan.models, spec.execution.backend, measured)
+    chosen = est.estimate(sp.packing, loads, one_machine=sp.sched.one_machine, queue=req.queue)
+    models, costs = plan.units.column("model").to_pylist(), plan_unit_costs(plan)
+    others, unfit = [], []
+    for q in profile.queues.values():
+        if req.queue is None or q.name == req.queue.name:
+            continue
+        walltime = req.walltime if walltime_seconds(req.walltime) <= q.max_walltime_seconds else q.max_walltime
+        alt = replace(req, queue=q, walltime=walltime, array_limit=None, max_queued=None, other_queues=())
+        try:
+            others.append(est.estimate(pack(models, costs, alt, model_order=list(plan.models)), loads, queue=q))
+        except PackingError as e:
+            unfit.append((q.name, str(e)))
+    return est.describe(chosen, others, unfit, loads)
+
+
 def check_paths(sched, opts, flags, exp: Path) -> list[str]:
     """The interpreter must exist (else exit 2); node-local paths the compute nodes cannot see are warned
     about on stderr. Returns the packing decision's line about the interpreter."""
@@ -296,6 +322,7 @@ def cmd_submit(args) -> int:
     decision = packing.describe()
     decision[2:2] = [*regrouped(spec, plan, sp),
                      f"throughput: {sp.tokens_per_second:g} tokens/s per rank ({sp.tps_source})"]
+    decision += time_to_results(spec, plan, sp, exp)
     decision += [f"live limits from the scheduler: {live}"] * bool(live) + python_line
     plan = apply_packing(plan, packing)
 
