@@ -364,7 +364,7 @@ def load_model(run: ElementRun, rank: Rank, claim: Claim, timers: Timers) -> Ran
     loads = 1
     loaded, backend_info = settings.engine.load(run.model, model_class, run.task.attn_implementation, settings,
                                                 rank.tp_group, rank.device, spec_file=run.plan.spec_file,
-                                                where=run.where)
+                                                where=run.where, todo=claim.todo)
     timers.load_s = time.perf_counter() - start
     print(f"loaded model {run.alias} in {loaded.load_seconds:.1f}s (loads this rank: {loads}; backend "
           f"{settings.backend}, tp {settings.tp}, {rank.device})", file=sys.stderr, flush=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -192,9 +193,12 @@ class Engine:
         """Before the tensor-parallel groups are made (several groups per element)."""
 
     def load(self, model, model_class: str | None, attn_implementation: str | None, settings: Settings,
-             tp_group: Any, device: str, *, spec_file: str | None = None, where: str = "model") -> tuple[Any, dict]:
+             tp_group: Any, device: str, *, spec_file: str | None = None, where: str = "model",
+             todo: Sequence[Any] = ()) -> tuple[Any, dict]:
         """Load the model this rank's tasks will call: (runner.loading.LoadedModel, backend config to record).
-        `model_class` is the task's Auto class, None for a tokenizer-only task."""
+        `model_class` is the task's Auto class, None for a tokenizer-only task. `todo`: the units this rank
+        is about to run (runner.units.Unit), for an engine whose start-up pays off only above some volume of
+        work (vllm: compiling)."""
         raise NotImplementedError
 
     def start_batch_size(self, ctx: TaskContext, todo: list, accelerator: str) -> tuple[int, str] | None:

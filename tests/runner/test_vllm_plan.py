@@ -102,3 +102,24 @@ def test_elements_are_sized_for_one_engine_per_rank_under_vllm(tmp_path):
         return max(e.n_units for e in plan_spec(load_spec(path)).elements)
 
     assert units_per_element("vllm") == 2 * units_per_element("deepspeed")
+
+
+def test_a_small_element_starts_vllm_eager_on_cpu_and_a_large_one_compiles(monkeypatch):
+    """Compiling pays off only for enough new tokens (runner/engines/vllm.py COMPILE_FROM_TOKENS): the choice
+    counts max_new_tokens per returned sequence of the rank's units, one per unit without decoding."""
+    from types import SimpleNamespace
+
+    from lmsweep.jobs.decoding import DecodingPoint
+
+    monkeypatch.delenv("LMSWEEP_VLLM_COMPILE", raising=False)
+    limit = vllm.COMPILE_FROM_TOKENS["cpu"]
+    two = DecodingPoint(do_sample=True, temperature=1.0, max_new_tokens=100, num_return_sequences=2)
+    units = [SimpleNamespace(point=two)] * (limit // 200 - 1) + [SimpleNamespace(point=None)] * 199
+    assert vllm.planned_new_tokens(units) == limit - 1
+    eager, why = vllm.compile_choice(units, "cpu")
+    assert eager and f"{limit - 1} new tokens" in why
+    eager, why = vllm.compile_choice(units + [SimpleNamespace(point=None)], "cpu")
+    assert not eager and f"{limit} new tokens" in why
+    assert vllm.compile_choice(units, "cuda") == (False, "vLLM's default on cuda (compile)")
+    monkeypatch.setenv("LMSWEEP_VLLM_COMPILE", "0")
+    assert vllm.compile_choice(units * 10, "cpu") == (True, "LMSWEEP_VLLM_COMPILE=0")
