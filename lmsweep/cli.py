@@ -6,16 +6,11 @@ Exit codes: 0 success; 1 some units failed (or a regression); 2 bad input, nothi
 from __future__ import annotations
 
 import argparse
-import errno
 
 from lmsweep.console import err
-from lmsweep.errors import BadInput, LmsweepError
+from lmsweep.errors import USER_FIXABLE_ERRNOS, LmsweepError, os_error_line
 
 EXIT_BAD_INPUT = 2
-# An OSError on a path the user controls (a read-only or full experiment directory, a file without
-# permission) is reported as one line naming the path, not a traceback; anything else is a bug and shows one.
-USER_FIXABLE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
-                                 errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.ENAMETOOLONG})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,9 +43,3 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"error: {os_error_line(e)}", markup=False, highlight=False)
         return EXIT_BAD_INPUT
-
-
-def os_error_line(e: OSError) -> str:
-    """`path: Read-only file system` (and the second path of a rename), as a BadInput would print."""
-    where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
-    return str(BadInput(e.strerror or str(e), file=where))

@@ -17,6 +17,7 @@ it never closes an import cycle. `lmsweep.jobs.errors` re-exports the spec error
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
 
 
@@ -135,3 +136,16 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """` (did you mean 'max_new_tokens'?)` for the closest known name, or "" when none is close."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# An OSError on a path the user controls (a read-only or full experiment directory, a file without
+# permission) is reported as one line naming the path, not a traceback (exit 2, by the `lmsweep` command and
+# by the worker's own record of its element); anything else is a bug and shows one.
+USER_FIXABLE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,
+                                 errno.ENOTDIR, errno.EISDIR, errno.ENOENT, errno.ENAMETOOLONG})
+
+
+def os_error_line(e: OSError) -> str:
+    """`path: Read-only file system` (and the second path of a rename), as a BadInput would print."""
+    where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+    return str(BadInput(e.strerror or str(e), file=where))

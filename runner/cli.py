@@ -33,7 +33,7 @@ def cmd_worker(args) -> int:
         record_element_error(exp, args.element, "; ".join(e.lines()), e.exit_code)
         raise
     except OSError as e:
-        from lmsweep.cli import USER_FIXABLE_ERRNOS, os_error_line
+        from lmsweep.errors import USER_FIXABLE_ERRNOS, os_error_line
         if e.errno in USER_FIXABLE_ERRNOS and e.filename:   # a full disk, a read-only directory: one line, exit 2
             record_element_error(exp, args.element, os_error_line(e), 2)
             raise
