@@ -39,7 +39,6 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 from lmsweep.errors import SpecError, did_you_mean
 
 if TYPE_CHECKING:
-    from lmsweep.jobs.decoding import DecodingPoint
     from lmsweep.jobs.spec import ExecutionSpec, ModelSpec
     from lmsweep.runner.engines.base import GenerationRequest, TopK
     from lmsweep.runner.units import TaskContext
@@ -90,8 +89,12 @@ class Engine:
 
     Declarations (class attributes):
         tasks           the task names it serves; None: every task (a transformers model)
-        refuses         decoding features it does not serve: DecodingPoint field → the plan-time message
-                        (refused when the point sets the field: num_beams > 1, any other truthy value)
+        decoding        the decoding parameters it serves (names of jobs/decoding.py PARAMS); None: the nine
+                        there were before parameters were declared, but those it `refuses`. A point that sets
+                        any other parameter away from its default is refused at plan time, naming the engine
+                        (jobs.decoding.engine_refusal: the one rule, applied by the generate task)
+        refuses         how to word the refusal of a parameter: name → the plan-time message (why, and which
+                        backend to use instead); without one the message names the engines that serve it
         dtypes          per accelerator, the dtypes it runs (an accelerator not listed: the "cpu" entry);
                         None: whatever the model loads in
         tensor_parallel "none" (tensor_parallel: 1 only), "ranks" (groups of ranks shard the model:
@@ -106,6 +109,7 @@ class Engine:
 
     name: ClassVar[str] = ""                         # set by register_engine
     tasks: ClassVar[tuple[str, ...] | None] = None
+    decoding: ClassVar[frozenset[str] | None] = None
     refuses: ClassVar[dict[str, str]] = {}
     dtypes: ClassVar[dict[str, tuple[str, ...]] | None] = None
     tensor_parallel: ClassVar[str] = "none"
@@ -139,14 +143,6 @@ class Engine:
                                                 f"execution.ranks_per_element={execution.ranks_per_element}; an "
                                                 f"element's ranks form groups of {model.tensor_parallel}"))
         return problems
-
-    def decoding_refusal(self, point: DecodingPoint) -> str | None:
-        """The message for the first feature of this decoding point the engine does not serve."""
-        for field, message in self.refuses.items():
-            value = getattr(point, field)
-            if (value > 1 if field == "num_beams" else bool(value)):
-                return f"{message} ({field}: {value})"
-        return None
 
     def model_copies(self, tensor_parallel: int) -> int:
         """Ranks one copy of a model with this tensor_parallel occupies (plan sizing)."""

@@ -21,13 +21,6 @@ class HF(Engine):
     tensor_parallel = "none"
     packages = ("torch", "transformers")
 
-    def decoding_refusal(self, point) -> str | None:
-        """The message for the first parameter of the point this engine does not serve (its `decoding`)."""
-        from lmsweep.core.engine import all_engines
-        from lmsweep.jobs.decoding import engine_refusal
-
-        return engine_refusal(self, point, all_engines())
-
     def load(self, model, model_class, attn_implementation, settings: Settings, tp_group: Any, device: str, *,
              spec_file: str | None = None, where: str = "model", todo=()) -> tuple[Any, dict]:
         from lmsweep.runner import loading

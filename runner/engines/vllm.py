@@ -85,13 +85,6 @@ class Vllm(Engine):
     torchrun = False                  # each engine sets up torch.distributed itself
     context_name = "the engine's context"
 
-    def decoding_refusal(self, point) -> str | None:
-        """The message for the first parameter of the point this engine does not serve (its `decoding`)."""
-        from lmsweep.core.engine import all_engines
-        from lmsweep.jobs.decoding import engine_refusal
-
-        return engine_refusal(self, point, all_engines())
-
     def prepare_environment(self, settings: Settings) -> None:
         prepare_environment()
 

@@ -163,6 +163,7 @@ def test_vllm_refuses_what_it_does_not_map_with_its_own_words(tmp_path):
                              "temperature", "top_k", "top_p"}
     point = DecodingPoint(no_repeat_ngram_size=3)
     from lmsweep.core.engine import get_engine
+    from lmsweep.jobs.decoding import engine_refusal
 
-    assert get_engine("vllm").decoding_refusal(point).startswith("no_repeat_ngram_size is not served by backend vllm")
-    assert get_engine("vllm").decoding_refusal(DecodingPoint(do_sample=True, top_k=5)) is None
+    assert engine_refusal(get_engine("vllm"), point).startswith("no_repeat_ngram_size is not served by backend vllm")
+    assert engine_refusal(get_engine("vllm"), DecodingPoint(do_sample=True, top_k=5)) is None

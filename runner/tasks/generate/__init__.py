@@ -60,12 +60,14 @@ class Generate(Task):
     info_note = "seeded sampling; no tolerance applies unless min_sampled_exact_match is set"
 
     def check_plan(self, spec, facts, prompts, units) -> None:
-        """Refuse a decoding point the spec's engine does not serve (its `refuses` declaration)."""
-        from lmsweep.runner.engines import get_engine
+        """Refuse a decoding point the spec's engine does not serve (its `decoding` declaration; the rule is
+        jobs.decoding.engine_refusal)."""
+        from lmsweep.jobs.decoding import engine_refusal
+        from lmsweep.runner.engines import all_engines, get_engine
 
         engine = get_engine(spec.execution.backend)
         for point in spec.decoding.points():
-            refused = engine.decoding_refusal(point)
+            refused = engine_refusal(engine, point, all_engines())
             if refused:
                 raise spec.source.error(refused, "decoding")
 
