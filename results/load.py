@@ -23,6 +23,11 @@ FEW_FILES = 256
 def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=None,
                all_rows: bool = False) -> pa.Table:
     """Rows of the experiment's task, de-duplicated by row key, restricted to the current plan."""
+    return _read(exp_dir, columns, filters, all_rows)[0]
+
+
+def _read(exp_dir: str | Path, columns: list[str] | None, filters, all_rows: bool):
+    """load_table's rows and the plan they were read against."""
     exp_dir = Path(exp_dir)
     plan = read_plan(exp_dir)
     task = plan.meta["task"]["type"]
@@ -32,7 +37,7 @@ def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=No
     _known_columns(task, schema, [t[0] for t in terms], "filters")
     directory = results_dir(exp_dir, task)
     if not directory.is_dir():
-        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        return (schema.empty_table() if columns is None else schema.empty_table().select(columns)), plan
     keys = row_key(task)
     want = None if columns is None else list(dict.fromkeys(columns + keys))
     if filters is not None and not isinstance(filters, pc.Expression):
@@ -54,7 +59,7 @@ def load_table(exp_dir: str | Path, columns: list[str] | None = None, filters=No
     table = _dedupe(table, keys)
     if table.num_rows == 0 and terms:
         _warn_unmatched(exp_dir, directory, schema, terms)
-    return table if columns is None else table.select(columns)
+    return (table if columns is None else table.select(columns)), plan
 
 
 def unit_from_prefix(exp_dir: str | Path, unit: str, field: str = "unit") -> str:
@@ -129,11 +134,15 @@ def _dedupe(table: pa.Table, keys: list[str]) -> pa.Table:
 
 def load(exp_dir: str | Path, columns: list[str] | None = None, filters=None) -> pd.DataFrame:
     """The experiment as one pandas DataFrame, one row per result row, sorted by element and unit."""
-    table = load_table(exp_dir, columns, filters)
+    table, plan = _read(exp_dir, columns, filters, False)
     sort = [c for c in ("element", "unit_id", "sequence_index") if c in table.column_names]
     if sort:        # in Arrow (stable): pandas sorts Arrow-backed strings ten times slower
         table = table.take(pc.sort_indices(table, sort_keys=[(c, "ascending") for c in sort]))
-    return table.to_pandas()
+    df = table.to_pandas()
+    # the prompt sets in spec order, for summaries that list them as the spec does (rows come in hash order)
+    spec = plan.meta.get("spec") or {}
+    df.attrs["prompt_sets"] = [p.get("name") for p in spec.get("prompts", []) if isinstance(p, dict)]
+    return df
 
 
 @dataclass

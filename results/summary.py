@@ -7,9 +7,14 @@ from lmsweep.core.task_registry import get_task
 
 
 def summarize(df: pd.DataFrame, task: str) -> pd.DataFrame:
+    """The task's summary, without a `variant` column that holds one value (a task configuration that does
+    not vary says nothing in every row)."""
     if df.empty:
         return pd.DataFrame()
-    return get_task(task).summarize(df)
+    table = get_task(task).summarize(df)
+    if "variant" in table.columns and table["variant"].nunique(dropna=False) <= 1:
+        table = table.drop(columns="variant")
+    return table
 
 
 def task_examples(df: pd.DataFrame, task: str) -> pd.DataFrame | None:

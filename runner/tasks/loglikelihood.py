@@ -248,21 +248,40 @@ class Loglikelihood(Task):
         return out
 
     def summarize(self, df):
-        """Per model × task configuration: units, scored tokens, mean log-probability per token and the
-        corpus perplexity exp(−Σ logprob / Σ tokens), the median unit perplexity and the greedy share."""
+        """Per model × task configuration × prompt set × kind (pairs and whole texts apart: a perplexity over
+        both means neither), prompt sets in spec order: units, scored tokens, mean log-probability per token,
+        the corpus perplexity exp(−Σ logprob / Σ tokens), the median unit perplexity, the greedy share; for
+        whole texts also lm-eval's word_perplexity, byte_perplexity and bits_per_byte (results/lm_eval.py).
+        `prompt_set` is left out when there is one."""
         import pandas as pd
 
+        from lmsweep.results.lm_eval import rolling_metrics
         from lmsweep.results.summary import latency_percentiles
 
+        sets = [s for s in df.attrs.get("prompt_sets", []) if s in set(df["prompt_set"])]
+        sets += sorted(set(df["prompt_set"]) - set(sets))
+        kind = df["continuation"].isna().map({True: "text", False: "pair"})
         rows = []
-        for (model, variant), g in df.groupby(["model", "variant"], sort=True):
-            tokens = int(g["num_scored_tokens"].sum())
-            rows.append({"model": model, "variant": variant, "units": g["unit_id"].nunique(), "tokens": tokens,
-                         "logprob_per_token": float(g["logprob"].sum()) / tokens,
-                         "perplexity": math.exp(-float(g["logprob"].sum()) / tokens),
-                         "median_unit_perplexity": float(g["perplexity"].median()),
-                         "greedy_share": float(g["is_greedy"].mean()), **latency_percentiles(g)})
-        return pd.DataFrame(rows)
+        for (model, variant), by_config in df.assign(kind=kind).groupby(["model", "variant"], sort=True):
+            for prompt_set in sets:
+                for form in ("pair", "text"):
+                    g = by_config[(by_config["prompt_set"] == prompt_set) & (by_config["kind"] == form)]
+                    if g.empty:
+                        continue
+                    tokens = int(g["num_scored_tokens"].sum())
+                    total = math.fsum(g["logprob"])
+                    row = {"model": model, "variant": variant, "prompt_set": prompt_set, "kind": form,
+                           "units": g["unit_id"].nunique(), "tokens": tokens, "logprob_per_token": total / tokens,
+                           "perplexity": math.exp(-total / tokens),
+                           "median_unit_perplexity": float(g["perplexity"].median()),
+                           "greedy_share": float(g["is_greedy"].mean())}
+                    if form == "text":
+                        row.update(rolling_metrics(g["logprob"].tolist(), g["prompt_text"].tolist()))
+                    rows.append({**row, **latency_percentiles(g)})
+        out = pd.DataFrame(rows)
+        if out["prompt_set"].nunique() <= 1:
+            out = out.drop(columns="prompt_set")
+        return out
 
     def examples(self, df, limit: int = 20):
         """Per prompt: what was scored, its log-probability and perplexity."""

@@ -33,7 +33,8 @@ class Tokenize(Task):
 
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
         tok, p = ctx.tokenizer, ctx.params
-        special = set(tok.all_special_ids)
+        # [UNK] stands for text the vocabulary lacks, not a token the tokenizer adds: not counted as special.
+        special = set(tok.all_special_ids) - {tok.unk_token_id}
         rows = []
         for u in units:
             text, add = render_prompt(tok, u.prompt)
@@ -51,6 +52,25 @@ class Tokenize(Task):
         return rows, {}
 
     def summarize(self, df):
+        """Per prompt and model: the counts, and the tokenizer's own pieces (`Ġ`, `▁`, `##` as it writes them),
+        escaped so each is visible: a token decoded alone can be half a character (an emoji's bytes show as
+        `�`) or only spaces."""
         out = df[["model", "prompt_id", "num_tokens", "num_special_tokens", "chars_per_token", "vocab_size"]].copy()
-        out["tokens"] = ["|".join(t) for t in df["token_texts"]]
+        out["tokens"] = ["|".join(map(visible_piece, t)) for t in df["tokens"]]
         return out.sort_values(["prompt_id", "model"], ignore_index=True)
+
+
+def visible_piece(piece: str) -> str:
+    """A token piece with what would not show escaped: `\\n`, `\\t`, other control characters as `\\xNN`,
+    a space as `␣`, and the separator `|` as `\\|`."""
+    out = []
+    for ch in piece:
+        if ch == " ":
+            out.append("␣")
+        elif ch == "|" or ch == "\\":
+            out.append("\\" + ch)
+        elif not ch.isprintable():
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)

@@ -271,9 +271,12 @@ class Classify(Task):
         return rows, errors
 
     def summarize(self, df):
+        """Accuracy, macro-F1 and the confusion matrix per configuration (results/metrics.py), with lm-eval's
+        accuracy stderr, acc_norm and acc_bytes beside the accuracy (results/lm_eval.py)."""
+        from lmsweep.results.lm_eval import classify_columns
         from lmsweep.results.metrics import classification_summary
 
-        return classification_summary(df)
+        return classify_columns(df, classification_summary(df))
 
     def report_plots(self, df):
         """Accuracy by number of shots, per model (classify/views.py)."""

@@ -122,7 +122,7 @@ def test_example_config_runs_and_plots(tmp_path, smollm2_dir):
     cli("run", str(REPO / "configs" / "hidden_states.yaml"), "--output-dir", str(tmp_path), "--quiet", check=True)
     exp = tmp_path / "hidden_states"
     summary = cli("results", str(exp), "--summary", "--csv", check=True).stdout
-    assert summary.splitlines()[0].startswith("model,variant,layer,prompts,mean_cosine")
+    assert summary.splitlines()[0].startswith("model,layer,prompts,mean_cosine")     # one variant: no column
     proc = cli("plot", "hidden_states", str(exp), "--layers", "0,15,30", check=True)
     pngs = sorted((exp / "plots").glob("hidden-states-*.png"))
     assert {p.name for p in pngs} == {"hidden-states-similarity-smollm2.png", "hidden-states-pca-smollm2.png"}
