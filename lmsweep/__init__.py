@@ -11,8 +11,9 @@ The notebook API, in one namespace:
     diff = lmsweep.compare("runs/a", "runs/b")      # unit-by-unit comparison of two experiments
 
 The stages are subpackages: `lmsweep.jobs` (spec → plan), `lmsweep.submit` (schedulers), `lmsweep.runner`
-(workers and tasks), `lmsweep.results` (Parquet and analysis). Names are imported on first use, so
-`import lmsweep` (and the `lmsweep` command's start) stays cheap.
+(workers and tasks), `lmsweep.results` (Parquet and analysis), and `lmsweep.core` holds what they agree on
+(docs/development.md#package-layering). Names are imported on first use, by module name, so `import lmsweep`
+(and the `lmsweep` command's start) stays cheap.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ _API = {
     "compare": ("lmsweep.results.compare", "compare"),
     "load_spec": ("lmsweep.jobs.spec", "load_spec"),
     "plan": ("lmsweep.jobs.plan", "plan_spec"),
-    "SpecError": ("lmsweep.jobs.errors", "SpecError"),
+    "SpecError": ("lmsweep.errors", "SpecError"),
 }
 __all__ = [*_API, "__version__"]
 
