@@ -24,9 +24,31 @@ def validated(spec_path: str):
     return spec, plan_spec(spec)
 
 
+def missing_engine(spec) -> str | None:
+    """Why the spec's engine cannot run here (a module it imports is not installed), or None. Found without
+    importing it: `find_spec`. Engines list the modules as `imports` (runner/engines)."""
+    import importlib.util
+
+    from lmsweep.core.engine import get_engine
+
+    engine = get_engine(spec.execution.backend)
+    missing = [m for m in getattr(engine, "imports", ()) if importlib.util.find_spec(m) is None]
+    if not missing:
+        return None
+    hint = getattr(engine, "install_hint", f"install {', '.join(missing)}")
+    return f"backend {engine.name}: {', '.join(missing)} is not importable in this environment; {hint}"
+
+
 def cmd_validate(args) -> int:
+    import sys
+
     spec, plan = validated(args.spec)
     experiment_dir(spec, None)           # where outputs would go must be allowed too
+    missing = missing_engine(spec)       # a login node may lack the engine: a warning here, a refusal at run
+    if missing:
+        where = f"{spec.source.file}:{spec.source.line(('execution', 'backend'))}: " if spec.source.file else ""
+        print(f"warning: {where}execution.backend: {missing} (the workers need it; `lmsweep run` refuses here)",
+              file=sys.stderr, flush=True)
     console.print(f"ok: {args.spec}: experiment {spec.name!r}, {len(plan.models)} model(s), "
                   f"{len(plan.prompts)} prompt(s), {max(len(plan.points), 1)} decoding point(s), "
                   f"{plan.n_units} unit(s) in {len(plan.elements)} element(s)")

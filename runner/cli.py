@@ -65,7 +65,7 @@ def cmd_run(args) -> int:
 
     from lmsweep.console import console
     from lmsweep.errors import UsageError
-    from lmsweep.jobs.cli import experiment_dir, print_plan, validated
+    from lmsweep.jobs.cli import experiment_dir, missing_engine, print_plan, validated
     from lmsweep.jobs.plan import write_plan
     from lmsweep.results.cli import report
     from lmsweep.results.load import status
@@ -79,6 +79,9 @@ def cmd_run(args) -> int:
     _not_a_directory(Path(args.spec))
     with Stopper() as stopper:
         spec, plan = validated(args.spec)
+        missing = missing_engine(spec)      # validate only warns; running here needs the engine: refuse, no plan
+        if missing:
+            raise spec.source.error(missing, "execution.backend", ("execution", "backend"))
         exp = experiment_dir(spec, args.output_dir)
         write_plan(plan, exp)
         if not args.quiet:

@@ -71,6 +71,8 @@ INSTALL_HINT = ("backend vllm needs the vllm package in the worker's environment
 @register_engine("vllm")
 class Vllm(Engine):
     tasks = ("generate", "next_token")
+    imports = ("vllm",)               # validate warns, and run refuses, where these are not importable
+    install_hint = INSTALL_HINT
     refuses = {
         "num_beams": "beam search is not served by backend vllm (its beam search is not transformers'); "
                      "use execution.backend: hf or deepspeed for beam points",
