@@ -58,7 +58,7 @@ KEYWORDS = {"max_new_tokens": "max_tokens", "repetition_penalty": "repetition_pe
 SAMPLED = {"temperature": ("temperature", 1.0), "top_k": ("top_k", 0), "top_p": ("top_p", 1.0)}
 DECODING = frozenset({"do_sample", "num_return_sequences", *KEYWORDS, *SAMPLED})
 # New tokens a rank must generate before compiling its engine pays off, per accelerator. Measured on the 2-core
-# CPU (docs/performance.md#vllm-engine-start): compiling SmolLM2-135M costs ~130 s on a cold inductor cache and
+# CPU (docs/performance.md, "vLLM engine start"): compiling SmolLM2-135M costs ~130 s on a cold inductor cache and
 # ~40 s on a warm one against ~25 s eager, and decodes ~1.5x faster (210 against 130 tokens/s at batch 48):
 # eager finishes first below roughly 10k (warm) to 40k (cold) new tokens. Not measured on a GPU, where vLLM's
 # default (compile and CUDA graphs) is kept. LMSWEEP_VLLM_COMPILE=1 / 0 forces either way.
