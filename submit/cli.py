@@ -312,6 +312,8 @@ def cmd_submit(args) -> int:
 
     flags = Flags.from_args(args)
     out_dir = dry_run_out(args)
+    if args.all and not args.dry_run:
+        raise UsageError("only with --dry-run (a submit runs only what is not done yet)", field="--all")
     spec, plan = validated(args.spec)
     exp = experiment_dir(spec, args.output_dir).resolve()
     system = args.system or spec.execution.system
@@ -331,8 +333,12 @@ def cmd_submit(args) -> int:
     todo = sorted({int(e) for e, u in zip(plan.units.column("element").to_pylist(),
                                           plan.units.column("unit_id").to_pylist()) if u not in done})
     arrays, throttle = packing.arrays, packing.throttle
-    if len(todo) < len(plan.elements):
-        decision.append(f"{len(plan.elements) - len(todo)} element(s) already done: submitting {len(todo)}")
+    if args.all and len(todo) < len(plan.elements):
+        decision.append(f"--all: rendering all {len(plan.elements)} element(s); {len(plan.elements) - len(todo)} of "
+                        f"them already done here (a submit would run {len(todo)})")
+    elif len(todo) < len(plan.elements):
+        decision.append(f"{len(plan.elements) - len(todo)} element(s) already done: submitting {len(todo)}"
+                        + (" (`--dry-run --all` renders every element's script)" if args.dry_run else ""))
         arrays, throttle, more = split_arrays(todo, req, packing.nodes) if todo else ((), None, [])
         decision += more
     name = jobs_dir.next_name(exp)
@@ -520,6 +526,8 @@ def register(sub) -> None:
     s = sub.add_parser("submit", help="plan a spec, pack it for a system's queue and submit it as job arrays")
     s.add_argument("spec")
     s.add_argument("--system", help="system profile name (`lmsweep systems` lists them) or YAML path")
+    s.add_argument("--all", action="store_true", help="with --dry-run: render every element's script, also when "
+                   "this experiment has already done some or all of them")
     s.add_argument("--output-dir", help="parent of the experiment directory (default: the spec's output_dir); on "
                    "a cluster it must be on a filesystem the compute nodes see (/tmp, /var/tmp, /dev/shm and "
                    "$TMPDIR get a warning)")
