@@ -111,20 +111,29 @@ def plot_throughput(df: pd.DataFrame) -> list[str]:
         units["units_per_s"] = units["batch_size"] / units["batch_latency_s"]
         metric, label = "units_per_s", "units/s (median over batches)"
     by = "decoding" if units["decoding"].notna().any() else "variant"
-    table = units.pivot_table(index=by, columns="model", values=metric, aggfunc="median")
+    if units[by].nunique(dropna=False) <= 1:        # nothing varies: a bar per model, not one `variant 0`
+        by, units = "model", units.assign(_all="all")
+        table = units.pivot_table(index="model", columns="_all", values=metric, aggfunc="median")
+    else:
+        table = units.pivot_table(index=by, columns="model", values=metric, aggfunc="median")
+    if table.dropna(how="all").empty:                # no timings (tokenize times nothing)
+        return out
     fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(table) + 1)))
     table.plot.barh(ax=ax, width=0.8)
     ax.set_xlabel(label)
     ax.set_ylabel(by)
     ax.set_title(f"Throughput by {by}")
-    ax.legend(title="model", fontsize=8)
-    out.append(png_img(fig, f"Throughput by {by} and model"))
+    if by == "model":
+        ax.get_legend().remove()
+    else:
+        ax.legend(title="model", fontsize=8)
+    out.append(png_img(fig, f"Throughput by {by}" + ("" if by == "model" else " and model")))
     sizes = units["batch_size"].dropna().unique()
     if len(sizes) > 1:
         fig, ax = plt.subplots(figsize=(8, 3.5))
-        for (model, key), g in units.groupby(["model", by], sort=True):
+        for key, g in units.groupby(["model"] if by == "model" else ["model", by], sort=True):
             s = g.groupby("batch_size")[metric].median()
-            ax.plot(s.index, s.values, marker="o", label=f"{model} · {key}")
+            ax.plot(s.index, s.values, marker="o", label=" · ".join(map(str, key)))
         ax.set_xlabel("batch size (units in the batch)")
         ax.set_ylabel(label)
         ax.set_title("Throughput by batch size")

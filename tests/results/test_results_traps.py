@@ -81,3 +81,13 @@ def test_run_batch_size_overrides_the_spec(tiny_llama, tmp_path):
     assert set(lmsweep.load(tmp_path / "runs" / "b")["batch_size"]) == {1}
     bad = cli("run", str(tmp_path / "spec.yaml"), "--batch-size", "0")
     assert bad.returncode == 2 and "--batch-size" in bad.stderr
+
+
+def test_the_report_plots_no_variant_axis_when_no_variant_varies(exp, tiny_llama, tmp_path):
+    from lmsweep.results.report import build_report
+
+    assert "Throughput by" not in build_report(exp)          # tokenize has no timings: no plot (it raised)
+    ll = run_spec(tmp_path, f"name: ll\nmodels: [{{alias: tiny, source: {tiny_llama}}}]\nprompts: [\"a cat\"]\n"
+                            "task: loglikelihood\n")
+    page = build_report(ll)
+    assert "Throughput by variant" not in page and "alt='Throughput by model'" in page
