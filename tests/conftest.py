@@ -15,7 +15,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.pop("COLUMNS", None)
 os.environ.pop("LINES", None)
 
-from helpers.tiny_models import make_tiny_llama
+
+def _threads_per_xdist_worker() -> int | None:
+    """`make test`'s pytest-xdist workers share the machine's cores: each worker (and every lmsweep worker,
+    MPI rank or engine it starts, which inherit OMP_NUM_THREADS) gets its share instead of all the cores, so
+    two workers on two cores do not run four OpenMP threads that spin-wait on each other. Numeric tolerances
+    hold at any thread count (tests/helpers/tolerances.py). None: not under xdist, or OMP_NUM_THREADS set."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0)
+    if workers < 2 or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // workers)
+
+
+if (_threads := _threads_per_xdist_worker()) is not None:
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+
+from helpers.tiny_models import make_tiny_llama  # noqa: E402  (after the environment above: it may import torch)
 
 
 @pytest.fixture(scope="session")
@@ -55,9 +71,11 @@ def one_slurm_test_at_a_time(request):
 # Slurm requeues): collected first, so that under `make test`'s two xdist workers the many short files fill in
 # beside them instead of one worker finishing alone with a long tail (a fresh-clone run spent its last ~8
 # minutes on test_vllm.py by itself).
-LONG_FIRST = ("tests/runner/test_vllm.py", "tests/e2e/test_homework.py", "tests/results/test_compare.py",
-              "tests/runner/test_gemma.py", "tests/runner/test_deepspeed_mpi.py", "tests/runner/test_preemption.py",
-              "tests/submit/test_submit_checks.py", "tests/e2e/test_slurm_e2e.py", "tests/runner/test_run_signals.py")
+# test_gemma.py converts Gemma into the model cache (minutes, once, under a lock) before test_homework.py needs
+# it: started on two workers at once, one would wait for the other's conversion.
+LONG_FIRST = ("tests/runner/test_vllm.py", "tests/runner/test_gemma.py", "tests/runner/test_deepspeed_mpi.py",
+              "tests/e2e/test_homework.py", "tests/runner/test_preemption.py", "tests/e2e/test_slurm_e2e.py",
+              "tests/runner/test_run_signals.py", "tests/results/test_compare.py")
 
 
 def pytest_collection_modifyitems(config, items):
