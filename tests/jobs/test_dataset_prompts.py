@@ -157,3 +157,19 @@ def test_the_shipped_example_reads_its_save_to_disk_folder():
     got = prompts(REPO / "configs" / "hf_dataset.yaml")
     assert len(got) == 8 and {p.label for p in got} <= {"positive", "negative"}
     assert all(p.id.startswith("r") for p in got)
+
+
+def test_a_dataset_column_is_loglikelihoods_continuation(tmp_path):
+    """Columns not mapped stay in meta, where loglikelihood's continuation_column reads them: a dataset of
+    (context, ending) rows is a multiple-choice set."""
+    datasets.Dataset.from_dict({"ctx": ["The sky is", "The sky is"], "ending": [" blue", " green"]}) \
+        .save_to_disk(str(tmp_path / "mc"))
+    path = tmp_path / "spec.yaml"
+    path.write_text("name: d\nmodels: [package:smollm2-135m-instruct]\nprompts:\n  - name: mc\n"
+                    "    dataset: {path: mc}\n    text_column: ctx\n"
+                    "task: {type: loglikelihood, continuation_column: ending}\n")
+    import lmsweep
+
+    plan = lmsweep.plan(lmsweep.load_spec(path))
+    assert plan.n_units == 2 and len(set(plan.units.column("unit_id").to_pylist())) == 2
+    assert [json.loads(p.meta)["ending"] for p in plan.prompts] == [" blue", " green"]
