@@ -237,14 +237,21 @@ class Loglikelihood(Task):
     # the generate summary's legibility columns (docs/homework.md).
     legibility = Legibility(outputs_task="generate",
                             outputs_columns=("rows", "mean_new_tokens", "distinct_1", "distinct_2", "repetition_rate"))
-    metrics = (Metric("logprob_per_token", 0.01, "loglikelihood: log-likelihood per scored token (nats), paired"),)
+    metrics = (Metric("logprob_per_token", 0.01, "loglikelihood: log-likelihood per scored token (nats)"),)
 
     def statistics(self, base, cur, both):
-        """Per model: each unit's log-likelihood per scored token, paired unit by unit."""
+        """Per model: each unit's log-likelihood per scored token, paired unit by unit when the same texts were
+        scored on both sides; when none were (each side scored its own texts, e.g. each run's sampled outputs
+        under one model: docs/results.md), each side's rows as two samples."""
         out = []
+        paired = set(both["model_b"]) if len(both) else set()
         for model, g in both.groupby("model_b", sort=True):
             per = [(g["logprob_" + s] / g["num_scored_tokens_" + s].clip(lower=1)).tolist() for s in "bc"]
             out.append(Sample(model, "logprob_per_token", "paired", per[0], per[1]))
+        for model in sorted((set(base["model_pair"]) & set(cur["model_pair"])) - paired):
+            per = [(d["logprob"] / d["num_scored_tokens"].clip(lower=1)).tolist()
+                   for d in (base[base["model_pair"] == model], cur[cur["model_pair"] == model])]
+            out.append(Sample(model, "logprob_per_token", "two_sample", per[0], per[1]))
         return out
 
     def summarize(self, df):

@@ -76,3 +76,130 @@ def test_an_improvement_in_accuracy_is_a_shift_not_a_regression():
     c = compare_frames(classify_rows(base), classify_rows([True] * 100), side("classify"), side("classify"),
                        tolerances=Tolerances(max_accuracy_drop=None, min_exact_match=None), gates=Gates())
     assert gate_rows(c, "accuracy")["verdict"].item() == "shift" and c.passed
+
+
+
+def scored_rows(ids: list[str], logprob: list[float]) -> pd.DataFrame:
+    n = len(ids)
+    return pd.DataFrame({"unit_id": ids, "unit_key": ids, "model": "m", "prompt_set": "p", "prompt_id": ids,
+                         "decoding": None, "batch_size": 8, "batch_latency_s": 1.0, "logprob": logprob,
+                         "num_scored_tokens": [10] * n})
+
+
+def test_log_likelihood_is_paired_on_the_same_texts_and_two_samples_on_different_ones():
+    rng = np.random.default_rng(1)
+    lp = list(rng.normal(-30, 5, 50))
+    ids = [f"u{i}" for i in range(50)]
+    same = compare_frames(scored_rows(ids, lp), scored_rows(ids, [x - 1 for x in lp]), side("loglikelihood"),
+                          side("loglikelihood"), gates=Gates())
+    row = gate_rows(same, "logprob_per_token").iloc[0]
+    # every text 1 nat less likely over 10 tokens: −0.1 per token, beyond the 0.01 threshold
+    assert row["test"] == "Wilcoxon signed-rank" and row["difference"] == pytest.approx(-0.1)
+    assert row["verdict"] == "REGRESSION" and not same.passed
+    other = compare_frames(scored_rows(ids, lp), scored_rows([f"v{i}" for i in range(50)], lp),
+                           side("loglikelihood"), side("loglikelihood"), tolerances=NO_UNMATCHED, gates=Gates())
+    row = gate_rows(other, "logprob_per_token").iloc[0]
+    # 50 texts a side with a spread of 0.5 nats per token cannot show a 0.01 shift: said, not passed off as ok
+    assert row["test"] == "Mann-Whitney U" and row["difference"] == 0 and row["mde"] > 0.01
+    assert row["verdict"] == "underpowered" and other.passed
+
+
+def test_an_unknown_gate_metric_is_exit_2_at_its_line(tmp_path, tiny_llama):
+    text = (f"name: s\nmodels: [{{alias: tiny, source: {tiny_llama}}}]\nprompts: [a]\ntask: generate\n"
+            "regression:\n  gates:\n    thresholds:\n      lenght: 0.1\n")
+    (tmp_path / "s.yaml").write_text(text)
+    proc = cli("validate", str(tmp_path / "s.yaml"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "regression.gates.thresholds" in proc.stderr and "unknown metric 'lenght'" in proc.stderr
+    assert "distinct_1" in proc.stderr                   # the metrics the tasks offer are listed
+
+
+# ---- runs of a tiny model: sampled text, its log-likelihood, next-token distributions ---------------------
+
+PROMPTS = ["Shakespeare was a", "My dog really wanted to eat", "I skip across the", "Once upon a time",
+           "The capital of France is", "No, I am your father"]
+SEEDS = 30
+TRIALS = 30                    # same-software comparisons for the false-positive rate
+
+SAMPLED = """
+name: sampled
+models: [{{alias: tiny, source: {model}}}]
+prompts: [{{name: p, items: {prompts}}}]
+task: generate
+decoding:
+  max_new_tokens: 12
+  seeds: {seeds}
+  include: [{{temperature: 0.7}}, {{temperature: 0.9}}]
+execution: {{batch_size: 64}}
+"""
+
+def run(spec, out):
+    cli("run", str(spec), "--output-dir", str(out), "--quiet", check=True)
+    return out / next(p.name for p in out.iterdir())
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory) -> pd.DataFrame:
+    """One generate run (t=0.7 and t=0.9, 30 seeds × 6 prompts each) of a tiny model with a broad next-token
+    distribution (init range 0.3: 2 to 3.5 nats)."""
+    tmp = tmp_path_factory.mktemp("sampled")
+    model = make_tiny_llama(tmp / "tiny", init_range=0.3)
+    spec = tmp / "gen.yaml"
+    spec.write_text(SAMPLED.format(model=model, prompts=PROMPTS, seeds=list(range(SEEDS))))
+    return load(run(spec, tmp / "gen"))
+
+
+def split(df: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two runs of the same software with different seeds: the rows of two disjoint halves of the seeds."""
+    half = set(rng.permutation(SEEDS)[:SEEDS // 2].tolist())
+    pick = df["seed"].isin(half)
+    return df[pick], df[~pick]
+
+
+@pytest.mark.slow
+def test_same_software_with_fresh_seeds_fires_no_gate_at_the_measured_false_positive_rate(sampled):
+    """30 comparisons of disjoint seed halves of one run (the same software, fresh seeds), each gating 2
+    temperatures × 5 text metrics: Holm keeps the chance of any false alarm per comparison at most alpha, so
+    more fires than the binomial's 99.9% quantile of 30 trials at alpha is a bug, not bad luck."""
+    rng = np.random.default_rng(0)
+    gates = Gates()
+    fired, rows = 0, 0
+    for _ in range(TRIALS):
+        b, c = split(sampled, rng)
+        comp = compare_frames(b, c, side("generate"), side("generate"), tolerances=NO_UNMATCHED, gates=gates)
+        rows += len(comp.statistics)
+        fired += not comp.passed
+    assert rows == TRIALS * 2 * 5
+    allowed = sps.binom.ppf(0.999, TRIALS, gates.alpha)
+    print(f"false positives: {fired} of {TRIALS} comparisons ({rows} gated rows); allowed {allowed:g}")
+    assert fired <= allowed
+
+
+NEXT = """
+name: nt
+models: [{{alias: tiny, source: {model}}}]
+prompts: [{{name: p, items: {prompts}}}]
+task: {{type: next_token, top_k: 10}}
+regression:
+  gates: {{alpha: 0.01, correction: bh}}
+"""
+
+
+@pytest.mark.slow
+def test_weight_noise_fires_the_next_token_kl_gate_and_a_rerun_passes(tmp_path, tiny_llama):
+    prompts = [f"{a} {b}" for a in ("The", "My dog", "Once", "No, I")
+               for b in ("was", "is", "ate", "saw", "ran", "had")]
+    noisy = perturb(tiny_llama, tmp_path / "models" / "noisy", scale=0.05)
+    exps = {}
+    for name, model in (("a", tiny_llama), ("noisy", noisy)):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(NEXT.format(model=model, prompts=prompts))
+        exps[name] = run(spec, tmp_path / name)
+    same = cli("compare", str(exps["a"]), str(exps["a"]))
+    assert same.returncode == 0, same.stdout + same.stderr
+    bad = cli("compare", str(exps["a"]), str(exps["noisy"]), "--max-prob-delta", "off", "--min-topk-overlap", "off")
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAIL: significant shifts beyond threshold" in bad.stdout + bad.stderr
+    md = (exps["noisy"] / "reports" / "compare.md").read_text()
+    kl = next(line for line in md.splitlines() if "| kl_topk |" in line)
+    assert "REGRESSION" in kl and "Wilcoxon signed-rank" in kl and "| 24 |" in kl
