@@ -31,13 +31,20 @@ class DatasetRows:
 
 def read_dataset(src: DatasetSource, spec_dir: Path, error: ErrorAt) -> DatasetRows:
     """The rows `src` selects, or a SpecError at the spec key that is wrong."""
-    os.environ["HF_DATASETS_OFFLINE"] = "1"     # read before `datasets` is first imported
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    # datasets reads HF_DATASETS_OFFLINE once, when first imported; the readers used below have no network
+    # path anyway (load_from_disk, Dataset.from_file, the cache builder). The caller's environment is restored.
+    before = os.environ.get("HF_DATASETS_OFFLINE")
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
     try:
         import datasets  # noqa: F401
     except ImportError:
         raise error("reading a Hugging Face dataset needs the `datasets` package: "
                     "pip install 'lmsweep[datasets]'", "path" if src.path else "name") from None
+    finally:
+        if before is None:
+            os.environ.pop("HF_DATASETS_OFFLINE", None)
+        else:
+            os.environ["HF_DATASETS_OFFLINE"] = before
     if src.path is not None:
         table, features, shown = _from_path(src, spec_dir, error)
     else:
@@ -158,7 +165,7 @@ def _filtered(table, features, src: DatasetSource, shown: str, error: ErrorAt) -
         labels = names.get(column, [])
         allowed |= {labels.index(v) for v in allowed if isinstance(v, str) and v in labels}
         values = table.column(column).to_pylist()
-        kept = [i for i in keep if values[i] in allowed]
+        kept = [i for i in keep if _member(values[i], allowed)]
         if not kept:
             present = sorted({str(labels[v]) if labels and isinstance(v, int) and 0 <= v < len(labels) else str(v)
                               for v in values})
@@ -167,6 +174,13 @@ def _filtered(table, features, src: DatasetSource, shown: str, error: ErrorAt) -
                         f"{', '.join(present[:10])}{more}", "filter")
         keep = kept
     return keep
+
+
+def _member(value, allowed: set) -> bool:
+    try:
+        return value in allowed
+    except TypeError:           # a list or dict cell equals no filter value
+        return False
 
 
 def _first_line(e: Exception) -> str:

@@ -12,6 +12,7 @@ import pytest
 datasets = pytest.importorskip("datasets")
 
 from helpers.cli import REPO, cli  # noqa: E402
+from lmsweep.errors import SpecError  # noqa: E402
 from lmsweep.jobs.plan import load_prompts  # noqa: E402
 from lmsweep.jobs.spec import load_spec  # noqa: E402
 
@@ -111,10 +112,14 @@ def test_a_dataset_in_the_offline_cache_by_name_and_config(tmp_path):
 
 def test_a_dataset_missing_from_the_cache_is_an_error_never_a_download(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     proc = cli("validate", str(spec(tmp_path, "{name: org/never-seen}", columns="    text_column: q\n")))
     assert proc.returncode == 2
     assert f"prompts[0].dataset.name: dataset 'org/never-seen' is not in the datasets cache {tmp_path / 'empty'}; " \
            "lmsweep never downloads" in proc.stderr
+    with pytest.raises(SpecError, match="never downloads"):            # in this process, not the CLI's
+        prompts(spec(tmp_path, "{name: org/never-seen}", columns="    text_column: q\n"))
+    assert "HF_DATASETS_OFFLINE" not in os.environ          # set while datasets is imported, then restored
 
 
 @pytest.mark.parametrize("dataset, line, expected", [
