@@ -178,3 +178,10 @@ def test_a_dataset_column_is_loglikelihoods_continuation(tmp_path):
     plan = lmsweep.plan(lmsweep.load_spec(path))
     assert plan.n_units == 2 and len(set(plan.units.column("unit_id").to_pylist())) == 2
     assert [json.loads(p.meta)["ending"] for p in plan.prompts] == [" blue", " green"]
+
+
+def test_lmsweep_examples_copies_the_dataset_folder_with_the_spec(tmp_path):
+    proc = cli("examples", "hf_dataset", "--to", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "prompts" / "game_reviews_hf" / "test" / "dataset_info.json").is_file()
+    assert cli("validate", str(tmp_path / "hf_dataset.yaml")).returncode == 0
