@@ -162,8 +162,7 @@ class Generate(Task):
         for model, decoding in sorted(groups):
             gb = b[(b["model_pair"] == model) & (b["decoding"] == decoding)]
             gc = c[(c["model_pair"] == model) & (c["decoding"] == decoding)]
-            mb = generation_metrics(gb["token_ids"], gb["finish_reason"])
-            mc = generation_metrics(gc["token_ids"], gc["finish_reason"])
+            mb, mc = (generation_metrics(g["token_ids"], g.get("finish_reason", [None] * len(g))) for g in (gb, gc))
             out += [Sample(f"{model} · {decoding}", m.name, "two_sample", mb[m.name], mc[m.name]) for m in self.metrics]
         return out
 
