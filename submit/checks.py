@@ -69,3 +69,27 @@ def node_local_warnings(profile: SystemProfile, one_machine: bool, exp_dir: Path
         out.append(f"interpreter {python} is under {root}, which is local to each node: {profile.name}'s compute "
                    f"nodes cannot run it ({_shared(profile)}); install lmsweep there and pass --python")
     return out
+
+
+def under(path: str | Path, roots: tuple[str, ...]) -> bool:
+    """Whether `path` (as given or with symlinks resolved) lies under one of `roots`."""
+    candidates = {os.path.abspath(path), os.path.realpath(path)}
+    return any(c == r.rstrip("/") or c.startswith(r.rstrip("/") + "/") for c in candidates for r in roots)
+
+
+def shared_path_warnings(profile: SystemProfile, one_machine: bool, exp_dir: Path, python: str,
+                         model_paths: dict[str, str], tmpdir: str | None = None) -> list[str]:
+    """One line per path the job needs that lies under none of the profile's `shared_paths` (a directory the
+    compute nodes may not see: the job would fail after its queue wait); none where the profile lists none,
+    for a one-machine backend, or for a path already warned about as node-local."""
+    roots = profile.shared_paths
+    if one_machine or not roots:
+        return []
+    where = f"none of {profile.name}'s shared_paths ({', '.join(roots)})"
+    needed = [("experiment directory", str(exp_dir), "pass --output-dir on one of them")]
+    if "/" in python:
+        needed.append(("interpreter", python, "install lmsweep there and pass --python"))
+    needed += [(f"model {alias}'s path", path, "copy it there (or a shared HF_HOME there) and plan again")
+               for alias, path in model_paths.items() if path]
+    return [f"{what} {path} is under {where}: the compute nodes may not see it; {fix}"
+            for what, path, fix in needed if not under(path, roots) and not node_local_root(path, tmpdir)]

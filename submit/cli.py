@@ -287,14 +287,19 @@ def time_to_results(spec, plan, sp: SubmitPacking, exp: Path) -> list[str]:
     return est.describe(chosen, others, unfit, loads)
 
 
-def check_paths(sched, opts, flags, exp: Path) -> list[str]:
-    """The interpreter must exist (else exit 2); node-local paths the compute nodes cannot see are warned
-    about on stderr. Returns the packing decision's line about the interpreter."""
+def check_paths(sched, opts, flags, exp: Path, models: dict | None = None) -> list[str]:
+    """The interpreter must exist (else exit 2); node-local paths the compute nodes cannot see, and paths
+    outside the profile's shared_paths (the experiment, the interpreter, the plan's models), are warned about
+    on stderr. Returns the packing decision's line about the interpreter."""
     import os
 
-    from lmsweep.submit.checks import check_python, node_local_warnings, python_source
+    from lmsweep.submit.checks import check_python, node_local_warnings, python_source, shared_path_warnings
+    from lmsweep.submit.estimate import model_path
     check_python(opts.python, flags.python, sched.profile)
-    for line in node_local_warnings(sched.profile, sched.one_machine, exp, opts.python, os.environ.get("TMPDIR")):
+    tmpdir = os.environ.get("TMPDIR")
+    model_paths = {alias: model_path(m) for alias, m in (models or {}).items()}
+    for line in [*node_local_warnings(sched.profile, sched.one_machine, exp, opts.python, tmpdir),
+                 *shared_path_warnings(sched.profile, sched.one_machine, exp, opts.python, model_paths, tmpdir)]:
         err.print(f"warning: {line}", markup=False, highlight=False)
     where = ("looked up on the compute node's PATH after the environment setup" if "/" not in opts.python
              else python_source(flags.python, sched.profile))
@@ -320,7 +325,7 @@ def cmd_submit(args) -> int:
     sp = pack_spec(spec, plan, system, "--system" if args.system else "execution.system", flags, exp=exp)
     sched, opts, req, packing, live = sp.sched, sp.options, sp.request, sp.packing, sp.live
     profile = sched.profile
-    python_line = check_paths(sched, opts, flags, exp)
+    python_line = check_paths(sched, opts, flags, exp, plan.models)
     decision = packing.describe()
     decision[2:2] = [*regrouped(spec, plan, sp),
                      f"throughput: {sp.tokens_per_second:g} tokens/s per rank ({sp.tps_source})"]
@@ -394,7 +399,7 @@ def cmd_resubmit(args) -> int:
     profile = load_profile(last.system, "system")
     sched = scheduler_for(profile)
     opts = resolve_options(sched, flags, recorded=last.options)
-    python_line = check_paths(sched, opts, flags, exp)
+    python_line = check_paths(sched, opts, flags, exp, plan.models)
     req = pack_request(sched, opts)
     st = status(exp)
     todo = [int(e) for e in st.per_element.query("done < planned")["element"]]

@@ -97,6 +97,11 @@ def read_history(exp: Path) -> list[dict]:
     return out
 
 
+def model_path(info) -> str | None:
+    """A plan model's resolved path: plans built here hold dicts, plans read back from disk ModelInfo objects."""
+    return info.get("path") if isinstance(info, dict) else getattr(info, "path", None)
+
+
 def model_loads(models: dict[str, dict], backend: str, measured: dict[str, tuple[float, int]]) -> dict[str, LoadTime]:
     """Per model alias: measured where it ran before, else estimated from its size on disk and the engine."""
     out = {}
@@ -105,7 +110,7 @@ def model_loads(models: dict[str, dict], backend: str, measured: dict[str, tuple
             seconds, runs = measured[alias]
             out[alias] = LoadTime(seconds, f"measured: median of {runs} rank load(s) of this experiment")
         else:
-            out[alias] = estimated_load(size_on_disk(info.get("path")), backend)
+            out[alias] = estimated_load(size_on_disk(model_path(info)), backend)
     return out
 
 

@@ -106,6 +106,7 @@ class SystemProfile:
     mpi_library: str | None = None          # text mpi4py's MPI.Get_library_version() must hold; None: no preflight
     tokens_per_second: float | None = None  # per-rank throughput packing assumes unless the spec sets one
     directives: tuple[str, ...] = ()        # extra directive lines of every job, before the spec's own
+    shared_paths: tuple[str, ...] = ()      # directories the compute nodes see; () = not known (no check)
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -167,7 +168,8 @@ def parse_profile(text: str, path: Path) -> SystemProfile:
         _raise_all([_error(where, lines, ("name",), f"{model.name!r} does not match the file name {path.stem!r}")])
     queues = {name: QueueLimits(name=name, **dict(q)) for name, q in model.queues.items()}
     return SystemProfile(**{**dict(model), "queues": MappingProxyType(queues),
-                            "directives": model.directives or (), "source": path})
+                            "directives": model.directives or (), "shared_paths": model.shared_paths or (),
+                            "source": path})
 
 
 def _display(path: Path) -> str:
@@ -301,6 +303,15 @@ class _Profile(_Strict):
     mpi_library: StrictStr | None = None
     tokens_per_second: Annotated[float, Field(strict=True, gt=0)] | None = None
     directives: tuple[Line, ...] | None = None
+    shared_paths: tuple[Line, ...] | None = None
+
+    @field_validator("shared_paths")
+    @classmethod
+    def _absolute(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for path in value or ():
+            if not path.startswith("/") or path == "/":
+                raise ValueError(f"expected absolute directories other than /, got {path!r}")
+        return value
 
     @field_validator("name")
     @classmethod

@@ -97,7 +97,11 @@ class PbsScheduler(Scheduler):
         if job.depends_on:
             d.append(f"#PBS -W depend=afterany:{quote(job.depends_on)}")
         d += [f"#PBS {x}" for x in own.get("directives", ())]      # checked against PbsBlock's charset
-        return "\n".join(d + body(job, p, "${PBS_ARRAY_INDEX:-0}", "${PBS_JOBID:-}")) + "\n"
+        # PBS_ACCOUNT is the -A project; OpenPBS puts it in the job's environment (tests/fixtures/pbs/
+        # 07_subjob_env_index1.txt), and a profile's environment lines may use it (Polaris's HF_HOME default):
+        # set it from the account rendered here where the server does not
+        account = [f'export PBS_ACCOUNT="${{PBS_ACCOUNT:-{job.account}}}"'] if job.account else []
+        return "\n".join(d + account + body(job, p, "${PBS_ARRAY_INDEX:-0}", "${PBS_JOBID:-}")) + "\n"
 
     def submit_command(self, script: Path) -> list[str]:
         return ["qsub", script.name]

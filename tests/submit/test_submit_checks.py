@@ -109,11 +109,12 @@ def test_an_interpreter_under_tmp_is_warned_about(tmp_path, tiny_llama):
     python.parent.mkdir(parents=True)
     python.write_text("#!/bin/bash\n")
     python.chmod(0o755)
-    # not node-local (the checkout, and even HOME, may be under /tmp in CI): only the interpreter is warned about
+    # not node-local (the checkout, and even HOME, may be under /tmp in CI); outside aurora's shared_paths, it has
+    # a warning of its own (tests/submit/test_shared_paths.py): only the interpreter's is looked at here
     shared = Path("/lmsweep-shared-not-written") / tmp_path.name
     spec = spec_file(tmp_path, tiny_llama, out=shared, per_element=1000)
     proc = cli("submit", str(spec), "--system", "aurora", "--python", str(python), "--dry-run", check=True)
-    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("warning:")]
+    (line,) = [x for x in proc.stderr.splitlines() if x.startswith("warning: interpreter")]
     assert line == (f"warning: interpreter {python} is under /tmp, which is local to each node: aurora's compute "
                     "nodes cannot run it (the job requests filesystems=home:flare); install lmsweep there and pass "
                     "--python")

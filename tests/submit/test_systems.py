@@ -191,7 +191,7 @@ def test_cpu_only_profile_defaults_to_one_rank(tmp_path):
         ("max_array_size: 10000", "max_array_size: 0", "19: max_array_size: must be >= 1, got 0"),
         ("env_setup: []", "env_setup: []\nextra: 1", ("19: extra: unknown key; expected one of: name, scheduler, "
          "gpus_per_node, cpus_per_node, ranks_per_node, default_queue, queues, filesystems, launcher, "
-         "gpu_bind, env_setup, max_array_size, python, mpi_library, tokens_per_second, directives")),
+         "gpu_bind, env_setup, max_array_size, python, mpi_library, tokens_per_second, directives, shared_paths")),
         ("max_array_size: 10000", "max_array_size: 10000\ntokens_per_second: fast",
          "20: tokens_per_second: expected a number > 0, got 'fast'"),
         ("max_array_size: 10000", "max_array_size: 10000\npython: venv/bin/python",
