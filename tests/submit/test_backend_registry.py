@@ -171,6 +171,6 @@ def test_shared_code_names_no_scheduler():
     """Only the backend modules (and profiles) may name a scheduler; shared code asks the registry."""
     submit = Path(backends.__file__).parents[1]
     shared = [submit / name for name in ("cli.py", "options.py", "packing.py", "render.py", "tracking.py",
-                                         "jobs_dir.py", "systems.py", "base.py")]
+                                         "jobs_dir.py", "systems.py", "base.py", "status.py", "watch.py")]
     for path in [*shared, submit.parent / "lmsweep" / "regress.py"]:
         assert not re.search(r"""["'](pbs|slurm|local)["']""", path.read_text()), path
