@@ -122,3 +122,27 @@ def test_every_named_source_file_exists():
             if not (REPO / path).exists():
                 missing.append(f"{page.relative_to(REPO)}: {path}")
     assert not missing, f"the docs name source files that do not exist: {sorted(set(missing))}"
+
+
+def test_the_regression_gates_example_runs_and_prints_what_it_says(tmp_path):
+    """docs/results.md's regression gates section: its YAML is a valid `regression:` block and its Python
+    prints, line for line, what the comment under each print says (results.stats is seeded and pure)."""
+    import contextlib
+    import io
+    import runpy
+
+    import yaml
+
+    from lmsweep.jobs.spec import RegressionSpec
+
+    text = (REPO / "docs" / "results.md").read_text()
+    section = text[text.index("## Regression gates: drift or noise"):text.index("## Regression sweeps")]
+    RegressionSpec.model_validate(yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))["regression"])
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        (tmp_path / "snippet.py").write_text(code)
+        runpy.run_path(str(tmp_path / "snippet.py"))
+    lines = code.splitlines()
+    said = [lines[i + 1].removeprefix("# ").split(": ")[0] for i, line in enumerate(lines) if line.startswith("print(")]
+    assert out.getvalue().splitlines() == said
