@@ -32,6 +32,7 @@ from scipy import stats
 
 POWER = 0.8
 RESAMPLES = 2000
+RESAMPLED_VALUES = 20_000_000   # values held at once while resampling (160 MB of floats), whatever the sample size
 REP_N = 4          # repetition: seq-rep-4 (Welleck et al., 2019), the share of repeated 4-grams
 
 
@@ -202,7 +203,8 @@ def _interval(data: tuple[np.ndarray, ...], statistic, seed: int, resamples: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")          # degenerate (constant) data: a zero-width interval is right
         res = stats.bootstrap(data, statistic, n_resamples=resamples, paired=paired, vectorized=True,
-                              confidence_level=level, method="percentile", rng=_rng(seed))
+                              confidence_level=level, method="percentile", rng=_rng(seed),
+                              batch=max(1, RESAMPLED_VALUES // sum(len(x) for x in data)))
     lo, hi = res.confidence_interval
     return float(lo), float(hi)
 
