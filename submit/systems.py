@@ -369,10 +369,12 @@ class _Profile(_Strict):
         elif self.default_queue not in self.queues:
             problems.append((("default_queue",),
                              f"{self.default_queue!r} is not one of the queues ({', '.join(self.queues)})"))
-        for name, q in self.queues.items() if self.scheduler != "slurm" else ():
+        # a queue submitted as a partition and/or QOS: only where the backend's block has a qos (Slurm)
+        takes_qos = backend.block is not None and "qos" in backend.block.model_fields
+        for name, q in self.queues.items() if not takes_qos else ():
             for key in ("partition", "qos"):
                 if getattr(q, key) is not None:
-                    problems.append((("queues", name, key), f"only a Slurm queue names a {key}"))
+                    problems.append((("queues", name, key), f"scheduler {self.scheduler} takes no queue {key}"))
         if self.directives and backend.block is None:
             problems.append((("directives",), f"scheduler {self.scheduler} takes no directives"))
         for i, line in enumerate(self.directives if backend.block is not None and self.directives else ()):

@@ -119,6 +119,9 @@ class Engine:
     torchrun: ClassVar[bool] = True
     context_name: ClassVar[str] = "the model's context"
     packages: ClassVar[tuple[str, ...]] = ()
+    # seconds from a rank's start to weights being read (imports, engine set-up), measured on the project's CPU
+    # machine: what submit's time-to-results estimate adds to the model's read time before anything is measured
+    start_seconds: ClassVar[float] = 5.0
 
     @property
     def tp_spans_ranks(self) -> bool:

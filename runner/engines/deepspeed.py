@@ -49,6 +49,7 @@ class DeepSpeed(HF):
     tensor_parallel = "ranks"
     kernel_inject = True
     packages = ("deepspeed",)
+    start_seconds = 10.0              # plus init_inference
     dtypes = {p.accelerator: p.dtypes for p in PROFILES.values()}
 
     def resolve(self, model, accelerator: str, *, spec_file: str | None = None, where: str = "model") -> Settings:

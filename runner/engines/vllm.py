@@ -86,6 +86,7 @@ class Vllm(Engine):
     halves_on_oom = False             # vLLM sizes its own cache
     torchrun = False                  # each engine sets up torch.distributed itself
     context_name = "the engine's context"
+    start_seconds = 60.0              # engine start with compilation: 24-144 s on the project's CPU machine
 
     def prepare_environment(self, settings: Settings) -> None:
         prepare_environment()

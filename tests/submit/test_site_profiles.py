@@ -107,3 +107,12 @@ def test_slurm_gpu_is_a_template_that_renders_one_gpu_per_rank(tmp_path, tiny_ll
     got = dict(directives(text))
     assert (got["--partition"], got["--gpus-per-node"], got["--ntasks-per-node"]) == ("gpu", "4", "4")
     assert "export CUDA_VISIBLE_DEVICES=$SLURM_LOCALID; exec" in text
+
+
+def test_a_pbs_queue_cannot_name_a_partition_or_qos(tmp_path):
+    from helpers.profiles import profile_copy
+    from lmsweep.errors import ProfileError
+    path = profile_copy(tmp_path, "polaris")
+    path.write_text(path.read_text().replace("  debug:\n", "  debug:\n    qos: x\n", 1))
+    with pytest.raises(ProfileError, match=r"polaris.yaml:\d+: queues.debug.qos: scheduler pbs takes no queue qos"):
+        load_system(path)
