@@ -134,4 +134,4 @@ def test_throughput_plot_falls_back_to_units_per_second_without_token_counts():
     df = pd.DataFrame({"unit_id": ["a", "b"], "model": ["m", "m"], "decoding": [None, None], "variant": [0, 0],
                        "batch_size": [2, 2], "batch_latency_s": [0.5, 0.5]})
     imgs = plot_throughput(df)
-    assert len(imgs) == 1 and "by variant" in imgs[0]
+    assert len(imgs) == 1 and "Throughput by model" in imgs[0]       # one variant: no variant axis (issue 26)
