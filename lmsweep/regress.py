@@ -53,6 +53,63 @@ def promote(run: Path, baseline: Path, note: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def recheck_plan(plan, n: int, seed: int = 0):
+    """(plan, batch size) to rerun `n` of a plan's units drawn at random (seeded), in reverse order, one element
+    per model, at another batch size (1; 2 if the run's was 1): the same units in another batch composition
+    and order, so any difference from the run is the engine's own noise, not a change of software."""
+    import dataclasses
+
+    import numpy as np
+    import pyarrow as pa
+
+    from lmsweep.jobs.plan import Element
+
+    pick = np.sort(np.random.default_rng(seed).choice(plan.n_units, size=min(n, plan.n_units), replace=False))[::-1]
+    units = plan.units.take(pa.array(pick))
+    models = list(dict.fromkeys(units.column("model").to_pylist()))
+    units = units.take(pa.array(np.argsort([models.index(m) for m in units.column("model").to_pylist()],
+                                           kind="stable")))    # one element per model, reverse order kept
+    element = [models.index(m) for m in units.column("model").to_pylist()]
+    units = units.set_column(units.schema.get_field_index("element"), "element", pa.array(element, pa.int32()))
+    elements = [Element(index=i, model=m, n_units=element.count(i), est_seconds=0.0) for i, m in enumerate(models)]
+    batch = plan.spec["execution"]["batch_size"]
+    return dataclasses.replace(plan, units=units, elements=elements), (2 if batch == 1 else 1)
+
+
+def noise_floor(run: Path, recheck: Path):
+    """compare of the recheck with the same units of the run, joined on unit_id at the default tolerances."""
+    from lmsweep.jobs.spec import Tolerances
+    from lmsweep.results.compare import compare_frames, read_rows, side_info
+
+    base, cur = side_info(run), side_info(recheck)
+    cur_df = read_rows(recheck, cur.task)
+    base_df = read_rows(run, base.task)
+    return compare_frames(base_df[base_df["unit_id"].isin(set(cur_df["unit_id"]))], cur_df, base, cur, by="id",
+                          tolerances=Tolerances())
+
+
+def _recheck(plan, exp: Path, n: int, ex, quiet: bool) -> None:
+    """`--recheck N`: rerun N units of this run in another batch composition beside it and print how far the
+    engine disagrees with itself; reported, never gating (its exit code is the comparison's)."""
+    from lmsweep.jobs.plan import write_plan
+    from lmsweep.results.cli import print_df
+    from lmsweep.results.compare import checks_frame, write_reports
+    from lmsweep.runner.local import run_elements
+
+    sub, batch = recheck_plan(plan, n)
+    where = exp.with_name(exp.name + "-recheck")
+    write_plan(sub, where)
+    run_elements(where, [e.index for e in sub.elements], concurrency=ex.concurrency, ranks=ex.ranks_per_element,
+                 threads=ex.threads_per_rank, show_progress=not quiet, batch_size=batch)
+    floor = noise_floor(exp, where)
+    title = (f"noise floor: {floor.matched} rows of {sub.n_units} units rerun at batch size {batch} in reverse "
+             "order (the engine against itself; reported, not gating)")
+    frame = checks_frame(floor)
+    print_df(frame[~frame["check"].str.startswith(("latency", "throughput", "units on one side"))], title)
+    paths = write_reports(floor, where / "reports", stem="noise-floor")
+    console.print(f"noise floor report: {paths['markdown']}")
+
+
 def _check_baseline(baseline: Path, task: str) -> bool:
     """True if a usable baseline exists; UsageError if something is there but is not one."""
     if not baseline.exists():
@@ -126,6 +183,9 @@ def cmd_regress(args) -> int:
         raise SpecError("no baseline: give --baseline DIR or regression.baseline in the spec", file=args.spec,
                         field="regression.baseline")
     baseline = Path(baseline_arg)
+    if args.recheck is not None and args.system and not _runs_here(args.system):
+        raise UsageError("--recheck reruns units on this machine; it cannot follow a --system submission",
+                         field="--recheck")
     have_baseline = _check_baseline(baseline, spec.task.type)
     if not have_baseline and not args.promote:
         raise UsageError(f"baseline {baseline} does not exist; run once with --promote to make this run the "
@@ -147,6 +207,8 @@ def cmd_regress(args) -> int:
         run_elements(exp, [e.index for e in plan.elements], concurrency=ex.concurrency,
                      ranks=ex.ranks_per_element, threads=ex.threads_per_rank, show_progress=not args.quiet)
     complete = report(exp, quiet=args.quiet) == 0
+    if args.recheck:
+        _recheck(plan, exp, args.recheck, spec.execution, args.quiet)
 
     if not have_baseline:
         if not complete:
@@ -166,6 +228,14 @@ def cmd_regress(args) -> int:
     return rc if complete else 1
 
 
+def _positive(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a number of units, 1 or more; got {text!r}")
+    return int(text)
+
+
 def register(sub) -> None:
     from lmsweep.results.cli import add_compare_options
 
@@ -182,5 +252,8 @@ def register(sub) -> None:
     s.add_argument("--promote", action="store_true",
                    help="on success, copy the run to the baseline directory (creates it the first time)")
     s.add_argument("--quiet", action="store_true", help="no progress bar or summary tables")
+    s.add_argument("--recheck", type=_positive, metavar="N",
+                   help="then rerun N random units of the run at another batch size, in reverse order, and report "
+                        "how far the engine disagrees with itself (the noise floor; never gates)")
     add_compare_options(s, spec_flag=False)
     s.set_defaults(func=cmd_regress)
