@@ -47,7 +47,8 @@ def wheel(tmp_path_factory) -> Path:
     # Built from a copy, so setuptools' build/ and egg-info land outside the checkout; no build isolation:
     # the build backend (setuptools) is the test venv's, nothing is downloaded.
     source = tmp_path_factory.mktemp("source") / "lmsweep"
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", "runs", "build", "*.egg-info",
+    # (".venv*": .venv-vllm alone is 3.9 GB in 71k files; copying it was most of this fixture's minute)
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv*", "runs", "build", "*.egg-info",
                                                                  "__pycache__", ".*_cache"))
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(source)],
         cwd=out, env=dict(os.environ))
