@@ -264,14 +264,17 @@ def packing_note(spec, plan) -> list[str]:
 def time_to_results(spec, plan, sp: SubmitPacking, exp: Path) -> list[str]:
     """The decision's time-to-results lines (submit/estimate.py): the chosen queue and every other queue of the
     profile packed the same way (at the walltime asked, or the queue's maximum where that is lower), the
-    model load times (measured by this experiment's finished elements where there are some), the
+    model load times (measured by this experiment's finished elements, or another's beside it with the same
+    model and engine, where there are some), the
     recommended queue and the warnings."""
     from lmsweep.submit import estimate as est
     from lmsweep.submit.packing import PackingError, pack, plan_unit_costs
     from lmsweep.submit.systems import walltime_seconds
     profile, req = sp.sched.profile, sp.request
-    measured = est.measured_loads(est.read_history(exp), accelerated=profile.gpus_per_node > 0)
-    loads = est.model_loads(plan.models, spec.execution.backend, measured)
+    gpu, backend = profile.gpus_per_node > 0, spec.execution.backend
+    measured = est.measured_loads(est.read_history(exp), gpu, backend)
+    elsewhere = est.sibling_loads(exp, plan.models, gpu, backend) if set(plan.models) - set(measured) else {}
+    loads = est.model_loads(plan.models, backend, measured, elsewhere)
     chosen = est.estimate(sp.packing, loads, one_machine=sp.sched.one_machine, queue=req.queue)
     models, costs = plan.units.column("model").to_pylist(), plan_unit_costs(plan)
     others, unfit = [], []

@@ -11,7 +11,8 @@ start in array order as slots free up (a greedy list schedule, which is what PBS
 array), and arrays split for max_array_size run one after another (`afterany`).
 
 Load time per model: measured, where finished elements of this experiment recorded it (the worker's
-`timers.load_s` in meta/history, which counts the interpreter's torch import too); else estimated from the
+`timers.load_s` in meta/history, which counts the interpreter's torch import too), or of another experiment in
+the same output directory that ran the same model (fingerprint) with the same engine; else estimated from the
 model's size on disk at READ_BYTES_PER_S plus the engine's start (each engine declares its
 `start_seconds`, lmsweep/core/engine.py). Both figures are
 assumptions stated where they are printed: a shared Lustre or GPFS read can be slower, a vLLM engine start on
@@ -74,12 +75,16 @@ def estimated_load(size_bytes: int | None, backend: str) -> LoadTime:
                                   f"{READ_BYTES_PER_S / 1e6:g} MB/s")
 
 
-def measured_loads(history: Iterable[dict], accelerated: bool) -> dict[str, tuple[float, int]]:
+def measured_loads(history: Iterable[dict], accelerated: bool,
+                   backend: str | None = None) -> dict[str, tuple[float, int]]:
     """Per model alias, (median seconds, runs) of the load time finished element runs recorded (their rank
-    sidecars: `timers.load_s`, else `load_seconds`), on the same kind of device as the system's."""
+    sidecars: `timers.load_s`, else `load_seconds`), on the same kind of device as the system's and, given
+    `backend`, by the same engine."""
     seen: dict[str, list[float]] = {}
     for meta in history:
         if (meta.get("accelerator", "cpu") != "cpu") != accelerated:
+            continue
+        if backend is not None and meta.get("backend", backend) != backend:
             continue
         seconds = (meta.get("timers") or {}).get("load_s") or meta.get("load_seconds")
         if meta.get("model") and seconds:
@@ -103,13 +108,50 @@ def model_path(info) -> str | None:
     return info.get("path") if isinstance(info, dict) else getattr(info, "path", None)
 
 
-def model_loads(models: dict[str, dict], backend: str, measured: dict[str, tuple[float, int]]) -> dict[str, LoadTime]:
-    """Per model alias: measured where it ran before, else estimated from its size on disk and the engine."""
+def _fingerprint(info) -> str | None:
+    return info.get("fingerprint") if isinstance(info, dict) else getattr(info, "fingerprint", None)
+
+
+def sibling_loads(exp: Path, models: dict, accelerated: bool, backend: str) -> dict[str, tuple[float, int, str]]:
+    """Per model alias of this plan, (median seconds, runs, experiment) measured by another experiment beside
+    this one (same output directory) that ran the same model (same fingerprint) with the same engine on the
+    same kind of device: the one with the most runs."""
+    wanted = {fp: alias for alias, info in models.items() if (fp := _fingerprint(info))}
+    found: dict[str, tuple[float, int, str]] = {}
+    parent = Path(exp).parent
+    if not wanted or not parent.is_dir():
+        return found
+    for other in sorted(parent.iterdir()):
+        if other == Path(exp) or not (other / "meta" / "history").is_dir():
+            continue
+        try:
+            theirs = json.loads((other / "plan.json").read_text()).get("models", {})
+        except (OSError, ValueError, AttributeError):
+            continue
+        same = {a: wanted[m.get("fingerprint")] for a, m in theirs.items()
+                if isinstance(m, dict) and m.get("fingerprint") in wanted}
+        if not same:
+            continue
+        for their_alias, (seconds, runs) in measured_loads(read_history(other), accelerated, backend).items():
+            mine = same.get(their_alias)
+            if mine and runs > found.get(mine, (0.0, 0, ""))[1]:
+                found[mine] = (seconds, runs, other.name)
+    return found
+
+
+def model_loads(models: dict, backend: str, measured: dict[str, tuple[float, int]],
+                elsewhere: dict[str, tuple[float, int, str]] | None = None) -> dict[str, LoadTime]:
+    """Per model alias: measured by this experiment, else by another beside it (`elsewhere`), else estimated
+    from its size on disk and the engine."""
     out = {}
     for alias, info in models.items():
         if alias in measured:
             seconds, runs = measured[alias]
             out[alias] = LoadTime(seconds, f"measured: median of {runs} rank load(s) of this experiment")
+        elif alias in (elsewhere or {}):
+            seconds, runs, name = elsewhere[alias]
+            out[alias] = LoadTime(seconds, f"measured: median of {runs} rank load(s) of experiment {name}, "
+                                           "same model and engine")
         else:
             out[alias] = estimated_load(size_on_disk(model_path(info)), backend)
     return out

@@ -57,3 +57,19 @@ def test_the_load_time_measured_by_finished_elements_is_used_and_named(done):
     out = cli("submit", str(done), "--system", "slurm-generic", "--dry-run", check=True).stdout
     assert (f"model tiny: load {hms(statistics.median(loads))} per element (measured: median of {len(loads)} rank "
             f"load(s) of this experiment)") in out
+
+
+def test_another_experiment_beside_it_with_the_same_model_lends_its_load_time(done):
+    """A new experiment in the same output directory, same model: its estimate names the one that ran it."""
+    exp = done.parent / "runs" / "done"
+    loads = [json.loads(p.read_text())["timers"]["load_s"] for p in (exp / "meta" / "history").iterdir()]
+    other = done.parent / "other.yaml"
+    other.write_text(done.read_text().replace("name: done", "name: other").replace('"My dog"', '"A new prompt"'))
+    out = cli("submit", str(other), "--system", "slurm-generic", "--dry-run", check=True).stdout
+    assert (f"model tiny: load {hms(statistics.median(loads))} per element (measured: median of {len(loads)} rank "
+            f"load(s) of experiment done, same model and engine)") in out
+    # another engine's load says nothing about this one's
+    vllm = done.parent / "vllm.yaml"
+    vllm.write_text(other.read_text().replace("name: other", "name: vllm") + "execution: {backend: vllm}\n")
+    out = cli("submit", str(vllm), "--system", "slurm-generic", "--dry-run", check=True).stdout
+    assert "model tiny: load 0:01:00 per element (estimated: vllm start 60 s + " in out
