@@ -34,7 +34,8 @@ READ_BYTES_PER_S = 200e6     # measured here: SmolLM2's 514 MB fp32 directory lo
 # another queue is recommended only when it saves this much: smaller differences are within what the load and
 # throughput estimates can tell apart
 MIN_GAIN_S = 60.0
-MIN_GAIN_FRACTION = 0.9      # ... and finishes within 90% of the chosen queue's time
+MIN_GAIN_FRACTION = 0.75     # ... and finishes within 75% of the chosen queue's time (a debug queue a few minutes
+                             # sooner is no reason to leave a production one)
 
 
 @dataclass(frozen=True)

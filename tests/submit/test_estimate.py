@@ -83,6 +83,11 @@ def test_a_small_gain_recommends_nothing():
     a = est.estimate(packing(1, 100.0, queue="a"), loads)
     b = est.estimate(packing(1, 80.0, queue="b"), loads)        # 20 s sooner: within the estimate's noise
     assert est.recommend(a, [b]) is None
+    slow = est.estimate(packing(1, 1440.0, queue="batch"), loads)
+    debug = est.estimate(packing(1, 1280.0, queue="debug"), loads)    # 2:40 sooner, but only 11%
+    assert est.recommend(slow, [debug]) is None
+    quick = est.estimate(packing(1, 1000.0, queue="quick"), loads)    # 30% sooner
+    assert est.recommend(slow, [debug, quick]) == quick
 
 
 def test_load_time_from_size_and_engine():
