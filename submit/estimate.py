@@ -247,7 +247,7 @@ def line(e: QueueEstimate, chosen: bool = False) -> str:
 def describe(chosen: QueueEstimate, others: Sequence[QueueEstimate], unfit: Sequence[tuple[str, str]],
              loads: dict[str, LoadTime]) -> list[str]:
     """The decision's lines: per queue, the recommendation, and the warnings."""
-    out = ["time to results (from the first element's start; queue wait not counted):"]
+    out = ["time to results for the whole plan (from the first element's start; queue wait not counted):"]
     for alias, load in loads.items():
         out.append(f"  model {alias}: load {hms(load.seconds)} per element ({load.source})")
     out.append(line(chosen, chosen=True))
