@@ -85,6 +85,7 @@ class Comparison:
     tolerances: Tolerances
     statistics: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=gate_rules.COLUMNS))
     gates: Gates = field(default_factory=Gates)   # the regression gates' settings (gating if regression.gates)
+    samples: list = field(default_factory=list)   # the task's Samples behind `statistics` (for the report's plots)
 
     @property
     def passed(self) -> bool:
@@ -225,21 +226,21 @@ def compare_frames(base_df: pd.DataFrame, cur_df: pd.DataFrame, base: SideInfo, 
     perf = _perf(base_df, cur_df, pairs)
     _perf_checks(perf, tol, checks)
     settings = gates or Gates()
-    table = _statistics(base_df, cur_df, both, pairs, task, settings, gates is not None, checks)
+    samples, table = _statistics(base_df, cur_df, both, pairs, task, settings, gates is not None, checks)
     return Comparison(baseline=base, current=cur, task=task, by=join, reason=reason, matched=len(both),
                       checks=checks, unmatched=unmatched, diffs=diffs, info_diffs=info, perf=perf, tolerances=tol,
-                      statistics=table, gates=settings)
+                      statistics=table, gates=settings, samples=samples)
 
 
 def _statistics(base_df: pd.DataFrame, cur_df: pd.DataFrame, both: pd.DataFrame, pairs: dict[str, str],
-                task_name: str, settings: Gates, gating: bool, checks: list[Check]) -> pd.DataFrame:
+                task_name: str, settings: Gates, gating: bool, checks: list[Check]) -> tuple[list, pd.DataFrame]:
     """The task's samples (`Task.statistics`; each side's rows with `model_pair`, the baseline alias) judged by
     results.gates; one Check counting regressions, failing on any when gating, off otherwise."""
     task = get_task(task_name)
     samples = task.statistics(base_df.assign(model_pair=base_df["model"]),
                               cur_df.assign(model_pair=cur_df["model"].map(pairs).fillna(cur_df["model"])), both)
     if not samples:
-        return pd.DataFrame(columns=gate_rules.COLUMNS)
+        return [], pd.DataFrame(columns=gate_rules.COLUMNS)
     table = gate_rules.evaluate(samples, {m.name: m for m in task.metrics}, settings)
     regressions = table[table["verdict"] == gate_rules.REGRESSION]
     detail = gate_rules.summary(table, settings, gating)
@@ -247,7 +248,7 @@ def _statistics(base_df: pd.DataFrame, cur_df: pd.DataFrame, both: pd.DataFrame,
         detail = "; ".join(f"{r.metric} at {r.group}: {r.difference:+.4g}" for r in regressions.itertuples()) + \
             "; " + detail
     checks.append(Check("significant shifts beyond threshold", len(regressions), 0 if gating else None, "<=", detail))
-    return table
+    return samples, table
 
 
 def _unmatched(merged: pd.DataFrame, join: str, pairs: dict[str, str], base_plan: pd.DataFrame | None,
@@ -506,6 +507,8 @@ def to_html(c: Comparison) -> str:
         if note:
             body.append(f"<p class='note'>{_esc(note)}</p>")
         body.append(html_table(table, limit=MAX_LISTED))
+        if title == "Statistics":
+            body += gate_rules.overlays(c.samples)
     return page(f"Compare: {c.current.experiment} vs {c.baseline.experiment}", "\n".join(body))
 
 

@@ -107,5 +107,37 @@ def for_report(table: pd.DataFrame) -> pd.DataFrame:
     return out[cols]
 
 
+MAX_FIGURES = 12
+
+
+def overlays(samples: Sequence[Sample], limit: int = MAX_FIGURES) -> list[str]:
+    """The report's figures: per group (at most `limit`), each metric's baseline and current values as
+    overlaid histograms on shared bins, where a table of means would hide a change of shape. HTML fragments."""
+    import numpy as np
+
+    from lmsweep.results.report import png_img, pyplot
+
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        if len(s.current):
+            groups.setdefault(s.group, []).append(s)
+    plt = pyplot()
+    out = []
+    for group, items in list(groups.items())[:limit]:
+        fig, axes = plt.subplots(1, len(items), figsize=(3.2 * len(items), 2.6), squeeze=False)
+        for ax, s in zip(axes[0], items):
+            sides = [("baseline", np.asarray(s.baseline, dtype=float)), ("current", np.asarray(s.current, dtype=float))]
+            sides = [(name, v[np.isfinite(v)]) for name, v in sides if len(v)]
+            values = np.concatenate([v for _, v in sides]) if sides else np.zeros(0)
+            bins = np.histogram_bin_edges(values, bins=20) if values.size and np.ptp(values) > 0 else 10
+            for name, v in sides:
+                ax.hist(v, bins=bins, histtype="step", density=True, label=f"{name} (n={len(v)})")
+            ax.set_title(s.metric, fontsize=9)
+            ax.tick_params(labelsize=7)
+        axes[0][0].legend(fontsize=7)
+        out.append(png_img(fig, f"{group}: baseline and current distributions"))
+    return out
+
+
 def _g(v: float) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"

@@ -14,7 +14,7 @@ from helpers.cli import cli
 from helpers.tiny_models import make_tiny_llama, perturb
 from lmsweep.jobs.gates import Gates
 from lmsweep.jobs.spec import Tolerances
-from lmsweep.results.compare import SideInfo, compare_frames, to_markdown
+from lmsweep.results.compare import SideInfo, compare_frames, to_html, to_markdown
 from lmsweep.results.load import load
 
 NO_UNMATCHED = Tolerances(max_unmatched=None)      # fresh seeds are new units: judged by the gates instead
@@ -55,6 +55,7 @@ def test_a_known_accuracy_drop_fires_mcnemar_and_fails_only_when_gating():
     assert not c.passed and [k.name for k in c.failed_checks] == ["significant shifts beyond threshold"]
     md = to_markdown(c)
     assert "## Statistics" in md and "McNemar (exact)" in md and "REGRESSION" in md
+    assert "m: baseline and current distributions" in to_html(c)     # the overlay figure beside the table
     # the same comparison without regression.gates reports the row and passes
     reported = compare_frames(classify_rows(list(base)), classify_rows(list(cur)), side("classify"),
                               side("classify"), tolerances=tol)
