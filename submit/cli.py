@@ -263,10 +263,9 @@ def packing_note(spec, plan) -> list[str]:
 
 def time_to_results(spec, plan, sp: SubmitPacking, exp: Path) -> list[str]:
     """The decision's time-to-results lines (submit/estimate.py): the chosen queue and every other queue of the
-    profile packed the same way (at the walltime asked, or the queue's maximum where that is lower), the
-    model load times (measured by this experiment's finished elements, or another's beside it with the same
-    model and engine, where there are some), the
-    recommended queue and the warnings."""
+    profile packed the same way (at the walltime asked, or the queue's maximum where that is lower), the model
+    load times (measured by this experiment's finished elements, or another's beside it with the same model
+    and engine, where there are some), the recommended queue and the warnings."""
     from lmsweep.submit import estimate as est
     from lmsweep.submit.packing import PackingError, pack, plan_unit_costs
     from lmsweep.submit.systems import walltime_seconds
@@ -482,6 +481,7 @@ def cmd_cancel(args) -> int:
 
 def cmd_systems(args) -> int:
     """`lmsweep systems [show NAME | new --from NAME DEST]`: the shipped profiles, one in full, or a copy to edit."""
+    from lmsweep.errors import ProfileError
     from lmsweep.submit.systems import describe, gpus_text, list_systems, load_system, parse_profile, renamed_copy
     if args.action is None:
         rows = [(p.name, p.scheduler, gpus_text(p), ", ".join(p.queues) or "(none: runs here)")
@@ -506,7 +506,6 @@ def cmd_systems(args) -> int:
     if dest.exists() and not args.force:
         raise UsageError(f"{shown(dest)} exists; pass --force to overwrite it", field="DEST")
     text = renamed_copy(source.source.read_text(), source.source, dest.stem)
-    from lmsweep.errors import ProfileError
     try:
         parse_profile(text, dest)             # the copy must load as it is written (its name is the file's)
     except ProfileError as e:
