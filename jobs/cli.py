@@ -55,8 +55,26 @@ def cmd_validate(args) -> int:
     for note in getattr(args, "notes", ()):   # later stages' word on the plan (submit's re-packing), given by
         for line in note(spec, plan):           # lmsweep/cli.py: jobs imports no later stage
             console.print(f"  {line}", markup=False)
+    print_quantization(plan)
     print_points(plan.points)
     return 0
+
+
+def print_quantization(plan) -> None:
+    """A note per packaged model whose shipped weights are quantised: every output comes from those weights
+    (none for a task that loads only the tokenizer)."""
+    from lmsweep.core.task_registry import get_task
+    from lmsweep.jobs.model_sources import PACKAGES
+
+    task = get_task(plan.task["type"])
+    if all(task.auto_class_for(task.variant(v)) is None for v in plan.variants):
+        return
+    for alias, m in plan.models.items():
+        source = str(m["source"])
+        pkg = PACKAGES.get(source.removeprefix("package:")) if source.startswith("package:") else None
+        if pkg is not None and pkg.quantization:
+            console.print(f"note: model {alias!r} ({m['source']}) is a {pkg.quantization}, dequantised to "
+                          f"{m['dtype']}: its outputs and internals come from quantised weights", markup=False)
 
 
 def cmd_plan(args) -> int:
@@ -65,6 +83,7 @@ def cmd_plan(args) -> int:
     spec, plan = validated(args.spec)
     exp = experiment_dir(spec, args.output_dir)
     write_plan(plan, exp)
+    print_quantization(plan)
     print_points(plan.points)
     print_plan(plan, exp)
     return 0

