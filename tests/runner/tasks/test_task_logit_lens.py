@@ -162,13 +162,34 @@ def test_summary_and_examples(tiny_llama, tmp_path):
 
 
 @pytest.mark.slow
-def test_example_config_on_smollm2_equals_transformers(tmp_path, smollm2_dir):
-    """configs/logit_lens.yaml (3 prompts, every layer of SmolLM2) against the direct computation."""
-    cli("run", str(REPO / "configs" / "logit_lens.yaml"), "--output-dir", str(tmp_path), "--quiet", check=True)
-    df = rows(tmp_path / "logit_lens")
+def test_example_config_on_smollm2_equals_transformers_and_the_docs(tmp_path, monkeypatch, smollm2_dir):
+    """configs/logit_lens.yaml (3 prompts, every layer of SmolLM2) against the direct computation; then
+    docs/tasks.md's snippet, run as written beside runs/logit_lens, prints the layers, top-1 tokens and
+    target ranks the docs show, and their probabilities to the digits shown (rounding moves them by ~1e-6)."""
+    import contextlib
+    import io
+    import re
+    import runpy
+
+    cli("run", str(REPO / "configs" / "logit_lens.yaml"), "--output-dir", str(tmp_path / "runs"), "--quiet",
+        check=True)
+    df = rows(tmp_path / "runs" / "logit_lens")
     tok = AutoTokenizer.from_pretrained(smollm2_dir)
     model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
     assert len(df) == 3 * 31
     check_rows(df, model, tok, 10)
     paris = df[df["prompt_id"] == "france"].set_index("layer")
     assert paris.loc[30, "target_token"] == " Paris" and paris.loc[30, "target_rank"] == 1
+
+    text = (REPO / "docs" / "tasks.md").read_text()
+    section = text[text.index("## `logit_lens`"):text.index("## `attention`")]
+    code, shown = re.search(r"```python\n(.*?)```\n```\n(.*?)```", section, re.S).groups()
+    (tmp_path / "snippet.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        runpy.run_path(str(tmp_path / "snippet.py"))
+    got, want = out.getvalue().splitlines(), shown.splitlines()
+    assert [line.rsplit(" ", 1)[0] for line in got] == [line.rsplit(" ", 1)[0] for line in want]
+    for g, w in zip(got, want):
+        assert float(g.rsplit(" ", 1)[1]) == pytest.approx(float(w.rsplit(" ", 1)[1]), rel=1e-2)
