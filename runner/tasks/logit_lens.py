@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Literal
 import pyarrow as pa
 from pydantic import Field
 
-from lmsweep.core.task import PlannedUnits, Task, TaskParams
+from lmsweep.core.task import MAX_PROB_DELTA, PlannedUnits, Task, TaskParams
 from lmsweep.core.task_registry import register_task
 from lmsweep.runner.tasks.attention import Selection, _size, check_selection, selected
+from lmsweep.runner.tasks.next_token import MIN_TOPK_OVERLAP, topk_delta
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, forward_prompts, render_prompt
 
 if TYPE_CHECKING:
@@ -83,6 +84,11 @@ class LogitLens(Task):
         ("target", pa.string()), ("target_id", pa.int32()), ("target_token", pa.string()),
         ("target_num_tokens", pa.int32()), ("target_rank", pa.int32()), ("target_prob", pa.float32()),
     )
+
+    tolerances = (MAX_PROB_DELTA, MIN_TOPK_OVERLAP)
+    compare_columns = ("layer", "topk_ids", "topk_tokens", "topk_probs", "entropy", "target", "target_rank",
+                       "target_prob")
+    diffs_title = "Logit-lens rows beyond tolerance"
 
     def prompt_identity(self, params: LogitLensParams, prompt: Prompt) -> dict:
         target = target_of(prompt.label, prompt.meta, params.target_column)
@@ -182,6 +188,44 @@ class LogitLens(Task):
                          "median_target_rank": float(scored["target_rank"].median()) if len(scored) else None,
                          "target_top1": float((scored["target_rank"] == 1).mean()) if len(scored) else None})
         return pd.DataFrame(rows)
+
+    def compare(self, both, tol, checks):
+        """Per (unit, layer), as next_token judges a unit: the largest |Δp| over the union of both top-k lists
+        and the target's probability, and the top-k overlap. A target rank far down the vocabulary moves with
+        float rounding among near-equal tiny probabilities, so ranks are reported, not required equal."""
+        import numpy as np
+        import pandas as pd
+
+        from lmsweep.results.compare import Check
+
+        cols = ["unit_id", "model", "prompt_id", "layer", "max_abs_dp", "topk_overlap", "same_top1",
+                "target_rank_b", "target_rank_c"]
+        if both.empty:
+            checks.append(Check("logit-lens max |Δp|", None, tol.max_prob_delta, "<=", "no matched rows"))
+            return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
+        stats = [topk_delta(list(ia), list(qa), list(ib), list(qb)) for ia, qa, ib, qb in
+                 zip(both["topk_ids_b"], both["topk_probs_b"], both["topk_ids_c"], both["topk_probs_c"])]
+        target_dp = (both["target_prob_c"].astype(float) - both["target_prob_b"].astype(float)).abs().fillna(0.0)
+        out = pd.DataFrame({
+            "unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
+            "layer": both["layer"], "max_abs_dp": np.maximum([s[0] for s in stats], target_dp.to_numpy()),
+            "topk_overlap": [s[1] for s in stats], "same_top1": [s[2] for s in stats],
+            "target_rank_b": both["target_rank_b"], "target_rank_c": both["target_rank_c"]})
+        ranks = out.dropna(subset=["target_rank_b", "target_rank_c"])
+        checks.append(Check("logit-lens max |Δp|", float(out["max_abs_dp"].max()), tol.max_prob_delta, "<=",
+                            f"over {len(out)} (unit, layer) rows, top-k and target probabilities"))
+        checks.append(Check("logit-lens min top-k overlap", float(out["topk_overlap"].min()), tol.min_topk_overlap,
+                            ">=", f"top-1 agrees on {int(out['same_top1'].sum())}/{len(out)}; target rank differs "
+                            f"on {int((ranks['target_rank_b'] != ranks['target_rank_c']).sum())}/{len(ranks)}"))
+        bad = np.zeros(len(out), dtype=bool)
+        if tol.max_prob_delta is not None:
+            bad |= (out["max_abs_dp"] > tol.max_prob_delta).to_numpy()
+        if tol.min_topk_overlap is not None:
+            bad |= (out["topk_overlap"] < tol.min_topk_overlap).to_numpy()
+        changed = (out["max_abs_dp"] > 0) | (out["topk_overlap"] < 1) | \
+            (out["target_rank_b"].fillna(-1) != out["target_rank_c"].fillna(-1))
+        return (out[bad].sort_values("max_abs_dp", ascending=False).reset_index(drop=True),
+                out[~bad & changed].sort_values("max_abs_dp", ascending=False).reset_index(drop=True))
 
     def examples(self, df, limit: int = 20):
         """Per unit, the top-1 token of its last (up to) six stored layers: where the prediction forms."""

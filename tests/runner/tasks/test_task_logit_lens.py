@@ -161,6 +161,24 @@ def test_summary_and_examples(tiny_llama, tmp_path):
     assert len(shown) == 3 and shown["top1_by_layer"].str.startswith("0:").all()
 
 
+def test_compare_passes_another_batch_size_and_fails_a_perturbed_model(tiny_llama, tmp_path):
+    import lmsweep
+    from helpers.tiny_models import perturb
+
+    perturbed = perturb(tiny_llama, tmp_path / "perturbed")
+
+    def run(name: str, source, batch: int):
+        text = spec(f"[{{alias: tiny, source: {source}}}]", "{type: logit_lens, top_k: 5}", name=name)
+        return run_spec(tmp_path / name, text.replace("batch_size: 3", f"batch_size: {batch}"))
+
+    base, rerun, changed = run("base", tiny_llama, 3), run("rerun", tiny_llama, 1), run("changed", perturbed, 3)
+    same = lmsweep.compare(base, rerun)
+    assert same.passed and same.matched == 9 and same.diffs.empty
+    diff = lmsweep.compare(base, changed)
+    assert not diff.passed and {c.name for c in diff.failed_checks} >= {"logit-lens max |Δp|"}
+    assert set(diff.diffs.columns) >= {"unit_id", "layer", "max_abs_dp", "target_rank_b", "target_rank_c"}
+
+
 @pytest.mark.slow
 def test_example_config_on_smollm2_equals_transformers_and_the_docs(tmp_path, monkeypatch, smollm2_dir):
     """configs/logit_lens.yaml (3 prompts, every layer of SmolLM2) against the direct computation; then
