@@ -120,7 +120,7 @@ class LogitLens(Task):
             return [], errors
 
         seen: list = []
-        hook = norm.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+        hook = norm.register_forward_hook(lambda module, args, out: seen.append((args[0] if args else None, out)))
         try:
             start = time.perf_counter()
             forward = forward_prompts(dataclasses.replace(ctx, model=base), keep, 1 << 30, output_hidden_states=True)
@@ -268,7 +268,7 @@ def _last_is_normed(last, norm_in, norm_out) -> bool:
 
     if last is norm_out or (last.shape == norm_out.shape and torch.equal(last, norm_out)):
         return True
-    if last.shape == norm_in.shape and torch.equal(last, norm_in):
+    if norm_in is not None and last.shape == norm_in.shape and torch.equal(last, norm_in):
         return False
     raise UnitFailure("the last hidden state is neither the input nor the output of the final norm")
 
