@@ -211,3 +211,59 @@ def test_example_config_on_smollm2_equals_transformers_and_the_docs(tmp_path, mo
     assert [line.rsplit(" ", 1)[0] for line in got] == [line.rsplit(" ", 1)[0] for line in want]
     for g, w in zip(got, want):
         assert float(g.rsplit(" ", 1)[1]) == pytest.approx(float(w.rsplit(" ", 1)[1]), rel=1e-2)
+
+
+# Architectures whose final norm lives under other names (ln_f, final_layer_norm, final_layernorm,
+# decoder.final_layer_norm) or works differently (Gemma's 1 + weight, BLOOM's ALiBi). Random weights, two layers.
+ARCHITECTURES = {
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=2, n_head=2)),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                 ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=128)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=32, num_hidden_layers=2,
+                                                              num_attention_heads=2, intermediate_size=64)),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)),
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                 intermediate_size=64)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                       num_key_value_heads=1, intermediate_size=64)),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                       num_key_value_heads=1, intermediate_size=64, head_dim=16)),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=2, n_positions=128)),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_the_last_layer_is_the_models_own_logits_on_other_architectures(arch, tmp_path):
+    """The final norm is found and the last state normed exactly once, whatever the architecture: the last
+    layer's lens is the model's next-token distribution; an intermediate layer is its final norm and head."""
+    import transformers
+
+    from helpers.tiny_models import make_tokenizer
+    from lmsweep.core.task_registry import get_task
+    from lmsweep.runner.tasks.logit_lens import lens_parts
+    from lmsweep.runner.units import TaskContext, Unit
+
+    tok = make_tokenizer(tmp_path)
+    config_class, model_class, kwargs = ARCHITECTURES[arch]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(vocab_size=len(tok), initializer_range=0.5, **kwargs)
+    model = getattr(transformers, model_class)(config).eval()
+    with torch.no_grad():                               # final norm weights other than 1: norming twice shows
+        _, norm, _ = lens_parts(model)
+        norm.weight.copy_(torch.linspace(0.25, 4.0, norm.weight.shape[0]))
+    task = get_task("logit_lens")
+    texts = ["The capital of France is", "Shakespeare was a playwright and poet from"]
+    units = [Unit(unit_id=f"u{i}", unit_key=f"u{i}", element=0, variant=0, point_index=None, point=None, seed=None,
+                  prompt={"prompt_text": t, "label": None, "meta": "{}"}) for i, t in enumerate(texts)]
+    got, errors = task.run(TaskContext(model, tok, task.variant({"type": "logit_lens", "top_k": 5})), units)
+    assert not errors
+    for i, text in enumerate(texts):
+        with torch.no_grad():
+            out = model(**tok(text, return_tensors="pt"), output_hidden_states=True)
+            middle = model.get_output_embeddings()(norm(out.hidden_states[1][0, -1])).float()
+        for layer, logits in ((1, middle), (2, out.logits[0, -1].float())):
+            row = next(r for r in got if r["unit_id"] == f"u{i}" and r["layer"] == layer)
+            probs = torch.softmax(logits, -1)
+            tol = logprob_tolerance(model.config, float(logits.abs().max()))
+            assert row["topk_ids"] == probs.topk(5).indices.tolist(), (arch, layer)
+            assert max(abs(a - b) for a, b in zip(row["topk_probs"], probs.topk(5).values.tolist())) <= tol
