@@ -56,7 +56,7 @@ demo: $(STAMP)
 
 # Two pytest-xdist workers: much of the suite waits on real processes (workers, MPI ranks, Slurm, engine start),
 # so two keep both cores busy; a file's tests stay on one worker, Slurm tests take turns (tests/conftest.py).
-PYTEST := $(PY) -m pytest -n 2 --dist loadfile
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile --durations=30
 
 test: $(STAMP) $(VLLM_STAMP) $(if $(filter 1,$(LMSWEEP_GEMMA)),$(GEMMA_STAMP))
 	$(PYTEST)
