@@ -38,10 +38,17 @@ def spec(tmp: Path, model: Path, name: str) -> Path:
     return path
 
 
+def _foreground_job() -> None:
+    # Ctrl-C reaches a terminal's foreground job with SIGINT's default disposition. A suite started in the
+    # background by a non-interactive shell (`make test &`) hands its children SIGINT ignored, and a watch
+    # that ignores SIGINT rightly keeps watching (as under nohup): give the child the terminal's disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def watch(exp: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "lmsweep", "status", str(exp), "--watch", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, preexec_fn=_foreground_job)
 
 
 def test_backoff_doubles_while_nothing_changes_and_resets_on_a_change():
