@@ -27,7 +27,7 @@ PROMPTS = ["Shakespeare was a", "The capital of France is", "Once upon a time",
            "My dog really wanted to eat icecream because", "Water boils at",
            "The three primary colours are red, yellow and", "In 1905, Albert Einstein published",
            "The best way to learn a new language is to"]
-NEW_TOKENS = 24
+NEW_TOKENS = 12            # × 8 prompts, one at a time in the oracle: each step runs the 262k-token head
 TOP_K = 10
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 INSTALLED = all(importlib.util.find_spec(m) is not None for m in
