@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmsweep.console import hms
+from lmsweep.submit.throughput import read_history
 
 READ_BYTES_PER_S = 200e6     # measured here: SmolLM2's 514 MB fp32 directory loads in ~2.5 s (shared/design.md)
 # another queue is recommended only when it saves this much: smaller differences are within what the load and
@@ -91,17 +92,6 @@ def measured_loads(history: Iterable[dict], accelerated: bool,
         if meta.get("model") and seconds:
             seen.setdefault(meta["model"], []).append(float(seconds))
     return {m: (statistics.median(v), len(v)) for m, v in seen.items()}
-
-
-def read_history(exp: Path) -> list[dict]:
-    """The rank sidecars of every finished element run of an experiment (meta/history/), unreadable ones left out."""
-    out = []
-    for path in sorted((Path(exp) / "meta" / "history").glob("element-*-rank-*.json")):
-        try:
-            out.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue
-    return out
 
 
 def model_path(info) -> str | None:

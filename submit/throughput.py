@@ -27,15 +27,22 @@ class Throughput:
     source: str
 
 
+def read_history(exp: Path) -> list[dict]:
+    """The rank sidecars of every finished element run of an experiment (meta/history/), unreadable ones left out."""
+    out = []
+    for path in sorted((Path(exp) / "meta" / "history").glob("element-*-rank-*.json")):
+        try:
+            out.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def measured(exp: Path, unit_ids: list[str], unit_costs: np.ndarray, done: set[str],
              accelerated: bool) -> tuple[float, int] | None:
     """(tokens/s per rank group, element runs measured) from `exp`'s sidecars, or None without any."""
     seconds, runs = 0.0, 0
-    for path in sorted((exp / "meta" / "history").glob("element-*-rank-*.json")):
-        try:
-            meta = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
+    for meta in read_history(exp):
         if (meta.get("accelerator", "cpu") != "cpu") != accelerated:
             continue
         if not (meta.get("tensor_parallel") or {}).get("leader", True):
