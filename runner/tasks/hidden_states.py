@@ -152,6 +152,15 @@ def _eye(n: int):
 
 # ---- plan-time checks ------------------------------------------------------------------------------------
 
+def selected_layers(spec, alias: str, facts, layers) -> int:
+    """How many of the model's hidden states (embeddings + num_layers) `layers` selects; a layer the model
+    does not have is refused at its line. Shared by the tasks that read hidden states per layer."""
+    count = facts.num_layers + 1 if facts.num_layers is not None else None
+    check_selection(spec, alias, "layers", layers, count,
+                    what=f"hidden states (embeddings + {facts.num_layers} layers)")
+    return len(selected(layers, count))
+
+
 def check_hidden_states(spec, facts, prompts, units_per_model: dict[str, Counter]) -> int:
     """Validate the layers against each model (embeddings + num_layers) and return the estimated bytes;
     raise SpecError above `task.max_storage_mb`."""
@@ -159,13 +168,10 @@ def check_hidden_states(spec, facts, prompts, units_per_model: dict[str, Counter
     total = 0
     for m in spec.models:
         f = facts[m.alias]
-        count = f.num_layers + 1 if f.num_layers is not None else None
-        check_selection(spec, m.alias, "layers", task.layers, count,
-                        what=f"hidden states (embeddings + {f.num_layers} layers)")
+        n_layers = selected_layers(spec, m.alias, f, task.layers)
         if f.hidden_size is None:
             raise spec.source.error(f"cannot read the hidden size of model {m.alias!r} to estimate the storage",
                                     "task.layers")
-        n_layers = len(selected(task.layers, count))
         counts = units_per_model[m.alias]
         if task.pooling == "none":
             lengths = dict(zip(counts, token_counts(f, [prompts[i] for i in counts])))

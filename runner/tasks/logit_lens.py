@@ -30,7 +30,8 @@ from pydantic import Field
 
 from lmsweep.core.task import MAX_PROB_DELTA, PlannedUnits, Task, TaskParams
 from lmsweep.core.task_registry import register_task
-from lmsweep.runner.tasks.attention import Selection, _size, check_selection, selected
+from lmsweep.runner.tasks.attention import Selection, _size, selected
+from lmsweep.runner.tasks.hidden_states import selected_layers
 from lmsweep.runner.tasks.next_token import MIN_TOPK_OVERLAP, topk_delta
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, forward_prompts, render_prompt
 
@@ -301,11 +302,8 @@ def check_logit_lens(spec, facts, units_per_model: dict[str, Counter]) -> int:
     task = spec.task
     total = 0
     for m in spec.models:
-        f = facts[m.alias]
-        count = f.num_layers + 1 if f.num_layers is not None else None
-        check_selection(spec, m.alias, "layers", task.layers, count,
-                        what=f"hidden states (embeddings + {f.num_layers} layers)")
-        n_rows = sum(units_per_model[m.alias].values()) * len(selected(task.layers, count))
+        n_rows = sum(units_per_model[m.alias].values()) * selected_layers(spec, m.alias, facts[m.alias],
+                                                                           task.layers)
         total += n_rows * (ROW_BYTES + TOPK_BYTES * task.top_k)
     if total > task.max_storage_mb * 1e6:
         raise spec.source.error(
