@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers.cli import REPO, cli, write_spec
+from helpers.cli import cli, write_spec
+from helpers.slurm import slurm_conf
 from lmsweep.configs import SYSTEMS
 from lmsweep.results.load import status
 
@@ -23,14 +22,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.slurm]
 
 @pytest.fixture(scope="module")
 def slurm_env() -> dict:
-    if shutil.which("bash") is None:
-        pytest.skip("no bash")
-    proc = subprocess.run(["bash", str(REPO / "tests/infra/slurm-up.sh")], capture_output=True, text=True,
-                          timeout=180)
-    if proc.returncode != 0:
-        pytest.skip(f"Slurm could not start here (tests/infra/slurm-up.sh exited {proc.returncode})")
-    conf = next(line.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("slurm up: SLURM_CONF="))
-    return {"SLURM_CONF": conf.strip(), "PATH": f"{os.environ.get('PATH', '')}:/usr/bin:/usr/sbin"}
+    return {"SLURM_CONF": slurm_conf(), "PATH": f"{os.environ.get('PATH', '')}:/usr/bin:/usr/sbin"}
 
 
 def local_copy(tmp: Path, site: str) -> Path:

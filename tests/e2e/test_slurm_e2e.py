@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import lmsweep
-from helpers.cli import REPO, cli
+from helpers.cli import cli
+from helpers.slurm import slurm_conf
 from helpers.status_table import states, table, wait_status
 from lmsweep.submit.jobs_dir import ArrayRecord, Submission, load_submissions
 
@@ -27,16 +28,9 @@ PROMPTS = ["Once upon a time", "The capital of France is", "My dog really wanted
 @pytest.fixture(scope="session")
 def slurm_env() -> dict:
     """Environment with SLURM_CONF for the test cluster; skip (with the reason) where it cannot start."""
-    if shutil.which("bash") is None:
-        pytest.skip("no bash")
-    proc = subprocess.run(["bash", str(REPO / "tests/infra/slurm-up.sh")], capture_output=True, text=True,
-                          timeout=180)
-    if proc.returncode != 0:
-        pytest.skip(f"Slurm could not start here (tests/infra/slurm-up.sh exited {proc.returncode}): "
-                    f"{proc.stderr.strip().splitlines()[-1:] or ''}")
-    conf = next(line.split("=", 1)[1] for line in proc.stdout.splitlines() if line.startswith("slurm up: SLURM_CONF="))
-    os.environ["SLURM_CONF"] = conf.strip()   # the in-process helpers below (squeue/sbatch) see it too
-    return {"SLURM_CONF": conf.strip(), "PATH": f"{os.environ.get('PATH', '')}:/usr/bin:/usr/sbin"}
+    conf = slurm_conf()
+    os.environ["SLURM_CONF"] = conf   # the in-process helpers below (squeue/sbatch) see it too
+    return {"SLURM_CONF": conf, "PATH": f"{os.environ.get('PATH', '')}:/usr/bin:/usr/sbin"}
 
 
 def write_spec(path: Path, models: list[tuple[str, Path]], prompts: list[str], per_element: int,

@@ -297,17 +297,10 @@ def test_classify_flips_count_against_accuracy_and_without_gold_labels_any_chang
 @pytest.mark.slurm
 def test_regress_submits_to_slurm_waits_and_compares(tmp_path, tiny_llama):
     """`regress --system` goes through the real scheduler: submit, wait for the array to end, compare."""
-    import shutil
-    import subprocess
 
-    from helpers.cli import REPO
+    from helpers.slurm import slurm_conf
 
-    if shutil.which("bash") is None:
-        pytest.skip("no bash")
-    up = subprocess.run(["bash", str(REPO / "tests/infra/slurm-up.sh")], capture_output=True, text=True, timeout=180)
-    if up.returncode != 0:
-        pytest.skip(f"Slurm could not start here (tests/infra/slurm-up.sh exited {up.returncode})")
-    conf = next(line.split("=", 1)[1] for line in up.stdout.splitlines() if line.startswith("slurm up: SLURM_CONF="))
+    conf = slurm_conf()
     spec = write(tmp_path, "sl.yaml", f"""
 name: sl
 models:

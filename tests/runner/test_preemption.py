@@ -28,6 +28,7 @@ from test_kill_resume import (
 )
 
 import lmsweep
+from helpers.slurm import slurm_conf
 from lmsweep.runner import locks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,15 +148,7 @@ def test_sigterm_while_waiting_for_the_element_lock_exits_3(template, zygote, tm
 
 @pytest.fixture(scope="module")
 def slurm_env() -> dict:
-    if not Path("/usr/bin/sbatch").exists() and os.geteuid() != 0:
-        pytest.skip("no Slurm installed and not root: tests/infra/slurm-up.sh cannot install one")
-    proc = subprocess.run(["bash", str(REPO / "tests" / "infra" / "slurm-up.sh")], capture_output=True,
-                          text=True, timeout=300)
-    found = re.search(r"slurm up: SLURM_CONF=(\S+)", proc.stdout)
-    if proc.returncode != 0 or not found:
-        pytest.skip(f"local Slurm did not start (tests/infra/slurm-up.sh exit {proc.returncode}): "
-                    f"{proc.stderr.strip()[-400:]}")
-    return {**os.environ, "SLURM_CONF": found.group(1), "PATH": f"/usr/bin:/usr/sbin:{os.environ['PATH']}"}
+    return {**os.environ, "SLURM_CONF": slurm_conf(), "PATH": f"/usr/bin:/usr/sbin:{os.environ['PATH']}"}
 
 
 def job_info(env: dict, job: str) -> dict[str, str]:

@@ -105,17 +105,10 @@ def test_ctrl_c_ends_the_watch_with_130(tmp_path, tiny_llama):
 @pytest.mark.slurm
 def test_watch_follows_a_real_slurm_array_until_complete(tmp_path, tiny_llama):
     """The same against the one-node Slurm of tests/infra: the states come from its batched query."""
-    import shutil
 
-    from helpers.cli import REPO
+    from helpers.slurm import slurm_conf
 
-    if shutil.which("bash") is None:
-        pytest.skip("no bash")
-    up = subprocess.run(["bash", str(REPO / "tests/infra/slurm-up.sh")], capture_output=True, text=True, timeout=180)
-    if up.returncode != 0:
-        pytest.skip(f"Slurm could not start here (tests/infra/slurm-up.sh exited {up.returncode})")
-    conf = next(line.split("=", 1)[1] for line in up.stdout.splitlines() if line.startswith("slurm up: SLURM_CONF="))
-    env = {"SLURM_CONF": conf.strip()}
+    env = {"SLURM_CONF": slurm_conf()}
     path = spec(tmp_path, tiny_llama, "sw")
     path.write_text(path.read_text() + "  slurm: {partition: debug}\n")
     cli("submit", str(path), "--system", "slurm-generic", env=env, check=True)
