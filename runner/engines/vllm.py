@@ -105,9 +105,8 @@ class Vllm(Engine):
             return loaded, {"backend": self.name}
         start_s = time.perf_counter()
         loaded = loading.load(model, None, materialized=True)
-        eager, why = compile_choice(todo, settings.accelerator)
-        engine, recorded = start(model, Path(loaded.path), loaded.tokenizer, settings.tp, eager=eager)
-        recorded = {**recorded, "compile": {"enforce_eager": eager, "why": why}}
+        engine, recorded = start(model, Path(loaded.path), loaded.tokenizer, settings.tp,
+                                 compile_choice(todo, settings.accelerator))
         return loading.LoadedModel(engine, loaded.tokenizer, time.perf_counter() - start_s, loaded.path), recorded
 
     # ---- primitives ---------------------------------------------------------------------------------------
@@ -246,11 +245,13 @@ def compile_choice(todo, accelerator: str) -> tuple[bool, str]:
     return False, f"compiled: {tokens} new tokens planned (from {limit} on {accelerator})"
 
 
-def start(model, path: Path, tokenizer, tp: int, eager: bool = False) -> tuple[LoadedEngine, dict]:
+def start(model, path: Path, tokenizer, tp: int, choice: tuple[bool, str] = (False, "vLLM's default")
+          ) -> tuple[LoadedEngine, dict]:
     """Start the engine on the model's HF directory; (engine, the config to record). A process that runs
     several elements of one model (`run_element` in a loop, a notebook) starts it once: engine start is
     most of a small element's time (25-140 s on a 2-core CPU). An eager engine serves later elements that
-    would compile too (the start is paid already)."""
+    would compile too (the start is paid already); `choice` is `compile_choice`'s (enforce_eager, why), and the
+    record keeps the one the engine was started with."""
     key = repr((str(path), model.dtype, model.trust_remote_code, tp))
     if key in _STARTED:
         engine, recorded = _STARTED[key]
@@ -259,6 +260,7 @@ def start(model, path: Path, tokenizer, tp: int, eager: bool = False) -> tuple[L
         import vllm
     except ImportError as e:
         raise SpecError(f"{INSTALL_HINT} ({e})", field="execution.backend") from None
+    eager, why = choice
     options = {"model": str(path), "tokenizer": str(path), "dtype": model.dtype, "tensor_parallel_size": tp,
                "max_logprobs": MAX_LOGPROBS, "seed": 0,
                "trust_remote_code": model.trust_remote_code,
@@ -270,6 +272,7 @@ def start(model, path: Path, tokenizer, tp: int, eager: bool = False) -> tuple[L
     max_len = int(llm.llm_engine.model_config.max_model_len)
     recorded = {"backend": "vllm", "vllm_version": vllm.__version__, "engine_start_s": round(engine_s, 2),
                 "engine": {**options, "model": str(path), "tokenizer": str(path), "max_model_len": max_len},
+                "compile": {"enforce_eager": eager, "why": why},
                 "env": {k: os.environ.get(k) for k in (*ENV_DEFAULTS, "VLLM_CPU_KVCACHE_SPACE",
                                                         "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")}}
     _STARTED[key] = LoadedEngine(llm, max_len, options["max_logprobs"], eos_ids(path, tokenizer)), recorded
