@@ -72,3 +72,34 @@ def perturb(src: Path, dst: Path, scale: float = 0.05, seed: int = 1) -> Path:
             p.add_(torch.randn(p.shape, generator=g) * scale * p.std())
     model.save_pretrained(dst)
     return dst
+
+
+# Causal LMs with their own attention, position, cache and final-norm code: ALiBi (BLOOM), learned positions
+# (OPT, GPT-2), rotary variants (GPT-NeoX, Falcon, Phi, Qwen2, Gemma); final norms under other names (ln_f,
+# final_layer_norm, final_layernorm, decoder.final_layer_norm) or Gemma's 1 + weight. Random weights, two layers.
+ARCHITECTURES = {
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=2, n_head=2)),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                 ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=128)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=32, num_hidden_layers=2,
+                                                              num_attention_heads=2, intermediate_size=64)),
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)),
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                 intermediate_size=64)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                       num_key_value_heads=1, intermediate_size=64)),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                       num_key_value_heads=1, intermediate_size=64, head_dim=16)),
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=2, n_positions=128)),
+}
+
+
+def tiny_causal_lm(arch: str, vocab_size: int, **overrides):
+    """A random `ARCHITECTURES[arch]` model (seeded, large init range, eval mode); `overrides` go to its config."""
+    import torch
+    import transformers
+
+    config_class, model_class, kwargs = ARCHITECTURES[arch]
+    torch.manual_seed(0)
+    config = getattr(transformers, config_class)(vocab_size=vocab_size, initializer_range=0.5, **kwargs, **overrides)
+    return getattr(transformers, model_class)(config).eval()

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, TopPLogitsWarper
 from transformers.cache_utils import DynamicLayer
 
-from helpers.tiny_models import make_tiny_llama
+from helpers.tiny_models import ARCHITECTURES, make_tiny_llama, tiny_causal_lm
 from lmsweep.runner import decode
 from lmsweep.runner.sampling import NucleusWarper
 
@@ -141,34 +141,10 @@ def test_sliding_window_models_take_model_generate(tmp_path):
     assert decode.supported(plain)
 
 
-# Architectures with their own attention, position and cache code: ALiBi (BLOOM), learned positions (OPT,
-# GPT-2), rotary variants (GPT-NeoX, Falcon, Phi, Qwen2, Gemma). Random weights, two layers each.
-ARCHITECTURES = {
-    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=2, n_head=2)),
-    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                 ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=128)),
-    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=32, num_hidden_layers=2,
-                                                              num_attention_heads=2, intermediate_size=64)),
-    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)),
-    "phi": ("PhiConfig", "PhiForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                 intermediate_size=64)),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                       num_key_value_heads=1, intermediate_size=64)),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                       num_key_value_heads=1, intermediate_size=64, head_dim=16)),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=2, n_positions=128,
-                                                    bos_token_id=1, eos_token_id=0)),
-}
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_other_architectures_decode_like_model_generate(arch):
-    import transformers
-
-    config_class, model_class, kwargs = ARCHITECTURES[arch]
-    torch.manual_seed(0)
-    config = getattr(transformers, config_class)(vocab_size=97, initializer_range=0.5, **kwargs)
-    model = getattr(transformers, model_class)(config).eval()
+    # GPT-2's default token ids lie outside the tiny vocabulary
+    model = tiny_causal_lm(arch, 97, **(dict(bos_token_id=1, eos_token_id=0) if arch == "gpt2" else {}))
     assert decode.supported(model)
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [5, 6, 7], [40], [3] * 9]
     out, _ = run_decode(model, prompts, [0], 0)

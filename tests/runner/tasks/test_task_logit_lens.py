@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.cli import REPO, cli
 from helpers.task_runs import rows, run_spec
+from helpers.tiny_models import ARCHITECTURES, tiny_causal_lm
 from helpers.tolerances import logprob_tolerance
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.plan import plan_spec
@@ -213,30 +214,10 @@ def test_example_config_on_smollm2_equals_transformers_and_the_docs(tmp_path, mo
         assert float(g.rsplit(" ", 1)[1]) == pytest.approx(float(w.rsplit(" ", 1)[1]), rel=1e-2)
 
 
-# Architectures whose final norm lives under other names (ln_f, final_layer_norm, final_layernorm,
-# decoder.final_layer_norm) or works differently (Gemma's 1 + weight, BLOOM's ALiBi). Random weights, two layers.
-ARCHITECTURES = {
-    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=2, n_head=2)),
-    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                 ffn_dim=64, word_embed_proj_dim=32, max_position_embeddings=128)),
-    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=32, num_hidden_layers=2,
-                                                              num_attention_heads=2, intermediate_size=64)),
-    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)),
-    "phi": ("PhiConfig", "PhiForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                 intermediate_size=64)),
-    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                       num_key_value_heads=1, intermediate_size=64)),
-    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                       num_key_value_heads=1, intermediate_size=64, head_dim=16)),
-    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=2, n_positions=128)),
-}
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
 def test_the_last_layer_is_the_models_own_logits_on_other_architectures(arch, tmp_path):
     """The final norm is found and the last state normed exactly once, whatever the architecture: the last
     layer's lens is the model's next-token distribution; an intermediate layer is its final norm and head."""
-    import transformers
 
     from helpers.tiny_models import make_tokenizer
     from lmsweep.core.task_registry import get_task
@@ -244,10 +225,7 @@ def test_the_last_layer_is_the_models_own_logits_on_other_architectures(arch, tm
     from lmsweep.runner.units import TaskContext, Unit
 
     tok = make_tokenizer(tmp_path)
-    config_class, model_class, kwargs = ARCHITECTURES[arch]
-    torch.manual_seed(0)
-    config = getattr(transformers, config_class)(vocab_size=len(tok), initializer_range=0.5, **kwargs)
-    model = getattr(transformers, model_class)(config).eval()
+    model = tiny_causal_lm(arch, len(tok))
     with torch.no_grad():                               # final norm weights other than 1: norming twice shows
         _, norm, _ = lens_parts(model)
         norm.weight.copy_(torch.linspace(0.25, 4.0, norm.weight.shape[0]))
