@@ -61,20 +61,24 @@ def cmd_validate(args) -> int:
 
 
 def print_quantization(plan) -> None:
-    """A note per packaged model whose shipped weights are quantised: every output comes from those weights
-    (none for a task that loads only the tokenizer)."""
+    """A note per model whose weights are quantised (a packaged GGUF, dequantised; a directory whose config.json
+    has a quantization_config): every output comes from those weights (none for a task that loads only the
+    tokenizer)."""
     from lmsweep.core.task_registry import get_task
-    from lmsweep.jobs.model_sources import PACKAGES
+    from lmsweep.jobs.model_sources import model_quantization
 
     task = get_task(plan.task["type"])
     if all(task.auto_class_for(task.variant(v)) is None for v in plan.variants):
         return
     for alias, m in plan.models.items():
         source = str(m["source"])
-        pkg = PACKAGES.get(source.removeprefix("package:")) if source.startswith("package:") else None
-        if pkg is not None and pkg.quantization:
-            console.print(f"note: model {alias!r} ({m['source']}) is a {pkg.quantization}, dequantised to "
-                          f"{m['dtype']}: its outputs and internals come from quantised weights", markup=False)
+        quantization = model_quantization(source, m.get("path"))
+        if quantization is None:
+            continue
+        how = (f"is a {quantization}, dequantised to {m['dtype']}" if source.startswith("package:")
+               else f"has quantised weights ({quantization})")
+        console.print(f"note: model {alias!r} ({source}) {how}: its outputs and internals come from quantised "
+                      "weights", markup=False)
 
 
 def cmd_plan(args) -> int:

@@ -47,6 +47,27 @@ PACKAGES: dict[str, PackagedModel] = {
 }
 
 
+def model_quantization(source: str, path: str | None = None) -> str | None:
+    """How a model's weights are quantised, as lmsweep gets them; None: not quantised. A packaged model's shipped
+    format (`PackagedModel.quantization`: "Q4_1 GGUF (4-bit)", dequantised when converted), or a directory's
+    config.json `quantization_config` ("gptq 4-bit", "bitsandbytes 8-bit": loaded quantised by transformers).
+    Recorded in the rank sidecars, shown by validate, plan, `results --trace` and the report."""
+    if source.startswith("package:"):
+        pkg = PACKAGES.get(source.removeprefix("package:"))
+        return (pkg.quantization or None) if pkg else None
+    config = Path(path) / "config.json" if path else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        q = read_config(config).get("quantization_config")
+    except SpecError:
+        return None
+    if not isinstance(q, dict):
+        return None
+    bits = q.get("bits") or (4 if q.get("load_in_4bit") else 8 if q.get("load_in_8bit") else None)
+    return f"{q.get('quant_method', 'quantised')}" + (f" {bits}-bit" if bits else "")
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model's files are and a fingerprint of its weights (part of every unit id)."""

@@ -145,9 +145,13 @@ def plot_throughput(df: pd.DataFrame) -> list[str]:
 # ---- the page ---------------------------------------------------------------------------------------
 
 def spec_tables(meta: dict) -> str:
+    from lmsweep.jobs.model_sources import model_quantization
+
     spec = meta["spec"]
+    # quantisation: every number of the page comes from these weights (a packaged GGUF's 4-bit ones, dequantised)
     models = pd.DataFrame([{"alias": a, "source": m.get("source"), "fingerprint": m.get("fingerprint"),
-                            "dtype": m.get("dtype"), "revision": m.get("revision")}
+                            "dtype": m.get("dtype"), "revision": m.get("revision"),
+                            "quantization": model_quantization(str(m.get("source")), m.get("path")) or "none"}
                            for a, m in meta["models"].items()])
     points = pd.DataFrame(meta.get("points") or [])
     if not points.empty:
@@ -235,6 +239,7 @@ def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
         ("spec file", plan.meta.get("spec_file")), ("model", r["model"]), ("model_source", r["model_source"]),
         ("model_fingerprint", r["model_fingerprint"]), ("dtype / revision", f"{model.get('dtype')} / "
                                                                             f"{model.get('revision')}"),
+        ("model_quantization", _quantization(side, model)),
         ("model path", model.get("path")), ("task", json.dumps(plan.meta["task"])),
         ("decoding", r.get("decoding")), ("seed", r.get("seed")), ("prompt", f"{r['prompt_set']}/{r['prompt_id']}"),
         ("backend / device", f"{r['backend']} / {r.get('device')}"), ("host", r["host"]),
@@ -250,6 +255,15 @@ def trace(exp: str | Path, unit_id: str) -> pd.DataFrame:
                   ("backend config", json.dumps(side.get("backend_config"))),
                   ("model load s", side.get("load_seconds"))]
     return pd.DataFrame(facts, columns=["", "value"])
+
+
+def _quantization(side: dict, model: dict) -> str:
+    """The sidecar's record of the weights' quantisation; the plan's model, for a run from before it was kept."""
+    if "model_quantization" in side:
+        return side["model_quantization"] or "none"
+    from lmsweep.jobs.model_sources import model_quantization
+
+    return model_quantization(str(model.get("source")), model.get("path")) or "none"
 
 
 def build_report(exp: str | Path) -> str:

@@ -1,8 +1,9 @@
 """The metadata a worker leaves beside its rows: one JSON file per rank, one per element.
 
 `meta/element-NNNNN-rank-RRRR.json` says where and with what a rank ran (host, packages (lmsweep's and the
-engines' declared `packages`, runner/engines), device, threads, backend, timers); it is rewritten when an
-element is resumed, so `meta/history/` keeps every run's copy and rows an earlier run wrote stay traceable.
+engines' declared `packages`, runner/engines), device, threads, backend, timers, the weights' quantisation);
+it is rewritten when an element is resumed, so `meta/history/` keeps every run's copy and rows an earlier run
+wrote stay traceable.
 `meta/element-NNNNN.json` is rank 0's summary of them all.
 Files are written under a temporary name and renamed, like the result parts.
 """
@@ -18,9 +19,11 @@ from typing import Any
 
 
 def write_rank_sidecar(exp_dir: Path, element: int, rank: int, world: int, alias: str, loaded: Any, threads: int,
-                       n_units: int, n_failed: int, backend: str, extra: dict | None = None) -> dict:
+                       n_units: int, n_failed: int, backend: str, extra: dict | None = None,
+                       model_quantization: str | None = None) -> dict:
     """Write this rank's sidecar (and its history copy); return what it holds. `loaded` is the rank's
-    runner.loading.LoadedModel, None when it loaded nothing."""
+    runner.loading.LoadedModel, None when it loaded nothing. `model_quantization`: how the weights it computed
+    with are quantised (jobs.model_sources.model_quantization; None: not quantised, or no weights loaded)."""
     import importlib.metadata as md
 
     def version(name: str) -> str | None:
@@ -36,6 +39,7 @@ def write_rank_sidecar(exp_dir: Path, element: int, rank: int, world: int, alias
     meta = {
         "element": element, "rank": rank, "world_size": world, "model": alias,
         "model_path": loaded.path if loaded else None, "load_seconds": loaded.load_seconds if loaded else None,
+        "model_quantization": model_quantization if loaded and loaded.model is not None else None,
         "host": socket.gethostname(), "python": platform.python_version(),
         "packages": {n: version(n) for n in ("lmsweep", *recorded_packages(), "mpi4py", "pandas", "pyarrow")},
         "torch_threads": torch.get_num_threads(), "threads_requested": threads,
@@ -67,8 +71,8 @@ def source_commit() -> str | None:
 def write_element_sidecar(exp_dir: Path, element: int, ranks: list[dict]) -> None:
     """One file per element with what holds for all its ranks, and a line per rank (host, device, group)."""
     first = ranks[0]
-    summary = {k: first.get(k) for k in ("element", "model", "backend", "accelerator", "python", "packages",
-                                         "mpi_library", "backend_config", "world_size")}
+    summary = {k: first.get(k) for k in ("element", "model", "model_quantization", "backend", "accelerator", "python",
+                                         "packages", "mpi_library", "backend_config", "world_size")}
     summary |= {
         "tensor_parallel": {k: first["tensor_parallel"][k] for k in ("tp", "groups")} if "tensor_parallel" in first
         else None,

@@ -37,6 +37,7 @@ from typing import Any
 from lmsweep.core import kill_points
 from lmsweep.errors import ExperimentError, SpecError, UsageError
 from lmsweep.jobs.decoding import DecodingPoint, point_labels
+from lmsweep.jobs.model_sources import model_quantization
 from lmsweep.jobs.plan import ModelInfo, PlanFiles, read_plan
 from lmsweep.results.compact import WORKER_MIN_PARTS, compact_element
 from lmsweep.results.load import done_unit_ids
@@ -500,7 +501,8 @@ def write_sidecars(run: ElementRun, rank: Rank, claim: Claim, model: RankModel, 
     every rank alive until the whole element is done."""
     meta = sidecars.write_rank_sidecar(run.exp_dir, run.element, rank.rank, rank.world.size, run.alias, model.loaded,
                                        rank.threads, len(claim.todo), outcome.failed, run.plan.execution.backend,
-                                       _rank_record(rank, model, timers))
+                                       _rank_record(rank, model, timers),
+                                       model_quantization=model_quantization(run.model.source, run.model.path))
     ranks = rank.world.allgather(meta)
     if rank.rank == 0:
         sidecars.write_element_sidecar(run.exp_dir, run.element, ranks)
