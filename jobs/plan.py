@@ -117,6 +117,7 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
     variants = spec.task.variants()
     task = get_task(spec.task.type)
     facts, model_variants = variants_per_model(spec, task, refs, variants)
+    variants, model_variants = expand_variants(task, variants, facts, model_variants)
     per_model = (sum(len(seeds) if (p is not None and p.do_sample) else 1 for p in points)
                  * len(prompts) * len(variants))
     total = per_model * len(spec.models)
@@ -188,6 +189,28 @@ def build_plan(spec: ExperimentSpec, refs: dict[str, ModelRef], prompts: list[Pr
     return Plan(experiment=spec.name, spec_hash=spec.spec_hash(), spec=spec.canonical(), spec_file=spec_file,
                 models=models, task=spec.task.canonical_params(), variants=variants,
                 points=[p for p in points if p is not None], prompts=prompts, units=units, elements=elements)
+
+
+def expand_variants(task, variants: list[dict], facts: dict, model_variants: dict[str, list[int]]
+                    ) -> tuple[list[dict], dict[str, list[int]]]:
+    """Each variant as the concrete variants it stands for on each model that runs it (`Task.expand_variant`):
+    (the variants, indices of those each model runs). In order of the variants, then of each one's expansion
+    over the models (in spec order); a concrete variant two models share is one variant. A task that does not
+    expand gets its variants and indices back unchanged."""
+    out: list[dict] = []
+    index: dict[tuple[int, str], int] = {}
+    per_model: dict[str, list[int]] = {alias: [] for alias in model_variants}
+    for vi, v in enumerate(variants):
+        for alias, vis in model_variants.items():
+            if vi not in vis:
+                continue
+            for concrete in task.expand_variant(v, facts.get(alias)):
+                key = (vi, canonical(concrete))
+                if key not in index:
+                    index[key] = len(out)
+                    out.append(concrete)
+                per_model[alias].append(index[key])
+    return out, per_model
 
 
 # ---- packing: the one way units become elements ------------------------------------------------------

@@ -223,6 +223,13 @@ class Task:
         """One variant's canonical dict (plan.json `variants`) as the typed object the batch runner gets."""
         return (self.Variant or self.Params).model_validate(params)
 
+    def expand_variant(self, variant: dict, facts: ModelFacts | None) -> list[dict]:
+        """The concrete variants one of `Params.variants()` stands for on a model of this shape (`facts`, read
+        when `needs_model_facts`; else None): a parameter that depends on the model (ablate's `heads: all`,
+        one variant per head it has) is resolved here, at plan time, per model. Each returned dict is a
+        variant of its own (a unit per prompt, its canonical dict hashed into unit ids). Default: itself."""
+        return [variant]
+
     def model_kinds(self, variant: BaseModel) -> tuple[str, ...] | None:
         """The model kinds (jobs.model_facts.KINDS) this variant runs on; None: any. Default: `kinds`.
         The plan pairs each model with the variants that fit its kind, and refuses a model none fits."""
