@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -164,6 +165,28 @@ def encode(tok, prompt: dict, column: str, prefix: str | None = None) -> tuple[l
     return whole, len(context), len(context), continuation
 
 
+def score_pairs_shared(model, pad_id: int, encoded: dict[str, tuple[list[int], int, int, str | None]],
+                       max_length: int, device, scored: dict[str, list[tuple[float, bool]]]) -> set[str]:
+    """Score the pairs that fit one window (the whole sequence, from its first token) with each distinct context
+    run once (runner/shared_context.py): multiple choice as pairs computes each question once, not once per
+    answer. Fills `scored` and returns the unit ids done; none where the model's cache cannot be shared."""
+    from lmsweep.runner import shared_context
+
+    pairs = {uid: e for uid, e in encoded.items() if e[3] is not None and len(e[0]) - 1 <= max_length}
+    if not pairs or not shared_context.supported(model):
+        return set()
+    contexts = list(dict.fromkeys(tuple(ids[:first]) for ids, first, _, _ in pairs.values()))
+    at = {c: i for i, c in enumerate(contexts)}
+    requests = [(at[tuple(ids[:first])], ids[first:]) for ids, first, _, _ in pairs.values()]
+    try:
+        results = shared_context.score(model, pad_id, [list(c) for c in contexts], requests, device)
+    except shared_context.Unsupported:
+        return set()
+    for uid, r in zip(pairs, results):
+        scored[uid] = list(zip(r.logprobs, r.greedy))
+    return set(pairs)
+
+
 @register_task("loglikelihood")
 class Loglikelihood(Task):
     Params = LoglikelihoodParams
@@ -193,13 +216,14 @@ class Loglikelihood(Task):
                 encoded[u.unit_id] = encode(tok, u.prompt, p.continuation_column, p.prefix)
             except UnitFailure as e:
                 errors[u.unit_id] = str(e)
-        jobs = [(u.unit_id, w) for u in units if u.unit_id in encoded
-                for w in rolling_windows(len(encoded[u.unit_id][0]), encoded[u.unit_id][1], max_length, stride)]
-        if not jobs:
-            return [], errors
-        scored: dict[str, list[tuple[float, bool]]] = {uid: [] for uid in encoded}
-        vocab = getattr(getattr(base, "config", None), "vocab_size", None) or len(tok)
         start = time.perf_counter()
+        scored: dict[str, list[tuple[float, bool]]] = {uid: [] for uid in encoded}
+        shared = score_pairs_shared(model, tok.pad_token_id, encoded, max_length, ctx.device, scored)
+        jobs = [(u.unit_id, w) for u in units if u.unit_id in encoded and u.unit_id not in shared
+                for w in rolling_windows(len(encoded[u.unit_id][0]), encoded[u.unit_id][1], max_length, stride)]
+        if not jobs and not shared:
+            return [], errors
+        vocab = getattr(getattr(base, "config", None), "vocab_size", None) or len(tok)
         for part in logit_groups([w.end - w.start for _, w in jobs], vocab, LOGITS_BUDGET):
             chunk = [jobs[i] for i in part]
             inputs = [encoded[uid][0][w.start:w.end] for uid, w in chunk]
@@ -216,6 +240,7 @@ class Loglikelihood(Task):
                 scored[uid] += list(zip(values, greedy))
             del logits
         latency = time.perf_counter() - start
+        windows = Counter(uid for uid, _ in jobs)
         rows = []
         for u in units:
             if u.unit_id not in encoded:
@@ -229,7 +254,7 @@ class Loglikelihood(Task):
                          "perplexity": math.exp(-total / len(targets)), "token_logprobs": values,
                          "scored_tokens": [tok.decode([t]) for t in targets], "scored_token_ids": targets,
                          "is_greedy": all(g for _, g in scored[u.unit_id]),
-                         "num_windows": sum(1 for uid, _ in jobs if uid == u.unit_id),
+                         "num_windows": windows.get(u.unit_id, 1),
                          "batch_latency_s": latency})
         return rows, errors
 

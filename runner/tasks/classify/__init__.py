@@ -34,6 +34,9 @@ Method = Literal["label_likelihood", "embedding_similarity", "pipeline"]
 PipelineTask = Literal["text-classification", "token-classification", "zero-shot-classification"]
 LabelSet = dict[str, str]
 
+CHOICES_COLUMN = "choices"
+NEEDS_LABELS = "label_likelihood, embedding_similarity and zero-shot-classification"
+
 MAX_ACCURACY_DROP = Tolerance("max_accuracy_drop", 0.0, "classify: baseline accuracy minus current accuracy",
                               ge=0, le=1)
 
@@ -51,7 +54,10 @@ class ClassifyParams(TaskParams):
     causal LM continues with (label_likelihood), a description embedded by an encoder
     (embedding_similarity), or the candidate label (zero-shot) / the model's own id2label name
     (text-classification) for pipelines. A list of mappings is a sweep over label sets.
-    Parameters a method does not use are normalised away, so a sweep makes no duplicate units.
+    A prompt whose `choices_column` holds its own candidates (a list of label texts, or a mapping gold label →
+    text: lm-eval's doc_to_choice) is classified among those instead, so one spec holds a mixed
+    multiple-choice set. Parameters a method does not use are normalised away, so a sweep makes no
+    duplicate units.
     """
 
     type: Literal["classify"] = "classify"
@@ -69,6 +75,7 @@ class ClassifyParams(TaskParams):
     example_separator: str = "\n\n"
     pipeline_task: PipelineTask = "text-classification"
     hypothesis_template: str = "This example is {}."
+    choices_column: str = Field(CHOICES_COLUMN, min_length=1)   # prompt column holding a prompt's own candidates
 
     @field_validator("method", mode="before")
     @classmethod
@@ -115,12 +122,7 @@ class ClassifyParams(TaskParams):
     def _consistent(self) -> ClassifyParams:
         if self.hypothesis_template.count("{}") != 1:
             raise ValueError("hypothesis_template must contain {} exactly once")
-        methods = set(self.method if isinstance(self.method, list) else [self.method])
-        needs_labels = methods & {"label_likelihood", "embedding_similarity"} or (
-            "pipeline" in methods and self.pipeline_task == "zero-shot-classification")
-        if needs_labels and self.labels is None:
-            raise ValueError("labels: required for label_likelihood, embedding_similarity and zero-shot "
-                             "(a mapping gold label → label text, or a list of label names)")
+        # `labels` may be left out when every prompt carries its own choices: Classify.check_plan says which does not
         shots = max(self.shots) if isinstance(self.shots, list) else self.shots
         if shots > len(self.examples):
             raise ValueError(f"shots: {shots} shots need at least {shots} examples, got {len(self.examples)}")
@@ -134,9 +136,13 @@ class ClassifyParams(TaskParams):
     def _without_default_balanced(self, handler):
         # `balanced` joined later: left out of the spec's dump at its default, so existing specs keep their spec
         # hash (few-shot variants name it, so their unit ids moved with the draw: see _normalise)
+        # `choices_column` likewise at its default: per-item choices enter the unit ids through the prompt
+        # (Classify.prompt_identity), so a spec without them keeps its ids
         data = handler(self)
         if isinstance(data, dict) and data.get("balanced") is True:
             data.pop("balanced")
+        if isinstance(data, dict) and data.get("choices_column") == CHOICES_COLUMN:
+            data.pop("choices_column")
         return data
 
     def variants(self) -> list[dict]:
@@ -192,6 +198,7 @@ class ClassifyVariant(BaseModel):
     example_separator: str | None = "\n\n"
     pipeline_task: PipelineTask | None = "text-classification"
     hypothesis_template: str | None = "This example is {}."
+    choices_column: str = CHOICES_COLUMN
 
 
 @register_task("classify")
@@ -234,16 +241,49 @@ class Classify(Task):
     def variant_label(self, variant: ClassifyVariant) -> tuple[str, str]:
         return (variant.pipeline_task if variant.method == "pipeline" else variant.method), "task.method"
 
+    def prompt_identity(self, params: ClassifyParams, prompt) -> dict:
+        """A prompt's own choices are part of its units' ids (only where it has some: other ids stay)."""
+        try:
+            choices = item_choices(prompt.meta, params.choices_column)
+        except ValueError:
+            return {"choices": json.loads(prompt.meta or "{}").get(params.choices_column)}   # check_plan refuses it
+        return {} if choices is None else {"choices": choices}
+
     def check_plan(self, spec, facts, prompts, units: PlannedUnits) -> None:
-        """A gold label outside a label set could never be predicted: almost surely a typo in the data."""
-        golds = {p.label for p in prompts if p.label is not None}
+        """Every prompt has candidates (its own choices or a label set) that its method can score, and its gold
+        label among them: a gold label outside could never be predicted, almost surely a typo in the data."""
+        column = spec.task.choices_column
+        own = {}
+        for p in prompts:
+            try:
+                own[p.set, p.id] = item_choices(p.meta, column)
+            except ValueError as e:
+                raise spec.source.error(f"prompt {p.id!r} of set {p.set!r}: column {column!r}: {e}",
+                                        "task.choices_column") from None
+        golds = {p.label for p in prompts if p.label is not None and own[p.set, p.id] is None}
         for v in spec.task.variants():
+            scores_texts = v["method"] != "pipeline" or v.get("pipeline_task") == "zero-shot-classification"
+            for p in prompts:
+                choices = own[p.set, p.id]
+                if choices is None:
+                    if scores_texts and not v.get("labels"):
+                        raise spec.source.error(f"required for {NEEDS_LABELS} (a mapping gold label → label text, "
+                                                f"or a list of label names): prompt {p.id!r} of set {p.set!r} has "
+                                                f"no choices of its own (column {column!r})", "task.labels")
+                    continue
+                if not scores_texts:
+                    raise spec.source.error(f"prompt {p.id!r} of set {p.set!r} has its own choices (column "
+                                            f"{column!r}), which {v.get('pipeline_task')} does not score; per-item "
+                                            f"choices need {NEEDS_LABELS}", "task.choices_column")
+                if p.label is not None and p.label not in choices:
+                    raise spec.source.error(f"prompt {p.id!r} of set {p.set!r} has gold label {p.label!r}, which is "
+                                            f"not among its choices {list(choices)}", "task.choices_column")
             if not v.get("labels") or v.get("pipeline_task") == "text-classification":
                 continue          # text-classification predicts the model's own labels (id2label)
             if golds <= set(v["labels"]):
                 continue
             for p in prompts:
-                if p.label is not None and p.label not in v["labels"]:
+                if p.label is not None and own[p.set, p.id] is None and p.label not in v["labels"]:
                     raise spec.source.error(f"prompt {p.id!r} of set {p.set!r} has gold label {p.label!r}, which "
                                             f"is not in the label set {sorted(v['labels'])}", "task.labels")
 
@@ -264,7 +304,10 @@ class Classify(Task):
         variant = _variant_columns(p)
         by_id = {u.unit_id: u for u in units}
         for r in rows:
+            own = r.pop("own_label_set", None)          # the prompt's own choices (item_choices), not the variant's
             r.update(variant, batch_latency_s=latency)
+            if own is not None:
+                r["label_set"] = json.dumps(own, sort_keys=True, ensure_ascii=False)
             gold = by_id[r["unit_id"]].prompt.get("label")
             if r.get("predicted_label") is not None and gold is not None:
                 r["correct"] = r["predicted_label"] == gold
@@ -372,8 +415,46 @@ def fill(template: str, text: str) -> str:
     return template.format(text=text)
 
 
+def item_choices(meta: str | dict | None, column: str) -> LabelSet | None:
+    """A prompt's own candidates from its free column `column` (lm-eval's doc_to_choice), or None when it has
+    none: a list of label texts (each its own gold label name, in the given order) or a mapping gold label →
+    label text; JSON text of either (a CSV cell). Raises ValueError saying what is wrong."""
+    meta = json.loads(meta or "{}") if isinstance(meta, str) else (meta or {})
+    value = meta.get(column)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ValueError(f"expected a list of label texts or a mapping label → text (JSON in a text "
+                             f"column), got {value[:80]!r}") from None
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        if len(set(value)) < len(value):
+            raise ValueError(f"a choice appears twice in {value}")
+        value = {x: x for x in value}
+    elif not (isinstance(value, dict) and all(isinstance(x, str) for x in value.values())):
+        raise ValueError(f"expected a list of label texts or a mapping label → text, got {value!r:.80}")
+    if len(value) < 2:
+        raise ValueError(f"needs at least two choices, got {list(value)}")
+    if any(not w.strip() for w in value.values()):
+        raise ValueError("empty choice text")
+    return {str(k): w for k, w in value.items()}
+
+
 def label_names(p: ClassifyVariant) -> list[str]:
     return sorted(p.labels)
+
+
+def candidates(p: ClassifyVariant, prompt: dict) -> tuple[list[str], LabelSet]:
+    """(gold label names in candidate order, name → label text) for one unit's prompt: its own choices, else
+    the variant's label set (names sorted)."""
+    own = item_choices(prompt.get("meta"), p.choices_column)
+    if own is not None:
+        return list(own), own
+    if not p.labels:
+        raise UnitFailure(f"no label set and no choices of its own (column {p.choices_column!r})")
+    return label_names(p), p.labels
 
 
 BALANCED_TRIES = 200
@@ -431,6 +512,6 @@ def dealt(p: ClassifyVariant, pool: list[int], k: int, rng: random.Random) -> li
 def build_context(p: ClassifyVariant, prompt_text: str, shots: list[int]) -> str:
     """Few-shot examples (template + label word each), then the prompt in the template."""
     examples = [p.examples[i] for i in shots]
-    parts = [fill(p.template, e.text) + p.label_prefix + p.labels[e.label] for e in examples]
+    parts = [fill(p.template, e.text) + p.label_prefix + (p.labels or {}).get(e.label, e.label) for e in examples]
     parts.append(fill(p.template, prompt_text))
     return (p.example_separator or "").join(parts)

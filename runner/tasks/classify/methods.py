@@ -6,45 +6,78 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 
 import torch
 
-from lmsweep.runner.tasks.classify import build_context, fewshot_indices, fill, label_names
+from lmsweep.runner import shared_context
+from lmsweep.runner.tasks.classify import build_context, candidates, fewshot_indices, fill
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
 
 
 def label_likelihood(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
+    """Each label's summed log-probability after the prompt. A prompt runs once and its labels are scored from
+    it (runner/shared_context.py): one-token labels from its last logits, longer ones from its cache."""
     tok, model, p = ctx.tokenizer, ctx.model, ctx.params
-    names = label_names(p)
-    conts = [tok(p.label_prefix + p.labels[n], add_special_tokens=False)["input_ids"] for n in names]
     limit = context_limit(model)
+    encoded: dict[str, list[int]] = {}
     errors, keep = {}, []
     for u in units:
+        try:
+            names, texts = candidates(p, u.prompt)
+        except (ValueError, UnitFailure) as e:
+            errors[u.unit_id] = str(e)
+            continue
+        conts = [encoded.setdefault(texts[n], tok(p.label_prefix + texts[n], add_special_tokens=False)["input_ids"])
+                 for n in names]
+        if not all(conts):
+            errors[u.unit_id] = f"label text {texts[names[conts.index([])]]!r} has no tokens"
+            continue
         shots = fewshot_indices(p, u.prompt["prompt_text"])
         text, add = render_prompt(tok, {**u.prompt, "prompt_text": build_context(p, u.prompt["prompt_text"], shots)})
         ids = tok(text, add_special_tokens=add)["input_ids"]
         if limit and len(ids) + max(map(len, conts)) > limit:
             errors[u.unit_id] = f"prompt with {len(shots)} shots is {len(ids)} tokens, beyond the context of {limit}"
         else:
-            keep.append((u, ids, shots, text))
+            keep.append((u, ids, shots, text, names, texts, conts))
     if not keep:
         return [], errors
-    if all(len(c) == 1 for c in conts):
-        # Every label is one token: one forward pass over the prompt scores them all.
-        last = tail_logprobs(model, tok.pad_token_id, [ids for _, ids, _, _ in keep], 1, ctx.device)[:, -1, :]
-        logprobs = [float(last[i, c[0]]) for i in range(len(keep)) for c in conts]
-    else:
-        logprobs = sequence_logprobs(model, tok.pad_token_id, [ids + c for _, ids, _, _ in keep for c in conts],
-                                     [len(c) for _ in keep for c in conts], ctx.device)
+    logprobs = score_labels(model, tok.pad_token_id, [k[1] for k in keep], [k[6] for k in keep], ctx.device)
     rows = []
-    for i, (u, ids, shots, text) in enumerate(keep):
-        sums = logprobs[i * len(names):(i + 1) * len(names)]
+    for (u, ids, shots, text, names, texts, conts), sums in zip(keep, logprobs):
         scores = [s / len(c) if p.length_norm else s for s, c in zip(sums, conts)]
         best = max(range(len(names)), key=lambda j: scores[j])
-        rows.append({"unit_id": u.unit_id, "num_prompt_tokens": len(ids), "candidate_labels": names,
-                     "label_scores": scores, "label_num_tokens": [len(c) for c in conts],
-                     "predicted_label": names[best], "fewshot_indices": shots, "rendered_prompt": text})
+        row = {"unit_id": u.unit_id, "num_prompt_tokens": len(ids), "candidate_labels": names,
+               "label_scores": scores, "label_num_tokens": [len(c) for c in conts],
+               "predicted_label": names[best], "fewshot_indices": shots, "rendered_prompt": text}
+        if texts is not p.labels:
+            row["own_label_set"] = texts
+        rows.append(row)
     return rows, errors
+
+
+def score_labels(model, pad_id: int, contexts: list[list[int]], labels: list[list[list[int]]],
+                 device="cpu") -> list[list[float]]:
+    """Per context, the summed log-probability of each of its label continuations: the context once and the
+    labels from it where the model's cache allows (shared_context), else one sequence per (context, label)."""
+    distinct = list(dict.fromkeys(map(tuple, contexts)))
+    at = {c: i for i, c in enumerate(distinct)}
+    pairs = [(at[tuple(c)], lab) for c, labs in zip(contexts, labels) for lab in labs]
+    flat = None
+    if shared_context.supported(model):
+        try:
+            flat = [math.fsum(s.logprobs) for s in shared_context.score(model, pad_id, [list(c) for c in distinct],
+                                                                        pairs, device)]
+        except shared_context.Unsupported:
+            flat = None
+    if flat is None:
+        flat = sequence_logprobs(model, pad_id, [list(distinct[i]) + lab for i, lab in pairs],
+                                 [len(lab) for _, lab in pairs], device)
+    out, i = [], 0
+    for labs in labels:
+        out.append(flat[i:i + len(labs)])
+        i += len(labs)
+    return out
 
 
 def sequence_logprobs(model, pad_id: int, sequences: list[list[int]], tail: list[int],
@@ -97,16 +130,20 @@ def embed(model, tok, texts: list[str], device="cpu") -> torch.Tensor:
 
 def embedding_similarity(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
     tok, model, p = ctx.tokenizer, ctx.model, ctx.params
-    names = label_names(p)
+    cands = [candidates(p, u.prompt) for u in units]
     texts = [fill(p.template, u.prompt["prompt_text"]) for u in units]
-    vectors = embed(model, tok, texts + [p.labels[n] for n in names], ctx.device)
-    sims = (vectors[:len(texts)] @ vectors[len(texts):].T).tolist()
+    labels = list(dict.fromkeys(t for names, words in cands for t in (words[n] for n in names)))
+    vectors = embed(model, tok, texts + labels, ctx.device)
+    sims = vectors[:len(texts)] @ vectors[len(texts):].T
+    at = {t: i for i, t in enumerate(labels)}
     lengths = [len(ids) for ids in tok(texts, truncation=True)["input_ids"]]
     rows = []
-    for u, scores, n, text in zip(units, sims, lengths, texts):
+    for k, (u, (names, words), n, text) in enumerate(zip(units, cands, lengths, texts)):
+        scores = [float(sims[k, at[words[name]]]) for name in names]
         best = max(range(len(names)), key=lambda j: scores[j])
         rows.append({"unit_id": u.unit_id, "num_prompt_tokens": n, "candidate_labels": names,
-                     "label_scores": scores, "predicted_label": names[best], "rendered_prompt": text})
+                     "label_scores": scores, "predicted_label": names[best], "rendered_prompt": text,
+                     **({"own_label_set": words} if words is not p.labels else {})})
     return rows, {}
 
 
@@ -127,13 +164,13 @@ def pipeline(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str,
     texts = [fill(p.template, u.prompt["prompt_text"]) for u in units]
     rows = []
     if task == "zero-shot-classification":
-        names = label_names(p)
-        by_text = {p.labels[n]: n for n in names}
         for u, text in zip(units, texts):
-            out = pipe(text, candidate_labels=[p.labels[n] for n in names],
-                       hypothesis_template=p.hypothesis_template)
+            names, words = candidates(p, u.prompt)
+            by_text = {words[n]: n for n in names}
+            out = pipe(text, candidate_labels=[words[n] for n in names], hypothesis_template=p.hypothesis_template)
             score = {by_text[lab]: s for lab, s in zip(out["labels"], out["scores"])}
-            rows.append(_scored(u, names, [score[n] for n in names], text))
+            rows.append(_scored(u, names, [score[n] for n in names], text)
+                        | ({"own_label_set": words} if words is not p.labels else {}))
         return rows, {}
     id2label = ctx.model.config.id2label
     model_labels = [id2label[i] for i in sorted(id2label)]

@@ -214,3 +214,23 @@ def test_splitting_a_batch_into_forward_passes_changes_no_score(tiny_llama, tmp_
     seqs = [list(ids) for ids in whole["scored_token_ids"]]
     assert_within(split, {key: list(whole.loc[key, "token_logprobs"]) for key in whole.index},
                   logprob_tolerance(model.config, max_abs_logit(model, seqs)))
+
+
+def test_pairs_sharing_a_context_score_as_each_pair_alone(tiny_llama, tmp_path, monkeypatch):
+    """Pairs are scored with each distinct context run once (runner/shared_context.py); the scores, tokens and
+    greedy flags are those of the per-pair path (one sequence per pair) within the derived fp32 tolerance."""
+    from lmsweep.runner import shared_context
+
+    pairs = PAIRS + [("The capital of France is", " the street"), ("One, two, three,", " four")]
+    prompts = prompt_file(tmp_path / "p.jsonl", pairs=pairs)
+    models = f"[{{alias: tiny, source: {tiny_llama}}}]"
+    shared = rows(run_spec(tmp_path / "shared", spec(models, prompts))).set_index("prompt_id")
+    monkeypatch.setattr(shared_context, "supported", lambda model: False)
+    per_pair = rows(run_spec(tmp_path / "per_pair", spec(models, prompts))).set_index("prompt_id").loc[shared.index]
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    tol = logprob_tolerance(model.config, max_abs_logit(model, [tok(c + x)["input_ids"] for c, x in pairs]))
+    assert (shared["scored_token_ids"].map(list) == per_pair["scored_token_ids"].map(list)).all()
+    assert_within(shared, {key: list(per_pair.loc[key, "token_logprobs"]) for key in shared.index}, tol)
+    assert (shared["is_greedy"] == per_pair["is_greedy"]).all() and (shared["num_windows"] == 1).all()
+    assert (shared["num_scored_tokens"] > 1).any()
