@@ -29,7 +29,7 @@ def test_every_list_of_tasks_is_the_registry():
 
     names = registry.task_names()
     assert set(names) == {"generate", "next_token", "attention", "classify", "tokenize", "loglikelihood",
-                          "hidden_states", "logit_lens"}
+                          "hidden_states", "logit_lens", "ablate"}
     assert TASK_NAMES == names and list(task_columns()) == list(names)
     union = ExperimentSpec.model_fields["task"].annotation
     assert {a.model_fields["type"].default for a in union.__args__} == set(names)
