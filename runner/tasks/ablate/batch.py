@@ -79,7 +79,7 @@ def run_batch(ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str
     if p.method == "patch":
         source, source_scores = source_pass(causal, tok, sites, p, keep, device)
     replace = replacement(p, sites, keep, clean, source)
-    with intervene(sites, p.site, p.layer, p.head, replace):
+    with intervene(sites, p.site, p.layer, p.head, replace, _shape([e.ids for e in keep])):
         logits = _forward(causal, tok, [e.ids for e in keep], device)
     latency = time.perf_counter() - start
     rows = []
@@ -133,7 +133,7 @@ def clean_passes(causal, tok, sites: Sites, keep: list[Encoded], device) -> list
             means[key] = (x.float() * mask).sum(1) / mask.sum(1)                   # (batch, width)
 
         wanted = [(site, layer) for layer in range(sites.num_layers) for site in SITES]
-        with record(sites, wanted, see):
+        with record(sites, wanted, see, _shape([e.ids for e in missing])):
             logits = _forward(causal, tok, [e.ids for e in missing], device)
         with torch.inference_mode():
             for b, e in enumerate(missing):
@@ -147,7 +147,8 @@ def clean_passes(causal, tok, sites: Sites, keep: list[Encoded], device) -> list
 def source_pass(causal, tok, sites: Sites, p, keep: list[Encoded], device):
     """Patching: the clean prompts' pass, recording the patched site's activation; (activation, scores)."""
     got: dict = {}
-    with record(sites, [(p.site, p.layer)], lambda key, x: got.setdefault("x", x.detach().clone())):
+    with record(sites, [(p.site, p.layer)], lambda key, x: got.setdefault("x", x.detach().clone()),
+                _shape([e.clean_ids for e in keep])):
         logits = _forward(causal, tok, [e.clean_ids for e in keep], device)
     return got["x"], [_scores(logits[b], Encoded(e.unit, e.clean_ids, e.n_ctx, {}, None))
                       for b, e in enumerate(keep)]
@@ -188,6 +189,11 @@ def _prompt_mask(keep: list[Encoded], device):
     for b, e in enumerate(keep):
         mask[b, :e.n_ctx] = 1
     return mask
+
+
+def _shape(seqs) -> tuple[int, int]:
+    """(sequences, positions) of the right-padded batch `_forward` runs."""
+    return len(seqs), max(len(s) for s in seqs)
 
 
 def _forward(causal, tok, seqs, device):

@@ -103,10 +103,12 @@ Replace = Callable[[Any], Any]
 
 
 @contextmanager
-def intervene(sites: Sites, site: str, layer: int, head: int | None, replace: Replace):
+def intervene(sites: Sites, site: str, layer: int, head: int | None, replace: Replace, shape: tuple[int, int]):
     """While open, the site's activation is `replace(activation)`: for `head`, the head's slice of the output
-    projection's input; for `mlp`, the MLP's output; for `layer`, the block's contribution (output − input)."""
+    projection's input; for `mlp`, the MLP's output; for `layer`, the block's contribution (output − input).
+    `shape` is the batch's (sequences, positions): `replace` always sees (sequences, positions, width)."""
     module = sites.module(site, layer)
+    replace = per_position(replace, shape)
     if site == "head":
         def pre(mod, args, kwargs):
             x = args[0] if args else kwargs["input"]
@@ -130,10 +132,13 @@ def intervene(sites: Sites, site: str, layer: int, head: int | None, replace: Re
 
 
 @contextmanager
-def record(sites: Sites, wanted: list[tuple[str, int]], see: Callable[[tuple[str, int], Any], None]):
-    """While open, each (site, layer) of `wanted` passes its activation to `see((site, layer), activation)` (for
-    `head`, the whole output-projection input, heads side by side): one clean pass serves every site."""
-    handles = [_hook_for(sites, site, layer, lambda x, key=(site, layer): see(key, x)) for site, layer in wanted]
+def record(sites: Sites, wanted: list[tuple[str, int]], see: Callable[[tuple[str, int], Any], None],
+           shape: tuple[int, int]):
+    """While open, each (site, layer) of `wanted` passes its activation, (sequences, positions, width), to
+    `see((site, layer), activation)` (for `head`, the whole output-projection input, heads side by side): one
+    clean pass serves every site."""
+    handles = [_hook_for(sites, site, layer, per_position(lambda x, key=(site, layer): see(key, x), shape))
+               for site, layer in wanted]
     try:
         yield
     finally:
@@ -156,6 +161,17 @@ def _hook_for(sites: Sites, site: str, layer: int, see: Replace):
     def post(mod, args, kwargs, out):
         see(_first(out) - (args[0] if args else kwargs["hidden_states"]))
     return module.register_forward_hook(post, with_kwargs=True)
+
+
+def per_position(fn, shape: tuple[int, int]):
+    """`fn` of a (sequences, positions, width) activation, also applied to one the model flattened to
+    (sequences · positions, width) (OPT runs its MLP so), its result shaped back."""
+    def apply(x):
+        if x.dim() != 2:
+            return fn(x)
+        out = fn(x.view(*shape, x.shape[-1]))
+        return None if out is None else out.reshape(x.shape)
+    return apply
 
 
 def _first(out):

@@ -337,3 +337,68 @@ def test_the_docs_snippet_runs_on_an_experiment(tiny_llama, tmp_path, monkeypatc
         runpy.run_path(str(tmp_path / "snippet.py"))
     means = rows(exp).groupby(["layer", "head"])["kl"].mean().sort_values(ascending=False)
     assert out.getvalue().splitlines() == [f"{layer} {head} {kl:.3f}" for (layer, head), kl in means.head(3).items()]
+
+
+# Per architecture, the weights a head's and the MLP's output come from, written out here: (attention output
+# projection, last MLP projection) of block `i`, and whether the projection is a Conv1D (weight in × out).
+SURGERY = {
+    "bloom": (lambda m, i: m.transformer.h[i].self_attention.dense, lambda m, i: m.transformer.h[i].mlp.dense_4h_to_h),
+    "falcon": (lambda m, i: m.transformer.h[i].self_attention.dense,
+               lambda m, i: m.transformer.h[i].mlp.dense_4h_to_h),
+    "gemma": (lambda m, i: m.model.layers[i].self_attn.o_proj, lambda m, i: m.model.layers[i].mlp.down_proj),
+    "gpt2": (lambda m, i: m.transformer.h[i].attn.c_proj, lambda m, i: m.transformer.h[i].mlp.c_proj),
+    "gpt_neox": (lambda m, i: m.gpt_neox.layers[i].attention.dense,
+                 lambda m, i: m.gpt_neox.layers[i].mlp.dense_4h_to_h),
+    "opt": (lambda m, i: m.model.decoder.layers[i].self_attn.out_proj, lambda m, i: m.model.decoder.layers[i].fc2),
+    "phi": (lambda m, i: m.model.layers[i].self_attn.dense, lambda m, i: m.model.layers[i].mlp.fc2),
+    "qwen2": (lambda m, i: m.model.layers[i].self_attn.o_proj, lambda m, i: m.model.layers[i].mlp.down_proj),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(SURGERY))
+def test_zeroing_a_head_or_an_mlp_equals_zeroing_its_weights_on_other_architectures(arch, tmp_path):
+    """On random two-layer models of eight architectures: zero-ablating head 1 of block 1 gives the next-token
+    distribution of the model whose output projection has that head's input columns zeroed, and zero-ablating
+    block 1's MLP that of the model whose last MLP projection (weight and bias) is zeroed."""
+    import copy
+
+    from helpers.tiny_models import ARCHITECTURES, make_tokenizer, tiny_causal_lm
+    from lmsweep.core.task_registry import get_task
+    from lmsweep.runner.units import TaskContext, Unit
+
+    assert set(SURGERY) == set(ARCHITECTURES)
+    tok = make_tokenizer(tmp_path)
+    model = tiny_causal_lm(arch, len(tok))
+    task = get_task("ablate")
+    texts = ["The capital of France is", "Shakespeare was a playwright and poet from"]
+    units = [Unit(unit_id=f"u{i}", unit_key=f"u{i}", element=0, variant=0, point_index=None, point=None, seed=None,
+                  prompt={"prompt_text": t, "label": None, "meta": "{}"}) for i, t in enumerate(texts)]
+    heads = model.config.num_attention_heads
+    for site, (attn_out, mlp_out) in (("head", SURGERY[arch]), ("mlp", SURGERY[arch])):
+        variant = task.variant({"type": "ablate", "site": site, "layer": 1, "head": 1 if site == "head" else None,
+                                "method": "zero", "target_column": "label", "target_prefix": " ",
+                                "continuation_column": "continuation", "clean_column": "clean"})
+        got, errors = task.run(TaskContext(model, tok, variant), units)
+        assert not errors and len(got) == 2
+        cut = copy.deepcopy(model)
+        with torch.no_grad():
+            if site == "head":
+                proj = attn_out(cut, 1)
+                conv1d = type(proj).__name__ == "Conv1D"               # GPT-2: weight is (in, out)
+                d = (proj.weight.shape[0] if conv1d else proj.weight.shape[1]) // heads
+                (proj.weight[d:2 * d] if conv1d else proj.weight[:, d:2 * d]).zero_()
+            else:
+                proj = mlp_out(cut, 1)
+                proj.weight.zero_()
+                if proj.bias is not None:
+                    proj.bias.zero_()
+        for r, text in zip(got, texts):
+            ids = tok(text, return_tensors="pt")["input_ids"]
+            with torch.no_grad():
+                clean, after = (m(ids).logits[0, -1].double() for m in (model, cut))
+            tol = logprob_tolerance(model.config, max(float(clean.abs().max()), float(after.abs().max())))
+            lp, lq = torch.log_softmax(clean, -1), torch.log_softmax(after, -1)
+            kl = float((lp.exp() * (lp - lq)).sum())
+            assert kl > 1e-6, (arch, site)                             # the surgery does something here
+            assert abs(r["kl"] - kl) <= 2 * tol + 1.01 * tol * float((lp.exp() * (lp - lq).abs()).sum()), (arch, site)
+            assert abs(r["top1_prob"] - float(lq.max().exp())) <= tol
