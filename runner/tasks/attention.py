@@ -1,14 +1,16 @@
-"""Attention weights of selected layers and query heads over the prompt tokens.
+"""Attention weights of selected layers and query heads over the prompt tokens, or per-head summaries of them.
 
-One row per (unit, layer, head), each holding the seq_len × seq_len matrix [query, key] flattened
-row-major. The model is the base model (AutoModel: no LM head, so causal LMs and encoders both work)
-loaded with eager attention, the only implementation that returns weights. Prompts are right-padded:
-real tokens keep positions 0..n-1 and never attend to padding, so a unit's weights do not depend on
-its batch-mates.
+One row per (unit, layer, head). `store: full` (the default) holds the seq_len × seq_len matrix [query, key]
+flattened row-major; `store: summary` five numbers instead (mean row entropy, mass on the first token, on the
+previous token, on the diagonal, mean attention distance: attention_summary.py), which is what a sweep of
+long prompts over every head can afford; `store: both` holds both. The model is the base model (AutoModel:
+no LM head, so causal LMs and encoders both work) loaded with eager attention, the only implementation that
+returns weights; each layer's weights are taken as the layer computes them (attention_capture.py), so at most
+one layer's are held at a time. Prompts are right-padded: real tokens keep positions 0..n-1 and never attend
+to padding, so a unit's weights do not depend on its batch-mates.
 
-The plan checks the layer/head selection against each model's config and refuses a sweep whose
-weights would exceed `max_storage_mb` (with its estimate, exit 2) instead of filling the disk hours
-into a run.
+The plan checks the layer/head selection against each model's config and refuses a sweep whose stored
+rows would exceed `max_storage_mb` (with its estimate, exit 2) instead of filling the disk hours into a run.
 """
 from __future__ import annotations
 
@@ -17,11 +19,13 @@ from collections import Counter
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import pyarrow as pa
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, model_serializer
 
 from lmsweep.core.task import PlannedUnits, Task, TaskParams
 from lmsweep.core.task_registry import register_task
-from lmsweep.runner.units import TaskContext, Unit, UnitFailure, forward_prompts
+from lmsweep.runner.tasks.attention_summary import NAMES as SUMMARY_NAMES
+from lmsweep.runner.tasks.attention_summary import SUMMARY_BYTES, SUMMARY_COLUMNS
+from lmsweep.runner.units import TaskContext, Unit, UnitFailure
 
 if TYPE_CHECKING:
     from lmsweep.jobs.model_facts import ModelFacts
@@ -53,11 +57,21 @@ class AttentionParams(TaskParams):
     head_mean: bool = False                        # store the mean over the selected heads instead of each
     max_tokens: int = Field(256, ge=1, le=32768)   # longer prompts keep their first max_tokens tokens
     dtype: Literal["float16", "float32"] = "float16"
+    store: Literal["full", "summary", "both"] = "full"   # the matrices, per-head summaries, or both
     max_storage_mb: float = Field(1024, gt=0)      # refuse to plan above this estimated size
 
     def canonical_params(self) -> dict:
         # The cap decides whether to run, not what a unit computes: keep it out of unit ids.
         return self.model_dump(exclude={"uses_decoding", "max_storage_mb"})
+
+    @model_serializer(mode="wrap")
+    def _without_default_store(self, handler):
+        """`store` enters the spec hash and unit ids only when not `full`: specs written before it keep their
+        ids, and `store: full` computes what they computed."""
+        data = handler(self)
+        if isinstance(data, dict) and data.get("store") == "full":
+            data.pop("store")
+        return data
 
 
 def selected(selection: str | list[int], count: int | None) -> list[int] | None:
@@ -77,15 +91,17 @@ class Attention(Task):
     attn_implementation = "eager"
     needs_model_facts = True
     row_key = ("unit_id", "layer", "head")
-    probability_columns = frozenset({"attention", "attention_f32"})
+    probability_columns = frozenset({"attention", "attention_f32", "sink_mass", "prev_token_mass", "diag_mass"})
     # head = -1 is the mean over the selected heads (head_mean). The seq_len × seq_len matrix [query, key]
     # is flattened row-major into `attention` (float16) or `attention_f32` (dtype: float32); the other is
-    # null. attention_views.attention_matrix reshapes it.
+    # null, and both are under store: summary. attention_views.attention_matrix reshapes it. The summary
+    # columns (attention_summary.py) are null under store: full.
     columns = (
         ("layer", pa.int32()), ("head", pa.int32()), ("kv_head", pa.int32()), ("num_layers", pa.int32()),
         ("num_heads", pa.int32()), ("num_kv_heads", pa.int32()), ("seq_len", pa.int32()),
         ("truncated", pa.bool_()), ("tokens", pa.list_(pa.string())), ("token_ids", pa.list_(pa.int32())),
         ("attention", pa.large_list(pa.float16())), ("attention_f32", pa.large_list(pa.float32())),
+        *SUMMARY_COLUMNS,
     )
 
     def check_plan(self, spec, facts, prompts, units: PlannedUnits) -> None:
@@ -94,23 +110,37 @@ class Attention(Task):
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[list[dict], dict[str, str]]:
         import numpy as np
 
-        tok, model, p = ctx.tokenizer, ctx.model, ctx.params
-        forward = forward_prompts(ctx, units, p.max_tokens, output_attentions=True)
-        attentions = forward.outputs.attentions
-        if not attentions or attentions[0] is None:
-            raise UnitFailure("the model returned no attention weights (needs attn_implementation: eager)")
+        from lmsweep.runner.tasks.attention_capture import forward_by_layer
+        from lmsweep.runner.tasks.attention_summary import row_statistics, summary
 
+        tok, model, p = ctx.tokenizer, ctx.model, ctx.params
         config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        n_layers, n_heads = len(attentions), attentions[0].shape[1]        # query heads, also under GQA
-        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
         expected = getattr(config, "num_attention_heads", None)
-        if expected and n_heads != expected:
-            raise UnitFailure(f"got weights for {n_heads} of the model's {expected} heads (tensor parallel "
-                              "shards heads across ranks; run attention with tensor_parallel: 1)")
+        shape: dict[str, int] = {}
+        matrices, stats = {}, {}          # layer → (batch, stored heads, T, T) on the CPU; (batch, heads, 5, T)
+
+        def on_layer(layer: int, n_layers: int, weights) -> None:
+            n_heads = weights.shape[1]                                  # query heads, also under GQA
+            if expected and n_heads != expected:
+                raise UnitFailure(f"got weights for {n_heads} of the model's {expected} heads (tensor parallel "
+                                  "shards heads across ranks; run attention with tensor_parallel: 1)")
+            layers, heads = selected(p.layers, n_layers), selected(p.heads, n_heads)
+            bad = [i for i in layers if not 0 <= i < n_layers] + [h for h in heads if not 0 <= h < n_heads]
+            if bad:
+                raise UnitFailure(f"layer/head index {bad[0]} out of range ({n_layers} layers, {n_heads} heads)")
+            shape.update(layers=n_layers, heads=n_heads)
+            if layer not in layers:
+                return
+            if p.store != "summary":
+                matrices[layer] = weights[:, heads].float().cpu()
+            if p.store != "full":
+                stats[layer] = row_statistics(weights, heads, p.head_mean).cpu()
+
+        forward = forward_by_layer(ctx, units, p.max_tokens, on_layer)
+        n_layers, n_heads = shape["layers"], shape["heads"]
+        n_kv = getattr(config, "num_key_value_heads", None) or n_heads
         layers, heads = selected(p.layers, n_layers), selected(p.heads, n_heads)
-        bad = [i for i in layers if not 0 <= i < n_layers] + [h for h in heads if not 0 <= h < n_heads]
-        if bad:
-            raise UnitFailure(f"layer/head index {bad[0]} out of range ({n_layers} layers, {n_heads} heads)")
+        stack = [(-1, None)] if p.head_mean else [(h, h // max(n_heads // n_kv, 1)) for h in heads]
         dtype = np.float16 if p.dtype == "float16" else np.float32
         column = "attention" if p.dtype == "float16" else "attention_f32"
 
@@ -120,30 +150,37 @@ class Attention(Task):
             common = {"unit_id": u.unit_id, "num_layers": n_layers, "num_heads": n_heads, "num_kv_heads": n_kv,
                       **forward.token_columns(tok, b)}
             for layer in layers:
-                weights = attentions[layer][b, heads, :n, :n].float().cpu()
-                if p.head_mean:
-                    stack = [(-1, None, weights.mean(0))]
-                else:
-                    stack = [(h, h // max(n_heads // n_kv, 1), weights[i]) for i, h in enumerate(heads)]
-                for head, kv_head, matrix in stack:
-                    rows.append({**common, "layer": layer, "head": head, "kv_head": kv_head,
-                                 column: matrix.numpy().astype(dtype).ravel()})
+                if layer in matrices:
+                    weights = matrices[layer][b, :, :n, :n]
+                    maps = [weights.mean(0)] if p.head_mean else list(weights)
+                for i, (head, kv_head) in enumerate(stack):
+                    row = {**common, "layer": layer, "head": head, "kv_head": kv_head}
+                    if layer in matrices:
+                        row[column] = maps[i].numpy().astype(dtype).ravel()
+                    if layer in stats:
+                        row.update(summary(stats[layer][b, i], n))
+                    rows.append(row)
         return rows, {}
 
     def summarize(self, df):
+        """One line per model and prompt; with stored summaries, their means over the stored layers and heads."""
+        means = {c: (c, "mean") for c in SUMMARY_NAMES if c in df.columns and df[c].notna().any()}
         return (df.groupby(["model", "prompt_id"], sort=True)
                 .agg(tokens=("seq_len", "first"), truncated=("truncated", "any"), layers=("layer", "nunique"),
                      heads=("head", "nunique"), query_heads=("num_heads", "first"),
-                     kv_heads=("num_kv_heads", "first"), unit_id=("unit_id", "first"))
+                     kv_heads=("num_kv_heads", "first"), **means, unit_id=("unit_id", "first"))
                 .reset_index())
 
     # ---- views (attention_views.py: numpy, pandas, matplotlib) ------------------------------------------------
 
-    plot_help = "one unit's attention: PNG heatmap grid + interactive HTML head view"
+    plot_help = "units' attention: PNG heatmap grid (with a colour bar) + interactive HTML head view, per unit"
 
     def plot_arguments(self, parser) -> None:
         parser.add_argument("experiment", help="experiment directory of an attention task")
-        parser.add_argument("--unit", required=True, help="unit id (or a unique prefix), e.g. from `lmsweep results`")
+        parser.add_argument("--unit", nargs="+", action="extend", metavar="ID",
+                            help="unit ids (or unique prefixes), e.g. from `lmsweep results --summary`")
+        parser.add_argument("--prompt-id", nargs="+", action="extend", metavar="ID",
+                            help="prompt ids: every unit of each (all models and variants)")
         parser.add_argument("--out", help="output directory (default: EXPERIMENT/plots)")
         parser.add_argument("--layers", help="only these layers, e.g. 0,5,29")
         parser.add_argument("--heads", help="only these heads (-1 = the head mean)")
@@ -151,20 +188,23 @@ class Attention(Task):
                             "instead (the bertviz extra; they load their scripts from cdnjs.cloudflare.com)")
 
     def plot(self, args):
-        """The PNG grid and the standalone head view of `--unit`; with `--bertviz`, bertviz's two pages."""
+        """The PNG grid and the standalone head view of each unit `--unit` and `--prompt-id` name, files named
+        by prompt id; with `--bertviz`, bertviz's two pages each. Nothing is written unless every unit has
+        the layers and heads asked for."""
         from pathlib import Path
 
         from lmsweep.results.plots import int_list
 
-        where = (Path(args.experiment), args.unit, Path(args.out) if args.out else None)
-        selection = {"layers": int_list(args.layers), "heads": int_list(args.heads)}
+        exp, out = Path(args.experiment), Path(args.out) if args.out else None
+        chosen = {"units": args.unit, "prompt_ids": args.prompt_id, "out_dir": out,
+                  "layers": int_list(args.layers), "heads": int_list(args.heads)}
         if args.bertviz:
             from lmsweep.runner.tasks.attention_views import write_bertviz_pages
 
-            return list(write_bertviz_pages(*where, **selection))
+            return write_bertviz_pages(exp, **chosen)
         from lmsweep.runner.tasks.attention_views import plot_attention
 
-        return list(plot_attention(*where, **selection))
+        return plot_attention(exp, **chosen)
 
     def report_plots(self, df):
         """The first unit's last stored layer, averaged over its heads (or the stored head mean)."""
@@ -177,10 +217,11 @@ class Attention(Task):
 
 def check_attention(spec, facts: dict[str, ModelFacts], prompts: list[Prompt],
                     units_per_model: dict[str, Counter]) -> int:
-    """Validate the selection against each model and return the estimated bytes of attention weights;
-    raise SpecError above `task.max_storage_mb`."""
+    """Validate the selection against each model and return the estimated bytes of the rows the sweep stores
+    (`row_bytes`); raise SpecError above `task.max_storage_mb`."""
     task = spec.task
     total, worst = 0, None
+    overhead = row_overhead()
     for m in spec.models:
         f = facts[m.alias]
         check_selection(spec, m.alias, "layers", task.layers, f.num_layers)
@@ -190,17 +231,49 @@ def check_attention(spec, facts: dict[str, ModelFacts], prompts: list[Prompt],
         lengths = token_counts(f, [prompts[i] for i in units_per_model[m.alias]])
         per_prompt = dict(zip(units_per_model[m.alias], lengths))
         for qi, n in units_per_model[m.alias].items():
-            t = min(per_prompt[qi], task.max_tokens)
-            total += n * n_layers * n_heads * t * t * DTYPE_BYTES[task.dtype]
+            text = len(prompts[qi].text.encode())
+            total += n * n_layers * n_heads * row_bytes(task, per_prompt[qi], text, overhead)
         worst = max(worst or 0, max(per_prompt.values(), default=0))
     cap = task.max_storage_mb * 1e6
     if total > cap:
+        what = {"full": "attention weights", "summary": "attention summaries",
+                "both": "attention weights and summaries"}[task.store]
         raise spec.source.error(
-            f"attention weights would take ≈{_size(total)} ({task.dtype}, longest prompt "
+            f"{what} would take ≈{_size(total)} ({task.dtype + ', ' if task.store != 'summary' else ''}longest prompt "
             f"≈{min(worst or 0, task.max_tokens)} tokens), above task.max_storage_mb="
             f"{task.max_storage_mb:g}; select fewer layers or heads, set head_mean: true, lower "
-            f"max_tokens{', use dtype: float16' if task.dtype == 'float32' else ''} or raise "
-            "max_storage_mb", "task.max_storage_mb")
+            f"max_tokens{', use dtype: float16' if task.dtype == 'float32' else ''}"
+            f"{', use store: summary' if task.store != 'summary' else ''} or raise max_storage_mb",
+            "task.max_storage_mb")
+    return total
+
+
+def row_bytes(task: AttentionParams, tokens: int, text_bytes: int, overhead: int) -> int:
+    """One stored row of a prompt of `tokens` tokens (`text_bytes` of UTF-8), as Arrow holds it before Parquet
+    compresses it: the matrix (store: full, both; t² values, t = min(tokens, max_tokens)) and the summaries
+    (summary, both), then what every row repeats: its token ids (4 bytes each), tokens (a 4-byte offset each
+    and their text, the kept share of the prompt's) and the prompt's text, and `overhead`."""
+    t = min(tokens, task.max_tokens)
+    payload = (t * t * DTYPE_BYTES[task.dtype] if task.store != "summary" else 0) + \
+        (SUMMARY_BYTES if task.store != "full" else 0)
+    return payload + 8 * t + text_bytes * t // max(tokens, 1) + text_bytes + overhead
+
+
+def row_overhead() -> int:
+    """Bytes of a row besides its payload, tokens and prompt text: every fixed-width column of the attention
+    schema (common ones included), an offset per variable-width one, and the three hex ids (unit id and key,
+    20 characters each; spec hash, 16). Names (model, prompt id, host, ...) are a few bytes more."""
+    from lmsweep.results.schema import schema_for
+
+    total = 20 + 20 + 16
+    for field in schema_for("attention"):
+        t = field.type
+        if pa.types.is_large_list(t) or pa.types.is_large_string(t):
+            total += 8
+        elif pa.types.is_list(t) or pa.types.is_string(t):
+            total += 4
+        else:
+            total += max(t.bit_width // 8, 1)
     return total
 
 

@@ -1,6 +1,7 @@
-"""The attention task's views: a PNG grid of heatmaps (layers × heads) and a standalone HTML head view of one
-unit (`lmsweep plot attention`), the report's heatmap, and bertviz's head and model views of the same rows
-(`--bertviz`, and in a notebook `bertviz_head_view(exp, unit)`).
+"""The attention task's views: a PNG grid of heatmaps (layers × heads, one colour bar) and a standalone HTML head
+view per unit (`lmsweep plot attention`, units chosen by `--unit` and `--prompt-id`, files named by prompt id),
+the report's heatmap, and bertviz's head and model views of the same rows (`--bertviz`, and in a notebook
+`bertviz_head_view(exp, unit)`).
 
 Imported when a view is drawn (runner/tasks/attention.py, `Attention.plot` / `report_plots`), never on task
 discovery: it imports numpy, pandas and matplotlib. The HTML carries its data and script inline, in the spirit
@@ -33,40 +34,141 @@ def attention_matrix(row) -> np.ndarray:
     return np.asarray(flat, dtype=np.float32).reshape(n, n)
 
 
-def find_unit(exp_dir: Path, unit: str) -> str:
-    """A full unit id from an id or a unique prefix of one."""
+def unit_index(exp_dir: Path) -> pd.DataFrame:
+    """One line per unit with attention rows: unit_id, model, prompt_set, prompt_id (sorted by unit id)."""
     from lmsweep.results.load import load_table
 
-    ids = sorted(set(load_table(exp_dir, columns=["unit_id"]).column("unit_id").to_pylist()))
+    cols = ["unit_id", "model", "prompt_set", "prompt_id"]
+    return (load_table(exp_dir, columns=cols).to_pandas().drop_duplicates("unit_id")
+            .sort_values("unit_id", ignore_index=True))
+
+
+def _listing(index: pd.DataFrame, limit: int = 8) -> str:
+    """`b1c48e7f29 (smollm2, animal), ...`: the units a user may ask for, by a prefix and what they are."""
+    shown = [f"{u[:10]} ({m}, {p})" for u, m, p in index[["unit_id", "model", "prompt_id"]].itertuples(index=False)]
+    more = f", … and {len(shown) - limit} more" if len(shown) > limit else ""
+    return ", ".join(shown[:limit]) + more
+
+
+def _unique_list(values, limit: int = 12) -> str:
+    values = list(dict.fromkeys(str(v) for v in values))
+    more = f", … and {len(values) - limit} more" if len(values) > limit else ""
+    return ", ".join(values[:limit]) + more
+
+
+def find_unit(exp_dir: Path, unit: str, index: pd.DataFrame | None = None) -> str:
+    """A full unit id from an id or a unique prefix of one; a miss lists the units there are (and says so
+    when `unit` is a prompt id)."""
+    index = unit_index(exp_dir) if index is None else index
+    ids = list(index["unit_id"])
     matches = [u for u in ids if u.startswith(unit)]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise UsageError(f"no attention rows for unit {unit!r} in {exp_dir} ({len(ids)} units have rows)",
-                        field="--unit")
-    raise UsageError(f"unit prefix {unit!r} matches {len(matches)} units; give more characters", field="--unit")
+        hint = f"{unit!r} is a prompt id: use --prompt-id {unit}; " if unit in set(index["prompt_id"]) else ""
+        raise UsageError(f"no attention rows for unit {unit!r} in {exp_dir}; {hint}units (model, prompt id): "
+                         f"{_listing(index)}", field="--unit")
+    raise UsageError(f"unit prefix {unit!r} matches {len(matches)} units ({_unique_list(m[:10] for m in matches)}); "
+                     "give more characters", field="--unit")
+
+
+def choose_units(exp_dir: Path, units: list[str] | None, prompt_ids: list[str] | None) -> dict[str, str]:
+    """The units `--unit` (ids or prefixes) and `--prompt-id` (every unit of the prompt: each model and
+    variant) name, in the order asked, each with its file stem (`file_stems`)."""
+    if not units and not prompt_ids:
+        raise UsageError("name what to draw: --unit ID [ID ...] and/or --prompt-id ID [ID ...]", field="--unit")
+    _check_task(exp_dir)
+    index = unit_index(exp_dir)
+    chosen = [find_unit(exp_dir, u, index) for u in units or []]
+    for pid in prompt_ids or []:
+        found = list(index.loc[index["prompt_id"] == pid, "unit_id"])
+        if not found:
+            raise UsageError(f"no attention rows for prompt id {pid!r} in {exp_dir}; prompt ids: "
+                             f"{_unique_list(sorted(set(index['prompt_id'])))}", field="--prompt-id")
+        chosen += found
+    stems = file_stems(index)
+    return {u: stems[u] for u in dict.fromkeys(chosen)}
+
+
+def file_stems(index: pd.DataFrame) -> dict[str, str]:
+    """Each unit's file name stem, `attention-<prompt id>`, unique within the experiment and safe on any
+    filesystem: a prompt id with other characters than letters, digits, `.`, `_` and `-` (or over 60 of them)
+    is cut to those and gets a hash of itself; a prompt id several units share (models, variants, prompt
+    sets) gets the model alias where that tells them apart, else the unit id's first 10 characters."""
+    base = {u: f"attention-{_safe(p)}" for u, p in zip(index["unit_id"], index["prompt_id"])}
+    model = dict(zip(index["unit_id"], index["model"]))
+    groups: dict[str, list[str]] = {}
+    for u, stem in base.items():
+        groups.setdefault(stem, []).append(u)
+    stems = {}
+    for stem, members in groups.items():
+        by_model = len({model[u] for u in members}) == len(members)
+        for u in members:
+            stems[u] = stem if len(members) == 1 else f"{stem}-{_safe(model[u])}" if by_model else f"{stem}-{u[:10]}"
+    taken: dict[str, int] = {}
+    for stem in stems.values():
+        taken[stem] = taken.get(stem, 0) + 1
+    return {u: f"{stem}-{u[:10]}" if taken[stem] > 1 else stem for u, stem in stems.items()}
+
+
+def _safe(name: str) -> str:
+    import hashlib
+    import re
+
+    name = str(name)
+    if re.fullmatch(r"[A-Za-z0-9._-]{1,60}", name) and not name.startswith("."):
+        return name
+    cut = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:40].strip("._") or "prompt"
+    return f"{cut}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def load_unit(exp_dir: Path, unit: str, layers: list[int] | None = None,
               heads: list[int] | None = None) -> pd.DataFrame:
-    """One attention unit's rows (by id or prefix), ordered by layer and head, kept to `layers`/`heads`."""
-    from lmsweep.jobs.plan import read_plan
+    """One attention unit's rows (by id or prefix), ordered by layer and head, kept to `layers`/`heads`; a
+    layer or head that was not stored is refused, naming the ones that were."""
     from lmsweep.results.load import load
+
+    _check_task(exp_dir)
+    uid = find_unit(exp_dir, unit)
+    rows = load(exp_dir, filters=pc.field("unit_id") == uid).sort_values(["layer", "head"], ignore_index=True)
+    what = f"unit {uid[:10]} (prompt {rows['prompt_id'].iloc[0]})"
+    for flag, column, asked in (("--layers", "layer", layers), ("--heads", "head", heads)):
+        stored = sorted(int(x) for x in rows[column].unique())
+        missing = [x for x in asked or [] if x not in stored]
+        if missing:
+            raise UsageError(f"{column} {missing[0]} is not stored for {what}; stored {column}s: "
+                             f"{_ranges(stored)}{' (-1: the head mean)' if stored == [-1] else ''}", field=flag)
+        if asked is not None:
+            rows = rows[rows[column].isin(asked)]
+    if not _has_matrices(rows):
+        raise UsageError(f"{what} stores summaries only (store: summary): there is no matrix to draw; its "
+                         "summary columns are in `lmsweep results`", field="--unit")
+    return rows
+
+
+def _check_task(exp_dir: Path) -> None:
+    from lmsweep.jobs.plan import read_plan
 
     task = read_plan(exp_dir).meta["task"]["type"]
     if task != "attention":
         raise UsageError(f"{exp_dir} is a {task} experiment; attention plots need task: attention",
                         field="experiment")
-    uid = find_unit(exp_dir, unit)
-    rows = load(exp_dir, filters=pc.field("unit_id") == uid).sort_values(["layer", "head"], ignore_index=True)
-    if layers is not None:
-        rows = rows[rows["layer"].isin(layers)]
-    if heads is not None:
-        rows = rows[rows["head"].isin(heads)]
-    if rows.empty:
-        raise UsageError("no rows left after --layers/--heads; those layers or heads were not stored",
-                        field="--layers")
-    return rows
+
+
+def _has_matrices(rows: pd.DataFrame) -> bool:
+    return any(c in rows.columns and rows[c].notna().any() for c in ("attention", "attention_f32"))
+
+
+def _ranges(values: list[int]) -> str:
+    """`0-29` or `0, 15, 29`: sorted integers with runs of three or more written as a range."""
+    out, i = [], 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[j] + 1:
+            j += 1
+        out += [f"{values[i]}-{values[j]}"] if j - i >= 2 else [str(v) for v in values[i:j + 1]]
+        i = j + 1
+    return ", ".join(out)
 
 
 def _head_name(head: int) -> str:
@@ -78,8 +180,9 @@ def _show(token: str) -> str:
 
 
 def heatmap_grid(rows: pd.DataFrame, out: Path, max_labels: int = 24) -> Path:
-    """One heatmap per (layer, head): layers down, heads across. Token labels on the outer panels
-    only, and only when the prompt is short enough to read them."""
+    """One heatmap per (layer, head): layers down, heads across, on one colour scale (weights 0..1) with its
+    colour bar on the right. Token labels on the outer panels only, and only when the prompt is short
+    enough to read them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,15 +193,16 @@ def heatmap_grid(rows: pd.DataFrame, out: Path, max_labels: int = 24) -> Path:
     n = len(tokens)
     labelled = n <= max_labels
     panel = 2.2 if labelled else 1.6
-    fig, axes = plt.subplots(len(layers), len(heads), squeeze=False,
-                             figsize=(panel * len(heads) + 1.5, panel * len(layers) + 1.0))
+    fig = plt.figure(figsize=(panel * len(heads) + 2.3, panel * len(layers) + 1.0))
+    grid = fig.add_gridspec(len(layers), len(heads) + 1, width_ratios=[1] * len(heads) + [0.08])
     by_key = {(r["layer"], r["head"]): r for _, r in rows.iterrows()}
+    image = None
     for i, layer in enumerate(layers):
         for j, head in enumerate(heads):
-            ax = axes[i][j]
+            ax = fig.add_subplot(grid[i, j])
             row = by_key.get((layer, head))
             if row is not None:
-                ax.imshow(attention_matrix(row), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+                image = ax.imshow(attention_matrix(row), cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             if i == 0:
@@ -109,6 +213,9 @@ def heatmap_grid(rows: pd.DataFrame, out: Path, max_labels: int = 24) -> Path:
                 ax.set_xticks(range(n), tokens, rotation=90, fontsize=6)
             if labelled and j == 0:
                 ax.set_yticks(range(n), tokens, fontsize=6)
+    bar = fig.colorbar(image, cax=fig.add_subplot(grid[:, -1]))
+    bar.set_label("attention weight", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
     first = rows.iloc[0]
     fig.suptitle(f"{first['model']} · {first['prompt_id']} · unit {first['unit_id'][:10]} "
                  f"(rows: query token, columns: attended token)", fontsize=9)
@@ -133,13 +240,19 @@ def head_view_html(rows: pd.DataFrame, out: Path) -> Path:
     return out
 
 
-def plot_attention(exp_dir: Path, unit: str, out_dir: Path | None = None, layers: list[int] | None = None,
-                   heads: list[int] | None = None) -> tuple[Path, Path]:
-    rows = load_unit(exp_dir, unit, layers, heads)
+def plot_attention(exp_dir: Path, units: list[str] | None = None, out_dir: Path | None = None,
+                   layers: list[int] | None = None, heads: list[int] | None = None,
+                   prompt_ids: list[str] | None = None) -> list[Path]:
+    """The PNG grid and standalone head view of each unit `units` (ids or prefixes) and `prompt_ids` name,
+    as `<stem>.png` and `<stem>.html` (`file_stems`). Every unit's rows are read and checked before a
+    file is written."""
+    chosen = choose_units(exp_dir, units, prompt_ids)
+    loaded = [(load_unit(exp_dir, uid, layers, heads), stem) for uid, stem in chosen.items()]
     out_dir = out_dir or exp_dir / "plots"
-    stem = f"attention-{rows['unit_id'].iloc[0][:12]}"
-    return heatmap_grid(rows, out_dir / f"{stem}.png"), head_view_html(rows, out_dir / f"{stem}.html")
-
+    written = []
+    for rows, stem in loaded:
+        written += [heatmap_grid(rows, out_dir / f"{stem}.png"), head_view_html(rows, out_dir / f"{stem}.html")]
+    return written
 
 
 # ---- the report's heatmap -------------------------------------------------------------------------
@@ -288,26 +401,30 @@ def bertviz_model_view(exp: str | Path, unit: str, layers: list[int] | None = No
     return _bertviz().model_view(attention, tokens, include_layers=include, html_action="return", **kwargs)
 
 
-def write_bertviz_pages(exp: Path, unit: str, out_dir: Path | None = None, layers: list[int] | None = None,
-                heads: list[int] | None = None) -> tuple[Path, Path]:
-    """bertviz's head view and model view of one unit as two HTML pages (they need cdnjs.cloudflare.com)."""
-    rows = load_unit(Path(exp), unit, layers, heads)
-    attention, tokens, include = bertviz_inputs(rows)
+def write_bertviz_pages(exp: Path, units: list[str] | None = None, out_dir: Path | None = None,
+                        layers: list[int] | None = None, heads: list[int] | None = None,
+                        prompt_ids: list[str] | None = None) -> list[Path]:
+    """bertviz's head view and model view of each chosen unit as two HTML pages, `<stem>-bertviz-head.html`
+    and `-model.html` (they need cdnjs.cloudflare.com)."""
+    exp = Path(exp)
+    chosen = choose_units(exp, units, prompt_ids)
+    loaded = [(load_unit(exp, uid, layers, heads), stem) for uid, stem in chosen.items()]
+    inputs = [(rows, stem, bertviz_inputs(rows)) for rows, stem in loaded]
     bv = _bertviz()
-    first = rows.iloc[0]
-    out_dir = out_dir or Path(exp) / "plots"
+    out_dir = out_dir or exp / "plots"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"attention-{first['unit_id'][:12]}-bertviz"
-    title = f"{first['model']} · {first['prompt_id']} · unit {first['unit_id']}"
     written = []
-    for view, make in (("head", bv.head_view), ("model", bv.model_view)):
-        fragment = make(attention, tokens, include_layers=include, html_action="return").data
-        path = out_dir / f"{stem}-{view}.html"
-        write_text_atomic(path, f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>bertviz "
-                                f"{view} view · {html.escape(title)}</title></head>\n<body>\n{fragment}\n"
-                                "</body></html>\n")
-        written.append(path)
-    return written[0], written[1]
+    for rows, stem, (attention, tokens, include) in inputs:
+        first = rows.iloc[0]
+        title = f"{first['model']} · {first['prompt_id']} · unit {first['unit_id']}"
+        for view, make in (("head", bv.head_view), ("model", bv.model_view)):
+            fragment = make(attention, tokens, include_layers=include, html_action="return").data
+            path = out_dir / f"{stem}-bertviz-{view}.html"
+            write_text_atomic(path, f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>bertviz "
+                                    f"{view} view · {html.escape(title)}</title></head>\n<body>\n{fragment}\n"
+                                    "</body></html>\n")
+            written.append(path)
+    return written
 
 
 def bertviz_inputs(rows: pd.DataFrame) -> tuple[list, list[str], list[int]]:

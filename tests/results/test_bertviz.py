@@ -92,14 +92,14 @@ def test_cli_writes_both_bertviz_pages(experiment, tmp_path):
     unit = df["unit_id"].iloc[0]
     proc = cli("plot", "attention", str(exp), "--unit", unit[:8], "--bertviz", "--layers", "1",
                "--out", str(tmp_path), check=True)
-    pages = [tmp_path / f"attention-{unit[:12]}-bertviz-{v}.html" for v in ("head", "model")]
+    pages = [tmp_path / f"attention-father-bertviz-{v}.html" for v in ("head", "model")]      # by prompt id
     for page in pages:
         assert f"wrote {page}" in proc.stdout
         text = page.read_text()
         assert text.startswith("<!DOCTYPE html>") and _params(text)["include_layers"] == [1]
     assert "<div id='vis'>" in pages[0].read_text()
     bad = cli("plot", "attention", str(exp), "--unit", unit, "--bertviz", "--layers", "7")
-    assert bad.returncode == 2 and "no rows left after --layers/--heads" in bad.stderr
+    assert bad.returncode == 2 and "layer 7 is not stored" in bad.stderr and "stored layers: 0, 1" in bad.stderr
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_bertviz_pages_draw_in_headless_chromium(experiment, cdn, tmp_path):
     cli("plot", "attention", str(exp), "--unit", unit, "--bertviz", "--out", str(tmp_path), check=True)
     tokens = list(df["tokens"].iloc[0])
     for view in ("head", "model"):
-        page = tmp_path / f"attention-{unit[:12]}-bertviz-{view}.html"
+        page = tmp_path / f"attention-father-bertviz-{view}.html"
         proc = subprocess.run(
             ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
              f"--user-data-dir={tmp_path / ('profile-' + view)}", "--ignore-certificate-errors",

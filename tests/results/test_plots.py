@@ -28,7 +28,7 @@ task: attention
 def test_plot_writes_png_grid_and_standalone_html(experiment, tmp_path):
     exp, unit = experiment
     proc = cli("plot", "attention", str(exp), "--unit", unit[:8], "--out", str(tmp_path), check=True)
-    png, page = tmp_path / f"attention-{unit[:12]}.png", tmp_path / f"attention-{unit[:12]}.html"
+    png, page = tmp_path / "attention-father.png", tmp_path / "attention-father.html"      # named by prompt id
     assert str(png) in proc.stdout and str(page) in proc.stdout
     data = png.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 5000
@@ -45,7 +45,7 @@ def test_layer_and_head_filters_and_bad_unit(experiment, tmp_path):
     exp, unit = experiment
     cli("plot", "attention", str(exp), "--unit", unit, "--layers", "1", "--heads", "0,3",
             "--out", str(tmp_path), check=True)
-    text = (tmp_path / f"attention-{unit[:12]}.html").read_text()
+    text = (tmp_path / "attention-father.html").read_text()
     assert text.count('"layer": 1') == 2 and '"layer": 0' not in text
     proc = cli("plot", "attention", str(exp), "--unit", "zzzz")
     assert proc.returncode == 2 and "no attention rows for unit 'zzzz'" in proc.stderr
@@ -55,7 +55,7 @@ def test_layer_and_head_filters_and_bad_unit(experiment, tmp_path):
 def test_head_view_script_runs_in_a_browser(experiment, tmp_path):
     exp, unit = experiment
     cli("plot", "attention", str(exp), "--unit", unit, "--out", str(tmp_path), check=True)
-    page = tmp_path / f"attention-{unit[:12]}.html"
+    page = tmp_path / "attention-father.html"
     proc = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
                            "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert "Uncaught" not in proc.stderr
