@@ -251,3 +251,14 @@ def test_the_docs_summary_snippet_runs_on_a_summary_experiment(tiny_llama, tmp_p
     df = rows(exp)
     assert scope["sinks"].shape == (2, 4)
     assert scope["sinks"].loc[1, 3] == pytest.approx(df[(df["layer"] == 1) & (df["head"] == 3)]["sink_mass"].mean())
+
+
+def test_the_results_summary_adds_the_summaries_means_only_when_stored(both, tiny_llama, tmp_path):
+    from lmsweep.core.task_registry import get_task
+
+    task = get_task("attention")
+    table = task.summarize(both).set_index("prompt_id")
+    for name in SUMMARY:
+        assert table.loc["animal", name] == pytest.approx(both[both["prompt_id"] == "animal"][name].mean())
+    full = rows(run_spec(tmp_path, spec(tiny_llama, "{type: attention, layers: [0]}")))
+    assert not set(SUMMARY) & set(task.summarize(full).columns)
