@@ -288,10 +288,46 @@ def last_layer_map(df: pd.DataFrame) -> tuple[np.ndarray, str, list[str] | None]
     return np.mean(mats, axis=0), where, tokens
 
 
+def summary_grids(df: pd.DataFrame) -> tuple[str, int, dict[str, pd.DataFrame]] | None:
+    """Per summary column, a layers × heads table of its mean over the first model's units (store: summary or
+    both): (model, units, {column: table}); None without summaries."""
+    from lmsweep.runner.tasks.attention_summary import NAMES
+
+    names = [c for c in NAMES if c in df.columns and df[c].notna().any()]
+    if not names or "layer" not in df.columns or "head" not in df.columns:
+        return None
+    model = df["model"].iloc[0]
+    rows = df[(df["model"] == model) & df[names[0]].notna()]
+    return model, rows["unit_id"].nunique(), {c: rows.pivot_table(index="layer", columns="head", values=c)
+                                               for c in names}
+
+
+def report_summaries(df: pd.DataFrame) -> list[str]:
+    """The stored summaries as heatmaps, layers down and heads across, each on its own colour bar."""
+    found = summary_grids(df)
+    if found is None:
+        return []
+    model, units, grids = found
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(grids), squeeze=False, figsize=(3.8 * len(grids), 4.6))
+    for ax, (name, table) in zip(axes[0], grids.items()):
+        im = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", aspect="auto", interpolation="nearest")
+        fig.colorbar(im, ax=ax)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        for axis, labels in ((ax.set_xticks, table.columns), (ax.set_yticks, table.index)):
+            step = max(1, len(labels) // 10)
+            axis(range(0, len(labels), step), [str(v) for v in labels[::step]], fontsize=7)
+    fig.tight_layout()
+    caption = f"Attention summaries by layer and head (model {model}, mean over {units} unit(s))"
+    return [png_img(fig, caption)]
+
+
 def report_heatmap(df: pd.DataFrame) -> list[str]:
     found = last_layer_map(df)
     if found is None:
-        return []
+        return report_summaries(df)
     arr, where, tokens = found
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -304,7 +340,7 @@ def report_heatmap(df: pd.DataFrame) -> list[str]:
     ax.set_xlabel("key position")
     ax.set_ylabel("query position")
     ax.set_title("Attention")
-    return [png_img(fig, f"Attention heatmap ({where})")]
+    return [png_img(fig, f"Attention heatmap ({where})"), *report_summaries(df)]
 
 
 

@@ -104,6 +104,9 @@ def test_summary_only_and_head_mean_units_say_what_they_hold(tiny_llama, tmp_pat
                                    "task: {type: attention, store: summary}\n")
     line = one_error_line(plot(exp, "--prompt-id", "father"))
     assert "stores summaries only (store: summary)" in line
+    report = tmp_path / "report.html"
+    cli("report", str(exp), "-o", str(report), check=True)              # the summaries are drawn instead
+    assert "Attention summaries by layer and head (model tiny, mean over 2 unit(s))" in report.read_text()
     exp = run_spec(tmp_path / "m", f"name: m\nmodels: [{{alias: tiny, source: {tiny_llama}}}]\n{PROMPTS}"
                                    "task: {type: attention, head_mean: true, layers: [-1]}\n")
     line = one_error_line(plot(exp, "--prompt-id", "father", "--heads", "0"))
@@ -127,3 +130,15 @@ def test_file_stems_are_unique_and_safe_whatever_the_prompt_ids():
     assert all(re.fullmatch(r"attention-[A-Za-z0-9._-]{1,80}", s) for s in stems.values()), stems
     # "animal" of model b and the prompt "animal-b" would both be attention-animal-b: the unit breaks the tie
     assert {stems["u02"], stems["u07"]} == {"attention-animal-b-u02", "attention-animal-b-u07"}
+
+
+def test_the_reports_summary_grids_are_the_means_by_layer_and_head():
+    from lmsweep.runner.tasks.attention_views import summary_grids
+
+    df = pd.DataFrame({"model": ["m"] * 4 + ["other"], "unit_id": ["u1", "u1", "u2", "u2", "u3"],
+                       "layer": [0, 1, 0, 1, 0], "head": [0] * 5, "sink_mass": [0.2, 0.4, 0.6, 0.8, 9.0],
+                       "row_entropy": [None] * 5})
+    model, units, grids = summary_grids(df)
+    assert (model, units, list(grids)) == ("m", 2, ["sink_mass"])              # the first model; stored columns
+    assert grids["sink_mass"].loc[0, 0] == pytest.approx(0.4) and grids["sink_mass"].loc[1, 0] == pytest.approx(0.6)
+    assert summary_grids(df.drop(columns="sink_mass")) is None
