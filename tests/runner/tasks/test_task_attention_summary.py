@@ -70,10 +70,21 @@ def direct(tiny_llama):
     return out
 
 
+# One run per store, shared by the tests below (the summary one under the name the docs' snippet reads).
+TASKS = {"both": ("att", "{type: attention, store: both, dtype: float32}"),
+         "full": ("att", "{type: attention, dtype: float32}"),
+         "summary": ("attention_summary", "{type: attention, store: summary}")}
+
+
 @pytest.fixture(scope="module")
-def both(tiny_llama, tmp_path_factory):
-    return rows(run_spec(tmp_path_factory.mktemp("both"), spec(tiny_llama, "{type: attention, store: both, "
-                                                                             "dtype: float32}")))
+def runs(tiny_llama, tmp_path_factory):
+    return {store: run_spec(tmp_path_factory.mktemp(store), spec(tiny_llama, task, name))
+            for store, (name, task) in TASKS.items()}
+
+
+@pytest.fixture(scope="module")
+def both(runs):
+    return rows(runs["both"])
 
 
 def test_summaries_match_the_statistics_of_transformers_weights(both, direct, tiny_llama):
@@ -100,9 +111,8 @@ def test_the_statistics_are_what_they_say_on_a_causal_model(both):
     assert (both["mean_distance"] <= both["seq_len"] - 1).all()
 
 
-def test_both_keeps_the_matrices_of_full_and_summary_keeps_none(both, tiny_llama, tmp_path):
-    full = rows(run_spec(tmp_path / "f", spec(tiny_llama, "{type: attention, dtype: float32}")))
-    summary = rows(run_spec(tmp_path / "s", spec(tiny_llama, "{type: attention, store: summary}")))
+def test_both_keeps_the_matrices_of_full_and_summary_keeps_none(both, runs):
+    full, summary = rows(runs["full"]), rows(runs["summary"])
     key = ["prompt_id", "layer", "head"]
     full, summary, both = (d.sort_values(key, ignore_index=True) for d in (full, summary, both))
     assert all(np.array_equal(a, b) for a, b in zip(full["attention_f32"], both["attention_f32"]))
@@ -125,10 +135,10 @@ def test_head_mean_summarises_the_mean_map(tiny_llama, tmp_path, direct):
             assert abs(r[name] - expected[name]) <= tol[name], (r["prompt_id"], name)
 
 
-def test_store_full_is_bitwise_what_output_attentions_returns(tiny_llama, tmp_path):
+def test_store_full_is_bitwise_what_output_attentions_returns(runs, tiny_llama):
     """The weights now come from per-layer hooks: on the same right-padded batch they are the very tensors
     output_attentions=True returns, so store: full rows are unchanged."""
-    df = rows(run_spec(tmp_path, spec(tiny_llama, "{type: attention, dtype: float32}")))
+    df = rows(runs["full"])
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModel.from_pretrained(tiny_llama, attn_implementation="eager").eval()
     texts = [*TEXTS, "No"]
@@ -210,7 +220,7 @@ def test_summary_plans_where_full_matrices_are_refused(tiny_llama, tmp_path):
 
 
 @pytest.mark.parametrize("store", ["both", "summary"])
-def test_the_estimate_is_the_rows_arrow_bytes(store, tiny_llama, tmp_path):
+def test_the_estimate_is_the_rows_arrow_bytes(store, runs, tiny_llama, tmp_path):
     """The plan's estimate (read from its refusal under a tiny cap) against what a run stores, as Arrow holds
     it before Parquet compresses it. Counted: payload, tokens, prompt text, fixed-width columns and offsets,
     the hex ids. Not counted: the other strings (model, its source and fingerprint, prompt set and id, host,
@@ -221,13 +231,13 @@ def test_the_estimate_is_the_rows_arrow_bytes(store, tiny_llama, tmp_path):
 
     from lmsweep.results.load import load_table
 
-    task = f"{{type: attention, store: {store}, dtype: float32, max_storage_mb: 0.000001}}"
+    name, task = TASKS[store]
     path = tmp_path / "s.yaml"
-    path.write_text(spec(tiny_llama, task))
+    path.write_text(spec(tiny_llama, task.replace("}", ", max_storage_mb: 0.000001}"), name))
     proc = cli("plan", str(path), "--output-dir", str(tmp_path / "runs"))
     value, unit = re.search(r"would take ≈([\d.]+) (B|kB|MB)", proc.stderr).groups()
     estimate = float(value) * {"B": 1, "kB": 1e3, "MB": 1e6}[unit]
-    table = load_table(run_spec(tmp_path / "run", spec(tiny_llama, task.replace("0.000001", "1"))))
+    table = load_table(runs[store])
     counted = {"unit_id", "unit_key", "spec_hash", "prompt_text"}
     names = sum(len(v.encode()) for f in table.schema if pa.types.is_string(f.type) and f.name not in counted
                 for v in table.column(f.name).to_pylist() if v is not None)
@@ -236,7 +246,7 @@ def test_the_estimate_is_the_rows_arrow_bytes(store, tiny_llama, tmp_path):
     assert table.nbytes - names - bitmaps - rounding <= estimate <= table.nbytes + rounding, (estimate, table.nbytes)
 
 
-def test_the_docs_summary_snippet_runs_on_a_summary_experiment(tiny_llama, tmp_path, monkeypatch):
+def test_the_docs_summary_snippet_runs_on_a_summary_experiment(runs, monkeypatch):
     """docs/tasks.md's `store: summary` snippet, as written, from a directory holding runs/attention_summary
     (the tiny model in place of SmolLM2): a layers × heads table of the mean sink mass over the prompts."""
     import re
@@ -244,7 +254,7 @@ def test_the_docs_summary_snippet_runs_on_a_summary_experiment(tiny_llama, tmp_p
 
     text = (Path(__file__).resolve().parents[3] / "docs" / "tasks.md").read_text()
     snippet = next(b for b in re.findall(r"```python\n(.*?)```", text, re.S) if "sink_mass" in b)
-    exp = run_spec(tmp_path, spec(tiny_llama, "{type: attention, store: summary}", name="attention_summary"))
+    exp = runs["summary"]
     monkeypatch.chdir(exp.parents[1])
     scope: dict = {}
     exec(snippet, scope)
@@ -253,12 +263,11 @@ def test_the_docs_summary_snippet_runs_on_a_summary_experiment(tiny_llama, tmp_p
     assert scope["sinks"].loc[1, 3] == pytest.approx(df[(df["layer"] == 1) & (df["head"] == 3)]["sink_mass"].mean())
 
 
-def test_the_results_summary_adds_the_summaries_means_only_when_stored(both, tiny_llama, tmp_path):
+def test_the_results_summary_adds_the_summaries_means_only_when_stored(both, runs):
     from lmsweep.core.task_registry import get_task
 
     task = get_task("attention")
     table = task.summarize(both).set_index("prompt_id")
     for name in SUMMARY:
         assert table.loc["animal", name] == pytest.approx(both[both["prompt_id"] == "animal"][name].mean())
-    full = rows(run_spec(tmp_path, spec(tiny_llama, "{type: attention, layers: [0]}")))
-    assert not set(SUMMARY) & set(task.summarize(full).columns)
+    assert not set(SUMMARY) & set(task.summarize(rows(runs["full"])).columns)
