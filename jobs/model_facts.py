@@ -31,6 +31,7 @@ class ModelFacts:
     num_kv_heads: int | None     # key/value heads (fewer than num_heads with grouped-query attention)
     tokenizer_file: str | None   # a tokenizer.json to count prompt tokens with, when there is one
     hidden_size: int | None = None   # width of the hidden states
+    model_type: str | None = None    # config.json's model_type (of its text model); None for a GGUF file
 
 
 def kind_of(architectures: list[str]) -> str:
@@ -74,7 +75,8 @@ def model_facts(ref: ModelRef) -> ModelFacts:
     return ModelFacts(kind=model_kind(ref), num_layers=text.get("num_hidden_layers") or text.get("n_layer"),
                       num_heads=heads, num_kv_heads=text.get("num_key_value_heads") or heads,
                       tokenizer_file=str(tok) if tok.is_file() else None,
-                      hidden_size=text.get("hidden_size") or text.get("n_embd") or text.get("d_model"))
+                      hidden_size=text.get("hidden_size") or text.get("n_embd") or text.get("d_model"),
+                      model_type=text.get("model_type"))
 
 
 def _gguf_facts(ref: ModelRef) -> ModelFacts:

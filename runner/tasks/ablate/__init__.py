@@ -182,11 +182,18 @@ def _mean(values) -> float | None:
 # ---- plan-time checks ------------------------------------------------------------------------------------
 
 def check_ablate(spec, facts: dict, prompts: list[Prompt], n_units: int) -> int:
-    """Refuse layers or heads a model lacks (at task.layers / task.heads), a patching prompt without its clean
-    prompt (task.clean_column) and a sweep estimated above task.max_storage_mb; return the estimated bytes."""
+    """Refuse a model of an architecture sites.FAMILIES lacks (a directory's config.json says; a GGUF file's is
+    checked when it loads), layers or heads a model lacks (at task.layers / task.heads), a patching prompt
+    without its clean prompt (task.clean_column) and a sweep estimated above task.max_storage_mb; return the
+    estimated bytes."""
+    from lmsweep.runner.tasks.ablate.sites import FAMILIES
+
     task = spec.task
-    for m in spec.models:
+    for i, m in enumerate(spec.models):
         f = facts[m.alias]
+        if f.model_type is not None and f.model_type not in FAMILIES:
+            raise spec.source.error(f"model {m.alias!r} is a {f.model_type} model; ablate knows where the heads and "
+                                    f"MLPs of these are: {', '.join(sorted(FAMILIES))}", f"models[{i}]", ("models", i))
         check_selection(spec, m.alias, "layers", task.layers, f.num_layers)
         if "head" in task.sites():
             check_selection(spec, m.alias, "heads", task.heads, f.num_heads, what="query heads")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pandas as pd
 import pytest
@@ -270,6 +271,16 @@ def test_heads_all_plans_a_variant_per_layer_and_head_and_bad_targets_are_refuse
     assert plan("{type: ablate, max_storage_mb: 0.0096}").n_units == 24
     with pytest.raises(SpecError, match=r"task.max_storage_mb: the ablation sweep would store ≈9.6 kB \(24 rows\)"):
         plan("{type: ablate, max_storage_mb: 0.009}")
+    # a causal LM of an architecture whose modules ablate does not know
+    other = tmp_path / "mamba"
+    shutil.copytree(tiny_llama, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "mamba",
+                                                   "architectures": ["MambaForCausalLM"]}))
+    (tmp_path / "spec.yaml").write_text(spec(f"[{{alias: m, source: {other}}}]", "{type: ablate}"))
+    with pytest.raises(SpecError, match=r"models\[0\]: model 'm' is a mamba model; ablate knows where the heads and "
+                                        r"MLPs of these are: bloom, falcon, gemma, "):
+        plan_spec(load_spec(tmp_path / "spec.yaml"))
     # the command line: one line naming the field, exit 2
     path = write_spec(tmp_path / "bad.yaml", spec(models, "{type: ablate, heads: [9]}"))
     out = cli("validate", str(path))
