@@ -4,10 +4,10 @@ Pure: arrays in, numbers out; the tests and distributions are scipy.stats', the 
 the same rows always give the same verdict. Four shapes of comparison, each a `Result`:
 
 - **two samples** (`two_sample`): per-unit metrics of sampled generation (length, distinct-1/2,
-  repetition, finish reason; `generation_metrics`) on each side, not paired unit for unit (a sampled
-  unit's text depends on its seed, and a nightly run may draw new seeds): Mann–Whitney U (the test that
-  gates, with the rank-biserial correlation as effect size), Kolmogorov–Smirnov (shape; reported beside
-  it) and a bootstrap CI of the difference of means;
+  repetition, finish reason, mean log-probability of the tokens under the model; `generation_metrics`)
+  on each side, not paired unit for unit (a sampled unit's text depends on its seed, and a nightly run
+  may draw new seeds): Mann–Whitney U (the test that gates, with the rank-biserial correlation as effect
+  size), Kolmogorov–Smirnov (shape; reported beside it) and a bootstrap CI of the difference of means;
 - **paired** (`paired`): a score per unit on both sides (a log-likelihood, an entropy, a label
   log-likelihood): Wilcoxon signed-rank on the differences and a bootstrap CI of their mean;
   `one_sample` is the same against zero (e.g. per-unit KL divergences, `topk_kl`);
@@ -76,15 +76,23 @@ def repetition(ids: Sequence[int], n: int = REP_N) -> float:
 
 
 def generation_metrics(token_ids: Sequence[Sequence[int]], finish_reasons: Sequence[str | None],
-                       budget_reason: str = "length") -> dict[str, np.ndarray]:
-    """Per sequence: length (tokens), distinct_1, distinct_2, repetition, and hit_budget (1 when the
-    sequence stopped at max_new_tokens, i.e. its finish reason is `budget_reason`, else 0)."""
+                       budget_reason: str = "length",
+                       logprobs: Sequence[float | None] | None = None) -> dict[str, np.ndarray]:
+    """Per sequence: length (tokens), distinct_1, distinct_2, repetition, hit_budget (1 when the
+    sequence stopped at max_new_tokens, i.e. its finish reason is `budget_reason`, else 0) and mean_logprob
+    (the sequence's summed token log-probability ÷ its tokens; NaN where it is unknown or has no tokens)."""
     seqs = [list(s) for s in token_ids]
-    return {"length": np.array([len(s) for s in seqs], dtype=float),
+    lengths = np.array([len(s) for s in seqs], dtype=float)
+    total = np.array([np.nan if v is None else v for v in (logprobs if logprobs is not None else [None] * len(seqs))],
+                     dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_logprob = np.where(lengths > 0, total / np.maximum(lengths, 1), np.nan)
+    return {"length": lengths,
             "distinct_1": np.array([distinct(s, 1) for s in seqs]),
             "distinct_2": np.array([distinct(s, 2) for s in seqs]),
             "repetition": np.array([repetition(s) for s in seqs]),
-            "hit_budget": np.array([1.0 if r == budget_reason else 0.0 for r in finish_reasons])}
+            "hit_budget": np.array([1.0 if r == budget_reason else 0.0 for r in finish_reasons]),
+            "mean_logprob": mean_logprob}
 
 
 def topk_kl(ids_a: Sequence[int], probs_a: Sequence[float], ids_b: Sequence[int],

@@ -107,9 +107,13 @@ def supported(model) -> bool:
 
 
 def decode(model, prompts: list[list[int]], processors: ProcessorFactory, eos_ids: list[int], pad_id: int,
-           max_new_tokens: int, device="cpu") -> list[list[int]]:
+           max_new_tokens: int, device="cpu", logprobs: list[list[float]] | None = None) -> list[list[int]]:
     """Greedy decoding of each prompt (over processed logits): the new tokens of every row, in `prompts`
-    order, each up to and including its first EOS or `max_new_tokens` long."""
+    order, each up to and including its first EOS or `max_new_tokens` long.
+
+    `logprobs`, when given (an empty list), receives per row the log-probability of each new token under the
+    model's raw logits (log-softmax before any processor: penalties, temperature, top-k/p, sampling noise), in
+    float32 as the logits are."""
     accepts = _forward_params(model)
     # A prompt repeated across decoding points, seeds and returned sequences is prefilled once.
     unique = list(dict.fromkeys(tuple(p) for p in prompts))
@@ -152,12 +156,17 @@ def decode(model, prompts: list[list[int]], processors: ProcessorFactory, eos_id
     process = processors(rows, pads)
     eos = torch.tensor(eos_ids, device=device)
     new: dict[int, list[int]] = {i: [] for i in rows}
+    new_lp: dict[int, list[float]] = {i: [] for i in rows}
     finished = torch.zeros(len(rows), dtype=torch.bool, device=device)
     for step in range(max_new_tokens):
         t = width + step                                       # sequence length before this step's token
+        raw = torch.log_softmax(scores, dim=-1) if logprobs is not None else None   # processors change scores
         if process is not None:
             scores = process(input_ids[:, :t], scores)
         token = scores.argmax(dim=-1)
+        if raw is not None:
+            for r, lp in zip(rows, raw.gather(1, token.unsqueeze(1)).squeeze(1).tolist()):
+                new_lp[r].append(lp)
         input_ids[:, t] = token
         attention[:, t] = 1
         finished |= torch.isin(token, eos)
@@ -176,7 +185,10 @@ def decode(model, prompts: list[list[int]], processors: ProcessorFactory, eos_id
         out = model(input_ids=token.unsqueeze(1), attention_mask=attention[:, :t + 1], past_key_values=cache,
                     use_cache=True, **kwargs)
         scores = out.logits[:, -1, :].float()
-    return [_until_eos(new[i], set(eos_ids)) for i in range(len(prompts))]
+    out = [_until_eos(new[i], set(eos_ids)) for i in range(len(prompts))]
+    if logprobs is not None:
+        logprobs.extend(new_lp[i][:len(out[i])] for i in range(len(prompts)))
+    return out
 
 
 def _prefill_chunks(lengths: list[int]) -> list[list[int]]:

@@ -40,7 +40,7 @@ from lmsweep.errors import SpecError, did_you_mean
 
 if TYPE_CHECKING:
     from lmsweep.jobs.spec import ExecutionSpec, ModelSpec
-    from lmsweep.runner.engines.base import GenerationRequest, TopK
+    from lmsweep.runner.engines.base import Generated, GenerationRequest, TopK
     from lmsweep.runner.units import TaskContext
 
 PACKAGE = "lmsweep.runner.engines"        # the engine plug-ins: imported by this name on discovery
@@ -223,8 +223,11 @@ class Engine:
         """The token ids that end a sequence."""
         raise NotImplementedError
 
-    def generate(self, ctx: TaskContext, requests: list[GenerationRequest]) -> list[list[list[int]]]:
-        """For each request, its sequences' new token ids (len(request.seeds) of them, EOS not cut)."""
+    def generate(self, ctx: TaskContext, requests: list[GenerationRequest]) -> list[list[Generated | list[int]]]:
+        """For each request, its sequences (len(request.seeds) of them, EOS not cut): each a
+        runner.engines.base.Generated (new token ids and their log-probabilities under the model's raw
+        distribution), or plain new token ids from an engine that cannot say (the rows' log-probabilities are
+        then null)."""
         raise NotImplementedError(f"backend {self.name} does not generate")
 
     def next_token(self, ctx: TaskContext, prompts: list[list[int]], k: int) -> list[TopK]:

@@ -4,7 +4,7 @@ The engine contract (what an engine declares and the primitives it implements) a
 lmsweep/core/engine.py, so that planning (jobs/) reads the declarations without importing runner/; the
 engines themselves are the modules of this package (docs/adding-an-engine.md). Here: the context a task
 runs with (`EngineContext`, `engine_of`), the primitives' request and answer types (`GenerationRequest`,
-`TopK`), the node's accelerator, and torch.distributed's process groups.
+`Generated`, `TopK`), the node's accelerator, and torch.distributed's process groups.
 """
 from __future__ import annotations
 
@@ -45,6 +45,19 @@ class GenerationRequest:
     point: DecodingPoint
     point_index: int
     seeds: list[int | None]
+
+
+@dataclass(frozen=True)
+class Generated:
+    """One returned sequence: its new token ids (EOS not cut) and, per token, its log-probability under the
+    model's own next-token distribution: log-softmax of the raw logits, before repetition penalty, temperature,
+    top-k/top-p and the sampling noise (None when the engine cannot say). Being the model's, not the sampler's,
+    it is comparable across decoding points and engines, and it moves when a decoding parameter is applied
+    differently (the generate task's `mean_logprob` gate). An engine may return a plain list of ids instead:
+    its rows then have null log-probabilities."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None = None
 
 
 @dataclass(frozen=True)

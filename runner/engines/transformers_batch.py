@@ -20,7 +20,7 @@ from transformers import (
 
 from lmsweep.jobs.decoding import BY_NAME, DecodingPoint
 from lmsweep.runner import decode
-from lmsweep.runner.engines.base import GenerationRequest, TopK
+from lmsweep.runner.engines.base import Generated, GenerationRequest, TopK
 from lmsweep.runner.sampling import generators, sampling_processors
 
 
@@ -86,12 +86,21 @@ def _grouped_processors(points: dict[int, DecodingPoint], point_of_row: list[int
     return build
 
 
-def generate(model, tok, requests: list[GenerationRequest], eos_ids: list[int], device) -> list[list[list[int]]]:
-    """Each request's sequences' new token ids. Requests of one decoding point are consecutive (the task
-    orders them), so each point's rows are a slice. Beam search: one point per batch (the task's batch_key)."""
+def generate(model, tok, requests: list[GenerationRequest], eos_ids: list[int], device) -> list[list[Generated]]:
+    """Each request's sequences: new token ids and their raw log-probabilities (base.Generated). Requests of one
+    decoding point are consecutive (the task orders them), so each point's rows are a slice. Beam search: one
+    point per batch (the task's batch_key).
+
+    The decode loop records each token's log-probability as it decodes (log-softmax of the logits before the
+    processors); beam search and `model.generate`'s path score their sequences afterwards with one forward
+    pass (`score`), the same quantity up to float rounding."""
     point = requests[0].point
+    logprobs: list[list[float]] = []
     if point.num_beams > 1:              # transformers' beam search
-        new = _beam_search(model, tok, [r.prompt_ids for r in requests], point, eos_ids, device)
+        prompts = [r.prompt_ids for r in requests]
+        new = _beam_search(model, tok, prompts, point, eos_ids, device)
+        logprobs = score(model, tok, [p for p in prompts for _ in range(point.num_return_sequences)], new,
+                         eos_ids, device)
     else:
         # Our sampling decodes greedily over noised logits: a row per returned sequence, each with its own
         # random stream.
@@ -102,13 +111,47 @@ def generate(model, tok, requests: list[GenerationRequest], eos_ids: list[int], 
         if decode.supported(model):
             with torch.inference_mode():
                 new = decode.decode(model, prompts, factory, eos_ids, tok.pad_token_id, point.max_new_tokens,
-                                    device)
+                                    device, logprobs=logprobs)
         else:                            # sliding-window caches, DeepSpeed's injected kernels
             new = _generate(model, tok, prompts, factory, point.max_new_tokens, eos_ids, device)
+            logprobs = score(model, tok, prompts, new, eos_ids, device)
     out, row = [], 0
     for r in requests:
-        out.append([list(new[row + j]) for j in range(len(r.seeds))])
+        out.append([Generated(list(new[row + j]), logprobs[row + j]) for j in range(len(r.seeds))])
         row += len(r.seeds)
+    return out
+
+
+SCORE_ROWS = 16        # rows per scoring forward: its logits are rows × (new tokens + 1) × vocabulary floats
+
+
+def score(model, tok, prompts: list[list[int]], sequences: list[list[int]], eos_ids: list[int],
+          device) -> list[list[float]]:
+    """Per row, the log-probability of each new token up to and including its first EOS (what follows is
+    padding) under the model's raw logits, from one teacher-forced forward pass over prompt + tokens
+    (left-padded, positions as `generate` numbers them); the rest of the row gets no value."""
+    eos = set(eos_ids)
+    kept = [list(s) for s in sequences]
+    kept = [s[:next((k + 1 for k, t in enumerate(s) if t in eos), len(s))] for s in kept]
+    accepts = decode._forward_params(model)
+    out: list[list[float]] = []
+    for start in range(0, len(kept), SCORE_ROWS):
+        rows = range(start, min(start + SCORE_ROWS, len(kept)))
+        ids, mask = decode._left_pad([list(prompts[i]) + kept[i] for i in rows], tok.pad_token_id, device)
+        width = max(len(kept[i]) for i in rows)
+        kwargs = {"logits_to_keep": width + 1} if "logits_to_keep" in accepts else {}
+        if "position_ids" in accepts:
+            kwargs["position_ids"] = decode._positions(mask)
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask, **kwargs).logits[:, -(width + 1):-1].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for b, i in enumerate(rows):
+            n = len(kept[i])
+            if n == 0:
+                out.append([])
+                continue
+            target = torch.tensor(kept[i], device=logp.device)
+            out.append(logp[b, width - n:].gather(1, target.unsqueeze(1)).squeeze(1).tolist())
     return out
 
 

@@ -1,6 +1,7 @@
 """compare's statistical regression gates (`regression.gates`) on pairs with known effects: a known accuracy
-drop fires McNemar, weight noise fires the next-token KL gate, a temperature change fires the sampled-text
-gates, and same-software comparisons with fresh seeds fire none, at a false-positive rate measured here."""
+drop fires McNemar, weight noise fires the next-token KL gate, a temperature change fires the sampled text's
+mean log-probability gate, and same-software comparisons with fresh seeds fire none, at a false-positive rate
+measured here."""
 from __future__ import annotations
 
 import math
@@ -160,7 +161,7 @@ def split(df: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.
 @pytest.mark.slow
 def test_same_software_with_fresh_seeds_fires_no_gate_at_the_measured_false_positive_rate(sampled):
     """30 comparisons of disjoint seed halves of one run (the same software, fresh seeds), each gating 2
-    temperatures × 5 text metrics: Holm keeps the chance of any false alarm per comparison at most alpha, so
+    temperatures × 6 text metrics: Holm keeps the chance of any false alarm per comparison at most alpha, so
     more fires than the binomial's 99.9% quantile of 30 trials at alpha is a bug, not bad luck."""
     rng = np.random.default_rng(0)
     gates = Gates()
@@ -170,10 +171,38 @@ def test_same_software_with_fresh_seeds_fires_no_gate_at_the_measured_false_posi
         comp = compare_frames(b, c, side("generate"), side("generate"), tolerances=NO_UNMATCHED, gates=gates)
         rows += len(comp.statistics)
         fired += not comp.passed
-    assert rows == TRIALS * 2 * 5
+    assert rows == TRIALS * 2 * 6
     allowed = sps.binom.ppf(0.999, TRIALS, gates.alpha)
     print(f"false positives: {fired} of {TRIALS} comparisons ({rows} gated rows); allowed {allowed:g}")
     assert fired <= allowed
+
+
+def as_if_asked_for(df: pd.DataFrame, decoding: str) -> pd.DataFrame:
+    """Rows of another decoding point relabelled as `decoding`: what an engine that applies a parameter wrongly
+    (samples at 0.9 when asked for 0.7) would write under the asked point's name."""
+    return df.assign(decoding=decoding)
+
+
+def test_a_temperature_change_fires_the_mean_logprob_gate_and_agrees_with_scipy(sampled):
+    """Sampling at 0.9 where 0.7 was asked for: the model's own log-probability of the sampled tokens drops
+    (a hotter sampler picks less likely tokens), by far more than its 0.1-nat threshold; the text metrics of
+    this tiny model barely move (distinct-1 by under 0.02), so without the log-probability no gate fires."""
+    base = sampled[sampled["decoding"] == "sample t=0.7"]
+    hot = as_if_asked_for(sampled[sampled["decoding"] == "sample t=0.9"], "sample t=0.7")
+    c = compare_frames(base, hot, side("generate"), side("generate"), tolerances=NO_UNMATCHED, gates=Gates())
+    row = gate_rows(c, "mean_logprob").iloc[0]
+    per_token = [(g["logprob"] / g["num_new_tokens"])[g["num_new_tokens"] > 0] for g in (base, hot)]
+    want = sps.mannwhitneyu(per_token[1], per_token[0], alternative="two-sided")
+    assert row["p"] == pytest.approx(want.pvalue, rel=1e-12)
+    assert row["difference"] == pytest.approx(per_token[1].mean() - per_token[0].mean())
+    assert row["difference"] < -0.1 and row["verdict"] == "REGRESSION" and not c.passed
+    others = c.statistics[c.statistics["metric"] != "mean_logprob"]
+    assert (others["verdict"] != "REGRESSION").all(), others
+    # the same comparison with the log-probabilities missing (a baseline from before the column) offers no
+    # mean_logprob row rather than one of NaNs
+    old = compare_frames(base.drop(columns=["logprob", "token_logprobs"]), hot, side("generate"), side("generate"),
+                         tolerances=NO_UNMATCHED, gates=Gates())
+    assert "mean_logprob" not in set(old.statistics["metric"]) and old.passed
 
 
 NEXT = """

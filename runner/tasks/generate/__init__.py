@@ -18,6 +18,10 @@ from lmsweep.runner.units import TaskContext, Unit
 
 MIN_SAMPLED_EXACT_MATCH = Tolerance("min_sampled_exact_match", None,
                                     "same for seeded sampled sequences (off by default)", ge=0, le=1)
+# mean_logprob's practical threshold, nats per token (about 10% in per-token likelihood). Measured on SmolLM2
+# (64 sequences of 16 tokens a side, docs/results.md): temperature 0.7 -> 0.9 moves it by -0.56 and a
+# repetition penalty of 1.2 by -0.23; the same software with the same seeds by 0.
+MEAN_LOGPROB_THRESHOLD = 0.1
 # What the regression gates test on sampled points (results.gates): per-sequence metrics of each side,
 # two samples per model × decoding point (a sampled sequence depends on its seed, so they are not paired).
 SAMPLED_METRICS = (
@@ -26,6 +30,8 @@ SAMPLED_METRICS = (
     Metric("distinct_2", 0.05, "sampled: distinct bigrams / bigrams, per sequence"),
     Metric("repetition", 0.05, "sampled: share of repeated 4-grams, per sequence"),
     Metric("hit_budget", 0.1, "sampled: share of sequences stopped by max_new_tokens"),
+    Metric("mean_logprob", MEAN_LOGPROB_THRESHOLD, "sampled: mean log-probability of a sequence's tokens under "
+           "the model's raw distribution (nats per token; before penalties and temperature)"),
 )
 REP_N = 4          # repetition rate: seq-rep-4 (Welleck et al., 2019), the share of repeated 4-grams
 SHOW_TEXT = 120    # characters of a differing text shown in a compare report
@@ -52,9 +58,11 @@ class Generate(Task):
     columns = (
         ("sequence_index", pa.int32()), ("text", pa.string()), ("token_ids", pa.list_(pa.int32())),
         ("num_new_tokens", pa.int32()), ("finish_reason", pa.string()), ("tokens_per_s", pa.float64()),
+        ("logprob", pa.float64()), ("token_logprobs", pa.list_(pa.float32())),
     )
     tolerances = (MIN_EXACT_MATCH, MIN_SAMPLED_EXACT_MATCH)
-    compare_columns = ("sequence_index", "text", "token_ids", "num_new_tokens", "finish_reason", "tokens_per_s")
+    compare_columns = ("sequence_index", "text", "token_ids", "num_new_tokens", "finish_reason", "tokens_per_s",
+                       "logprob")
     metrics = SAMPLED_METRICS
     diffs_title = "Differing greedy/beam sequences"
     info_note = "seeded sampling; no tolerance applies unless min_sampled_exact_match is set"
@@ -151,6 +159,8 @@ class Generate(Task):
     def statistics(self, base, cur, both):
         """Per model × sampled decoding point: each side's per-sequence metrics (results.stats.generation_metrics)
         as two samples. Greedy and beam rows are left to the exact-match check."""
+        import numpy as np
+
         from lmsweep.results.stats import generation_metrics
 
         def sampled(df):
@@ -162,9 +172,23 @@ class Generate(Task):
         for model, decoding in sorted(groups):
             gb = b[(b["model_pair"] == model) & (b["decoding"] == decoding)]
             gc = c[(c["model_pair"] == model) & (c["decoding"] == decoding)]
-            mb, mc = (generation_metrics(g["token_ids"], g.get("finish_reason", [None] * len(g))) for g in (gb, gc))
-            out += [Sample(f"{model} · {decoding}", m.name, "two_sample", mb[m.name], mc[m.name]) for m in self.metrics]
+            mb, mc = (generation_metrics(g["token_ids"], g.get("finish_reason", [None] * len(g)),
+                                         logprobs=_nullable(g.get("logprob"))) for g in (gb, gc))
+            for m in self.metrics:
+                b_values, c_values = mb[m.name], mc[m.name]
+                if m.name == "mean_logprob":          # rows without a log-probability (an older run) are left out
+                    b_values, c_values = b_values[np.isfinite(b_values)], c_values[np.isfinite(c_values)]
+                    if not (len(b_values) and len(c_values)):
+                        continue
+                out.append(Sample(f"{model} · {decoding}", m.name, "two_sample", b_values, c_values))
         return out
+
+
+def _nullable(column) -> list[float | None] | None:
+    """A float column's values with NaN as None; None when the frame has no such column (an older run)."""
+    if column is None:
+        return None
+    return [None if v is None or v != v else float(v) for v in column]
 
 
 # ---- summary metrics ---------------------------------------------------------------------------------------
