@@ -413,3 +413,54 @@ def test_zeroing_a_head_or_an_mlp_equals_zeroing_its_weights_on_other_architectu
             assert kl > 1e-6, (arch, site)                             # the surgery does something here
             assert abs(r["kl"] - kl) <= 2 * tol + 1.01 * tol * float((lp.exp() * (lp - lq).abs()).sum()), (arch, site)
             assert abs(r["top1_prob"] - float(lq.max().exp())) <= tol
+
+
+def test_heads_all_over_two_models_of_different_shapes(tiny_llama, tmp_path):
+    """`heads: all` is resolved per model: a 4-head Llama runs 8 variants and a 2-head GPT-2 the 4 of them it has
+    (the plan's variants are the union; each model's units are its own heads only)."""
+    gpt2 = tiny_gpt2(tmp_path / "gpt2")
+    path = tmp_path / "spec.yaml"
+    path.write_text(spec(f"[{{alias: llama, source: {tiny_llama}}}, {{alias: gpt2, source: {gpt2}}}]",
+                         "{type: ablate, heads: all}"))
+    p = plan_spec(load_spec(path))
+    assert [(v["layer"], v["head"]) for v in p.variants] == [(i, h) for i in range(2) for h in range(4)]
+    units = p.units.to_pandas()
+    per_model = {m: sorted({(p.variants[v]["layer"], p.variants[v]["head"]) for v in g["variant"]})
+                 for m, g in units.groupby("model")}
+    assert per_model == {"llama": [(i, h) for i in range(2) for h in range(4)],
+                         "gpt2": [(i, h) for i in range(2) for h in range(2)]}
+    assert len(units) == (8 + 4) * 3
+
+
+@pytest.mark.slow                      # two exec'd workers: ~10 s idle, under 30 s at load average 12
+def test_a_sweep_killed_with_sigkill_resumes_to_the_rows_of_an_uninterrupted_run(tiny_llama, tmp_path):
+    """The worker (`python -m lmsweep worker`, as a scheduler runs it) is SIGKILLed while writing its third
+    variant's batch; a rerun runs the two variants left (its clean passes start from nothing) and the rows equal
+    those of an uninterrupted run, each unit once."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    import lmsweep
+    from lmsweep.cli import main
+
+    text = spec(f"[{{alias: tiny, source: {tiny_llama}}}]", "{type: ablate, layers: [1], method: mean}", name="kill")
+    (tmp_path / "kill.yaml").write_text(text)
+    assert main(["plan", str(tmp_path / "kill.yaml"), "--output-dir", str(tmp_path / "runs")]) == 0
+    exp = tmp_path / "runs" / "kill"
+    cmd = [sys.executable, "-m", "lmsweep", "worker", "--plan", str(exp), "--element", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, env={**env, "LMSWEEP_TEST_KILL_AT": "write:3"}, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    parts = sorted((exp / "results" / "task=ablate").glob("part-*.parquet"))
+    assert len(parts) == 2                                   # two variants (4 heads: 4 batches of 3 prompts) written
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ids = [i for part in sorted((exp / "results" / "task=ablate").glob("part-*.parquet"))
+           for i in pq.read_table(part, columns=["unit_id"]).column("unit_id").to_pylist()]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 4 * 3
+    same = lmsweep.compare(run_spec(tmp_path / "base", text), exp)
+    assert same.passed and same.matched == 12
