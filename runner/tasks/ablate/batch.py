@@ -138,10 +138,12 @@ def clean_passes(causal, tok, sites: Sites, keep: list[Encoded], device) -> list
         with torch.inference_mode():
             for b, e in enumerate(missing):
                 cache[(e.ids, e.n_ctx)] = Clean(_scores(logits[b], e), {k: v[b] for k, v in means.items()})
-                cache.move_to_end((e.ids, e.n_ctx))
-        while len(cache) > CLEAN_PROMPTS:
-            cache.popitem(last=False)
-    return [cache[(e.ids, e.n_ctx)] for e in keep]
+    for e in keep:
+        cache.move_to_end((e.ids, e.n_ctx))
+    out = [cache[(e.ids, e.n_ctx)] for e in keep]           # before evicting: a batch may hold more than it keeps
+    while len(cache) > CLEAN_PROMPTS:
+        cache.popitem(last=False)
+    return out
 
 
 def source_pass(causal, tok, sites: Sites, p, keep: list[Encoded], device):

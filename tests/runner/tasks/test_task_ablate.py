@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from helpers.cli import cli, write_spec
 from helpers.task_runs import rows, run_spec
-from helpers.tolerances import logprob_tolerance
+from helpers.tolerances import logprob_tolerance, max_abs_logit
 from lmsweep.jobs.errors import SpecError
 from lmsweep.jobs.plan import plan_spec
 from lmsweep.jobs.spec import load_spec
@@ -288,26 +288,48 @@ def test_heads_all_plans_a_variant_per_layer_and_head_and_bad_targets_are_refuse
     assert len(out.stderr.strip().splitlines()) == 1
 
 
-def test_the_clean_pass_runs_once_per_prompt_not_per_variant(tiny_llama):
+def test_the_clean_pass_runs_once_per_prompt_not_per_variant(tiny_llama, monkeypatch):
     from lmsweep.core.task_registry import get_task
+    from lmsweep.runner.tasks.ablate import batch
     from lmsweep.runner.units import TaskContext, Unit
 
     task = get_task("ablate")
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     passes = []
-    model.register_forward_hook(lambda mod, args, kwargs, out: passes.append(kwargs["input_ids"].shape[0]),
-                                with_kwargs=True)
+    counting = model.register_forward_hook(lambda mod, args, kwargs, out: passes.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
     units = [Unit(unit_id=f"u{i}", unit_key=f"u{i}", element=0, variant=0, point_index=None, point=None, seed=None,
                   prompt={"prompt_text": t, "label": None, "meta": "{}"})
              for i, t in enumerate(["The capital of France is", "Shakespeare was a"])]
-    for head in range(4):
-        variant = task.variant({"type": "ablate", "site": "head", "layer": 1, "head": head, "method": "mean",
-                                "target_column": "label", "target_prefix": " ",
-                                "continuation_column": "continuation", "clean_column": "clean"})
-        got, errors = task.run(TaskContext(model, tok, variant), units)
-        assert len(got) == 2 and not errors
+
+    def sweep() -> list[dict]:
+        out = []
+        for head in range(4):
+            variant = task.variant({"type": "ablate", "site": "head", "layer": 1, "head": head, "method": "mean",
+                                    "target_column": "label", "target_prefix": " ",
+                                    "continuation_column": "continuation", "clean_column": "clean"})
+            got, errors = task.run(TaskContext(model, tok, variant), units)
+            assert len(got) == 2 and not errors
+            out += got
+        return out
+
+    kept = sweep()
     assert passes == [2] + [2] * 4           # one clean pass of both prompts, then one intervened pass per variant
+    # a cache smaller than a batch (it keeps one prompt): each batch runs the other prompt's clean pass again,
+    # and the rows are the same
+    batch._CLEAN.clear()
+    monkeypatch.setattr(batch, "CLEAN_PROMPTS", 1)
+    passes.clear()
+    again = sweep()
+    assert passes == [2, 2] + [1, 2] * 3
+    assert [r["top1_id"] for r in again] == [r["top1_id"] for r in kept]
+    # the clean passes ran in other batches: equal within rounding. |Δ KL| ≤ 2 tol + tol·Σ p |log p − log q|, and
+    # |log p − log q| ≤ 4 max|logit| per token (each log-softmax moves a logit by at most twice the largest)
+    counting.remove()
+    biggest = max_abs_logit(model, [tok(u.prompt["prompt_text"])["input_ids"] for u in units])
+    tol = logprob_tolerance(model.config, biggest)
+    assert max(abs(a["kl"] - b["kl"]) for a, b in zip(again, kept)) <= 2 * tol + tol * 4 * biggest
 
 
 def test_compare_passes_another_batch_size_and_fails_a_perturbed_model(tiny_llama, tmp_path):
