@@ -5,6 +5,12 @@ Throughput on a CPU rises with the batch (SmolLM2 bench workload: 185 tokens/s a
 or a big model, and on Linux a process past its memory is killed, not handed an exception to back off
 from: the start is therefore capped so the batch's key/value cache and logits fit in a quarter of the
 memory available now.
+
+A scoring batch (a task without decoding: loglikelihood, classify, next_token, ...) is sized by tokens rather
+than rows: its cost and memory are rows × longest prompt (× the vocabulary, for logits: SmolLM2 holds 1 GB of
+them per 5,500 tokens), not rows, and a scoring forward pass gains nothing from more rows once it holds a few
+thousand tokens. Its start is TOKENS_PER_BATCH tokens over its longest prompt's estimated length, at most
+START rows (short prompts keep 256). Generation keeps its row start: its steps are one token a row.
 """
 from __future__ import annotations
 
@@ -12,21 +18,32 @@ from pathlib import Path
 
 START = {"cpu": 256, "cuda": 256}
 MEMORY_SHARE = 0.25
+TOKENS_PER_BATCH = {"cpu": 4096, "cuda": 65536}     # scoring batches: rows × the longest prompt's tokens
+CHARS_PER_TOKEN = 4                                 # jobs.plan.prompt_token_estimate's guess (no tokenizer here)
 
 
 def start_size(model, units: list, accelerator: str) -> tuple[int, str]:
     """(rows per batch, why) for these units on this model."""
-    start = START.get(accelerator, 64)
+    start, why = START.get(accelerator, 64), ""
+    if units and all(u.point is None for u in units):
+        tokens = max(1, _longest_chars(units) // CHARS_PER_TOKEN)
+        budget = TOKENS_PER_BATCH.get(accelerator, TOKENS_PER_BATCH["cpu"])
+        if budget // tokens < start:
+            start, why = max(1, budget // tokens), f" ({budget} tokens a batch, rows of up to ~{tokens})"
     available = _available_bytes(accelerator)
     per_row = _bytes_per_row(model, units)
     if not available or not per_row:
-        return start, f"auto: {start} (memory use not estimated)"
+        return start, f"auto: {start}{why} (memory use not estimated)"
     fits = int(available * MEMORY_SHARE // per_row)
     if fits >= start:
-        return start, f"auto: {start}"
+        return start, f"auto: {start}{why}"
     size = max(1, fits)
     return size, (f"auto: {size}, capped from {start} so a batch's cache and logits (~{per_row / 2**20:.0f} MiB a "
                   f"row) fit in {MEMORY_SHARE:.0%} of the {available / 2**30:.1f} GiB available")
+
+
+def _longest_chars(units: list) -> int:
+    return max(len(u.prompt["prompt_text"]) + len(u.prompt.get("system_prompt") or "") for u in units)
 
 
 def _bytes_per_row(model, units: list) -> int | None:
@@ -44,8 +61,7 @@ def _bytes_per_row(model, units: list) -> int | None:
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     element = next((p.element_size() for p in model.parameters()), 4)
     new_tokens = max((u.point.max_new_tokens if u.point is not None else 0) for u in units)
-    longest = max(len(u.prompt["prompt_text"]) + len(u.prompt.get("system_prompt") or "") for u in units)
-    longest += new_tokens + 32                                    # + a chat template's own tokens
+    longest = _longest_chars(units) + new_tokens + 32              # + a chat template's own tokens
     vocab = getattr(text, "vocab_size", 0) or 0
     return 2 * layers * kv_heads * head_dim * element * longest + 4 * vocab * 4
 
