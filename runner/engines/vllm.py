@@ -40,7 +40,7 @@ from typing import Any
 
 from lmsweep.core.engine import Engine, Settings, register_engine
 from lmsweep.jobs.errors import SpecError
-from lmsweep.runner.engines.base import GenerationRequest, TopK
+from lmsweep.runner.engines.base import Generated, GenerationRequest, TopK
 from lmsweep.runner.units import TaskContext
 
 AUTO_CHUNK = 512                 # units per chunk for batch_size: auto
@@ -134,7 +134,7 @@ class Vllm(Engine):
     def eos_ids(self, ctx: TaskContext) -> list[int]:
         return ctx.model.eos_ids
 
-    def generate(self, ctx: TaskContext, requests: list[GenerationRequest]) -> list[list[list[int]]]:
+    def generate(self, ctx: TaskContext, requests: list[GenerationRequest]) -> list[list[Generated]]:
         """One vLLM request per returned sequence (its own seed), one `LLM.generate` call per sampler path
         (`sampler_paths`), so the expensive paths run only over the requests that need them. A request's
         tokens depend on its prompt, parameters and seed, not on what shares its call."""
@@ -142,13 +142,13 @@ class Vllm(Engine):
 
         stop = ctx.model.eos_ids
         flat = [(r, seed) for r in requests for seed in r.seeds]
-        tokens: list[list[int]] = [[] for _ in flat]
+        tokens: list[Generated] = [Generated([]) for _ in flat]
         for path, rows in sampler_paths([r.point for r, _ in flat]).items():
             outputs = ctx.model.llm.generate([TokensPrompt(prompt_token_ids=flat[i][0].prompt_ids) for i in rows],
                                              [sampling_params(flat[i][0].point, flat[i][1], stop) for i in rows],
                                              use_tqdm=False)
             for i, output in zip(rows, outputs):
-                tokens[i] = list(output.outputs[0].token_ids)
+                tokens[i] = generated(output.outputs[0])
             self.calls["generate"] += 1
             self.calls["generate_paths"][path] = self.calls["generate_paths"].get(path, 0) + 1
         out, row = [], 0
@@ -353,13 +353,24 @@ def eos_ids(path: Path, tokenizer) -> list[int]:
     return [i for i in ids if i is not None]
 
 
+def generated(completion) -> Generated:
+    """A vLLM completion as the task reads it: its token ids and each one's log-probability under the model's raw
+    logits (log-softmax before penalties, temperature and top-k/p: logprobs_mode "raw_logprobs", vLLM's default;
+    the same quantity as the hf engine's)."""
+    ids = list(completion.token_ids)
+    if completion.logprobs is None:
+        return Generated(ids)
+    return Generated(ids, [float(position[t].logprob) for position, t in zip(completion.logprobs, ids)])
+
+
 def sampling_params(point, seed: int | None, stop: list[int]):
     """One request's SamplingParams for a decoding point: greedy (temperature 0) or seeded sampling, each
     parameter through the engine's mapping (KEYWORDS, SAMPLED)."""
     from vllm import SamplingParams
 
     common = {keyword: getattr(point, name) for name, keyword in KEYWORDS.items()}
-    common |= {"stop_token_ids": stop, "detokenize": False, "n": 1}
+    # logprobs=0: the sampled token's log-probability alone, from the raw logits (vLLM's default logprobs_mode)
+    common |= {"stop_token_ids": stop, "detokenize": False, "n": 1, "logprobs": 0}
     if not point.do_sample:
         return SamplingParams(temperature=0.0, **common)
     sampled = {keyword: unset if getattr(point, name) is None else getattr(point, name)
