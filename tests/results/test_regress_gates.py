@@ -205,6 +205,34 @@ def test_a_temperature_change_fires_the_mean_logprob_gate_and_agrees_with_scipy(
     assert "mean_logprob" not in set(old.statistics["metric"]) and old.passed
 
 
+PENALTY = """
+name: penalty
+models: [{{alias: tiny, source: {model}}}]
+prompts: [{{name: p, items: {prompts}}}]
+task: generate
+decoding:
+  max_new_tokens: 48
+  seeds: {seeds}
+  include: [{{temperature: 0.7}}, {{temperature: 0.7, repetition_penalty: 1.2}}]
+execution: {{batch_size: 64}}
+"""
+
+
+def test_a_repetition_penalty_slipped_into_sampling_fires_the_distinct_1_gate(tmp_path, tiny_llama):
+    """A repetition penalty of 1.2 where none was asked for: each 48-token text of the tiny model repeats fewer
+    of its tokens (distinct-1 up by about 0.08, beyond its 0.05 threshold); Mann–Whitney's p is scipy's."""
+    spec = tmp_path / "penalty.yaml"
+    spec.write_text(PENALTY.format(model=tiny_llama, prompts=PROMPTS, seeds=list(range(15))))
+    df = load(run(spec, tmp_path / "runs"))
+    base = df[df["decoding"] == "sample t=0.7"]
+    penalised = as_if_asked_for(df[df["decoding"] == "sample t=0.7 rep=1.2"], "sample t=0.7")
+    c = compare_frames(base, penalised, side("generate"), side("generate"), tolerances=NO_UNMATCHED, gates=Gates())
+    row = gate_rows(c, "distinct_1").iloc[0]
+    d1 = [[len(set(ids)) / len(ids) if len(ids) else 1.0 for ids in g["token_ids"]] for g in (base, penalised)]
+    assert row["p"] == pytest.approx(sps.mannwhitneyu(d1[1], d1[0], alternative="two-sided").pvalue, rel=1e-12)
+    assert row["difference"] > 0.05 and row["verdict"] == "REGRESSION" and not c.passed
+
+
 NEXT = """
 name: nt
 models: [{{alias: tiny, source: {model}}}]
