@@ -45,14 +45,16 @@ POINTS = ["{}", "{temperature: 0.2}", "{temperature: 1.0, num_return_sequences: 
           "{top_k: 10}", "{repetition_penalty: 1.5}"]
 TOP_K = 50                  # above vLLM's default max_logprobs (20)
 LONG_PROMPTS = 80
+ALONE_PROMPTS = 2           # each point alone runs on the first prompts (their unit ids are the grid's)
 # vLLM's batch-wide sampler paths of POINTS (runner/engines/vllm.py, sampler_path): greedy, t=0.2 and t=1.0 share
 # the plain one; top_p, top_k and the repetition penalty each switch on their own.
 POINT_PATHS = ["plain", "plain", "plain", "top_p", "top_k", "penalty"]
 COLUMNS = ["unit_id", "sequence_index", "decoding", "seed", "text", "token_ids", "num_new_tokens", "finish_reason"]
 
 
-def generate_spec(name: str, backend: str, batch_size: int = 64, points: list[str] = POINTS) -> str:
-    items = "".join(f"      - {{id: p{i}, text: {text!r}}}\n" for i, text in enumerate(PROMPTS))
+def generate_spec(name: str, backend: str, batch_size: int = 64, points: list[str] = POINTS,
+                  prompts: list[str] = PROMPTS) -> str:
+    items = "".join(f"      - {{id: p{i}, text: {text!r}}}\n" for i, text in enumerate(prompts))
     include = "".join(f"    - {p}\n" for p in points)
     return (f"name: {name}\nmodels:\n  - alias: smollm2\n    source: package:smollm2-135m-instruct\n"
             f"prompts:\n  - name: seeds\n    items:\n{items}task: generate\n"
@@ -107,7 +109,8 @@ def specs(tmp_path_factory) -> Path:
     (d / "nt.yaml").write_text(next_token_spec("nt", "vllm"))
     (d / "resume.yaml").write_text(generate_spec("resume", "vllm", batch_size=12))
     for i, point in enumerate(POINTS):
-        (d / f"point{i}.yaml").write_text(generate_spec(f"point{i}", "vllm", points=[point]))
+        (d / f"point{i}.yaml").write_text(generate_spec(f"point{i}", "vllm", points=[point],
+                                                        prompts=PROMPTS[:ALONE_PROMPTS]))
     (d / "long.yaml").write_text(long_prompts_spec("long"))
     return d
 
@@ -208,11 +211,12 @@ def test_next_token_topk_matches_hf(engine_runs, hf_runs, smollm2_dir):
 
 def test_a_mixed_grid_gives_each_point_alone_rows_in_one_engine_call_per_sampler_path(engine_runs):
     """The generate spec's six points in one chunk give, sequence for sequence, the rows each point's own spec
-    gives (same seeds): grouping the chunk's requests changes what shares a vLLM call, not what a request draws.
-    The chunk went to the engine in one call per sampler path, each point alone in one."""
-    grid = ordered(lmsweep.load(succeeded(engine_runs["gen"])))
+    gives (same seeds; on the first prompts): grouping the chunk's requests changes what shares a vLLM call, not
+    what a request draws. The chunk went to the engine in one call per sampler path, each point alone in one."""
     alone = ordered(pd.concat([lmsweep.load(succeeded(engine_runs[f"point{i}"])) for i in range(len(POINTS))]))
-    assert len(grid) == len(PROMPTS) * (2 + 2 * 5)          # 2 greedy points; 4 sampled (one returns 2) × 2 seeds
+    grid = ordered(lmsweep.load(succeeded(engine_runs["gen"])))
+    grid = grid[grid["unit_id"].isin(alone["unit_id"])].reset_index(drop=True)
+    assert len(alone) == ALONE_PROMPTS * (2 + 2 * 5)        # 2 greedy points; 4 sampled (one returns 2) × 2 seeds
     pd.testing.assert_frame_equal(grid, alone)
     paths = dict.fromkeys(POINT_PATHS, 1)
     assert engine_runs["gen"]["meta"]["vllm_calls"] == {"generate": len(paths), "generate_paths": paths,
