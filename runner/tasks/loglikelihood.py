@@ -23,6 +23,11 @@ is scored exactly once. `stride` defaults to `max_length` (disjoint windows: exa
 
 Windows are right-padded in a batch: real tokens keep positions 0..n-1 and, causal attention, never
 see padding, so a unit's scores do not depend on its batch-mates.
+
+Pairs that fit one window are scored with each distinct context run once (runner/shared_context.py: its
+last logits score every continuation's first token, its key/value cache the rest), so the answers to one
+question cost the question once; pairs beyond the window, and models without a plain key/value cache, go
+through the windows above.
 """
 from __future__ import annotations
 
