@@ -153,7 +153,7 @@ class LogitLens(Task):
         latency = time.perf_counter() - start
         rows = []
         for b, u in enumerate(keep):
-            target = _target(tok, u.prompt, p)
+            target = target_columns(tok, u.prompt, p)
             common = {"unit_id": u.unit_id, "num_layers": n_layers,
                       "num_prompt_tokens": len(forward.kept[b]), "batch_latency_s": latency, **target}
             for j, layer in enumerate(layers):
@@ -279,7 +279,7 @@ def _text_config(model):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
-def _target(tok, prompt: dict, p: LogitLensParams) -> dict:
+def target_columns(tok, prompt: dict, p: LogitLensParams) -> dict:
     """The target columns of one prompt: the target, its first token as the model sees it after the prompt."""
     target = target_of(prompt.get("label"), prompt.get("meta"), p.target_column)
     if target is None:

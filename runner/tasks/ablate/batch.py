@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmsweep.runner.tasks.ablate.sites import SITES, Sites, head_slice, intervene, record, sites_of
-from lmsweep.runner.tasks.logit_lens import _target, target_of
+from lmsweep.runner.tasks.logit_lens import target_columns, target_of
 from lmsweep.runner.tasks.loglikelihood import continuation_of, encode
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
 
@@ -34,7 +34,7 @@ class Encoded:
     unit: Unit
     ids: tuple[int, ...]           # the prompt's tokens, then the continuation's
     n_ctx: int                     # the prompt's tokens: the next token is read after ids[n_ctx - 1]
-    target: dict                   # the target columns (logit_lens._target), {} without a target
+    target: dict                   # the target columns (logit_lens.target_columns), {} without a target
     continuation: str | None
     clean_prompt: str | None = None                # patching: the clean prompt and its tokens
     clean_ids: tuple[int, ...] | None = None
@@ -97,7 +97,7 @@ def encode_unit(tok, u: Unit, p, limit: int | None) -> Encoded:
     context = tok(text, add_special_tokens=add)["input_ids"]
     if not context:
         raise UnitFailure("the prompt is empty: it tokenizes to 0 tokens")
-    target = _target(tok, u.prompt, p)
+    target = target_columns(tok, u.prompt, p)
     continuation = continuation_of(u.prompt.get("meta"), p.continuation_column)
     if continuation is not None:
         ids, n_ctx, _, continuation = encode(tok, u.prompt, p.continuation_column)
