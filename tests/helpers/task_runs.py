@@ -50,3 +50,14 @@ def make_tiny_bert(path: Path, head: str, id2label: dict[int, str], seed: int = 
            "encoder": BertModel}[head]
     cls(cfg).save_pretrained(path)
     return path
+
+
+# Two prompts whose attention patterns differ (a short one and one with a long-range reference), as the attention
+# tests' prompt set.
+ATTENTION_PROMPTS = """
+prompts:
+  - name: seeds
+    items:
+      - {id: father, text: "No, I am your father"}
+      - {id: animal, text: "The animal didn't cross the street because it was too tired"}
+"""

@@ -8,17 +8,10 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from helpers.cli import cli
+from helpers.task_runs import ATTENTION_PROMPTS as PROMPTS
 from helpers.task_runs import rows, run_spec
 from helpers.tolerances import logprob_tolerance
 from lmsweep.runner.tasks.attention_views import attention_matrix
-
-PROMPTS = """
-prompts:
-  - name: seeds
-    items:
-      - {id: father, text: "No, I am your father"}
-      - {id: animal, text: "The animal didn't cross the street because it was too tired"}
-"""
 
 
 def spec(model, task: str, name: str = "att") -> str:

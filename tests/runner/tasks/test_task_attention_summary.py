@@ -13,20 +13,13 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from helpers.cli import cli
-from helpers.task_runs import rows, run_spec
+from helpers.task_runs import ATTENTION_PROMPTS, rows, run_spec
 from helpers.tiny_models import ARCHITECTURES, tiny_causal_lm
 from helpers.tolerances import logprob_tolerance
 from lmsweep.runner.tasks.attention_views import attention_matrix
 
 TEXTS = ("No, I am your father", "The animal didn't cross the street because it was too tired")
-PROMPTS = """
-prompts:
-  - name: seeds
-    items:
-      - {id: father, text: "No, I am your father"}
-      - {id: animal, text: "The animal didn't cross the street because it was too tired"}
-      - {id: one, text: "No"}
-"""
+PROMPTS = ATTENTION_PROMPTS + '      - {id: one, text: "No"}\n'
 SUMMARY = ["row_entropy", "sink_mass", "prev_token_mass", "diag_mass", "mean_distance"]
 
 

@@ -10,15 +10,8 @@ import pandas as pd
 import pytest
 
 from helpers.cli import cli
+from helpers.task_runs import ATTENTION_PROMPTS as PROMPTS
 from helpers.task_runs import rows, run_spec
-
-PROMPTS = """
-prompts:
-  - name: seeds
-    items:
-      - {id: father, text: "No, I am your father"}
-      - {id: animal, text: "The animal didn't cross the street because it was too tired"}
-"""
 
 
 @pytest.fixture(scope="module")
