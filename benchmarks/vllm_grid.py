@@ -166,6 +166,8 @@ def run(args) -> int:
                     got[name] = lmsweep_worker(python, spec, work, env)
                 got[name]["load_avg"] = load_avg
                 got[name].pop("token_ids", None)
+                print(f"round {r + 1}: {name}: {got[name]['tokens_per_s']:.1f} tokens/s, "
+                      f"{got[name].get('wall_s', got[name]['after_load_s']):.1f} s", file=sys.stderr, flush=True)
             rounds.append(got)
         raw.stdin.close()
         raw.wait()
