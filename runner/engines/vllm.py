@@ -144,9 +144,8 @@ class Vllm(Engine):
         flat = [(r, seed) for r in requests for seed in r.seeds]
         tokens: list[Generated] = [Generated([]) for _ in flat]
         for path, rows in sampler_paths([r.point for r, _ in flat]).items():
-            outputs = ctx.model.llm.generate([TokensPrompt(prompt_token_ids=flat[i][0].prompt_ids) for i in rows],
-                                             [sampling_params(flat[i][0].point, flat[i][1], stop) for i in rows],
-                                             use_tqdm=False)
+            outputs = engine_call(ctx.model.llm, [TokensPrompt(prompt_token_ids=flat[i][0].prompt_ids) for i in rows],
+                                  [sampling_params(flat[i][0].point, flat[i][1], stop) for i in rows])
             for i, output in zip(rows, outputs):
                 tokens[i] = generated(output.outputs[0])
             self.calls["generate"] += 1
@@ -166,14 +165,29 @@ class Vllm(Engine):
         if k > ctx.model.max_logprobs:
             raise RuntimeError(f"top_k={k} is above the engine's max_logprobs={ctx.model.max_logprobs}")
         params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=k, detokenize=False)
-        outputs = ctx.model.llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompts], params,
-                                         use_tqdm=False)
+        outputs = engine_call(ctx.model.llm, [TokensPrompt(prompt_token_ids=ids) for ids in prompts], params)
         self.calls["next_token"] += 1
         found = []
         for out in outputs:
             ranked = sorted(out.outputs[0].logprobs[0].items(), key=lambda kv: (kv[1].rank, kv[0]))[:k]
             found.append(TopK([t for t, _ in ranked], [math.exp(lp.logprob) for _, lp in ranked], None))
         return found
+
+
+def engine_call(llm, prompts: list, params) -> list:
+    """`LLM.generate` over `prompts`, its outputs in their order, and only theirs. A call that raised (a unit
+    that fails inside the engine, which the worker then retries unit by unit) leaves its requests in the
+    engine, and vLLM's next call would return them too, sorted first: read by position, every row after
+    them would belong to another unit. So requests no caller waits for are aborted before the call, and the
+    outputs are checked against the prompts they answer."""
+    engine = llm.llm_engine
+    if engine.has_unfinished_requests():
+        engine.abort_request(list(engine.output_processor.request_states))
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    if len(outputs) != len(prompts) or any(o.prompt_token_ids != p["prompt_token_ids"]
+                                           for o, p in zip(outputs, prompts)):
+        raise RuntimeError(f"vLLM answered {len(outputs)} requests for {len(prompts)} prompts, or out of order")
+    return outputs
 
 
 # ---- effects: environment, devices, the engine ---------------------------------------------------------
