@@ -30,12 +30,28 @@ EXIT_PREEMPTED = 3
 DEFAULT_GRACE = 8.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-_state = {"installed": False, "signum": None, "grace": DEFAULT_GRACE}
+_state = {"installed": False, "signum": None, "grace": DEFAULT_GRACE, "acknowledged": False}
+_acknowledging = threading.Lock()
 
 
 def stop_requested() -> bool:
-    """True once SIGTERM or SIGINT arrived (always False unless `install()` ran)."""
-    return _state["signum"] is not None
+    """True once SIGTERM or SIGINT arrived (always False unless `install()` ran). The stop is acknowledged on
+    stderr before this first says so, so the log has it even when the batch ends before the watchdog runs."""
+    if _state["signum"] is None:
+        return False
+    _acknowledge(_state["signum"])
+    return True
+
+
+def _acknowledge(signum: int) -> None:
+    """Say once that the stop arrived and what happens now: from the watchdog thread or, when the main thread
+    notices first (a batch that ends while the watchdog waits for the GIL under load), from the main thread."""
+    with _acknowledging:
+        if _state["acknowledged"]:
+            return
+        _state["acknowledged"] = True
+    print(f"{signal.Signals(signum).name} received: finishing the current batch (at most {_state['grace']:g}s), "
+          f"then exiting with code {EXIT_PREEMPTED}; rerun to continue", file=sys.stderr, flush=True)
 
 
 def request_stop(reason: str) -> None:
@@ -43,6 +59,7 @@ def request_stop(reason: str) -> None:
     batches, without the grace watchdog (the main thread asks, so it is at a batch boundary)."""
     if _state["signum"] is None:
         _state["signum"] = int(signal.SIGTERM)
+        _state["acknowledged"] = True
         print(f"{reason}: no new batch; exiting with code {EXIT_PREEMPTED}", file=sys.stderr, flush=True)
 
 
@@ -84,9 +101,7 @@ def _watchdog(read_fd: int) -> None:
     if _state["signum"] is None:
         _state["signum"] = hits[0]
     grace = _state["grace"]
-    name = signal.Signals(hits[0]).name
-    print(f"{name} received: finishing the current batch (at most {grace:g}s), then exiting with code "
-          f"{EXIT_PREEMPTED}; rerun to continue", file=sys.stderr, flush=True)
+    _acknowledge(hits[0])
     time.sleep(grace)
     print(f"grace of {grace:g}s over: abandoning the current batch; exiting with code {EXIT_PREEMPTED}",
           file=sys.stderr, flush=True)

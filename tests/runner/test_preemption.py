@@ -233,3 +233,18 @@ def test_slurm_scancel_term_and_requeue_keep_every_unit_exactly_once(slurm_env, 
     raw = raw_rows(exp)
     assert raw.groupby("unit_id").size().max() == 1 and len(raw) == len(prompts)
     assert lmsweep.status(exp).complete
+
+
+def test_the_stop_is_acknowledged_when_the_main_thread_sees_it_before_the_watchdog(monkeypatch, capsys):
+    """Under load a batch can end, and the worker exit 3, before the watchdog thread gets the GIL to say the
+    signal arrived: the log then said "preempted" with no word of the SIGTERM (seen in a fresh-clone run). The
+    main thread's check acknowledges it then, once, whoever comes first."""
+    from lmsweep.runner import signals
+
+    monkeypatch.setattr(signals, "_state", {**signals._state, "signum": None, "acknowledged": False})
+    assert not signals.stop_requested() and capsys.readouterr().err == ""
+    signals._handler(signal.SIGTERM, None)          # what the signal handler does; no watchdog runs here
+    assert signals.stop_requested() and signals.stop_requested()
+    assert capsys.readouterr().err.count("SIGTERM received: finishing the current batch") == 1
+    signals._acknowledge(signal.SIGTERM)            # the watchdog, late: nothing more
+    assert capsys.readouterr().err == ""
