@@ -179,8 +179,8 @@ def test_kill_9_of_the_run_leaves_a_worker_that_stops_after_its_batch_instead_of
 def test_a_second_sigterm_kills_the_worker_at_once_and_still_exits_3(tmp_path, tiny_llama):
     """Batches of 4 × 200 tokens (seconds each): the first TERM lands inside the first batch, the second
     one as soon as the worker has acknowledged the first; the run kills its worker then and exits 3."""
-    def model_loaded(exp: Path) -> bool:
-        return (exp / "logs").is_dir() and "loaded model" in element_log(exp)
+    def model_loaded(exp: Path) -> bool:       # the logs folder is made before the element's log file
+        return any((exp / "logs").glob("element-*.log")) and "loaded model" in element_log(exp)
 
     def twice(pid: int, exp: Path) -> None:
         time.sleep(0.3)
