@@ -249,9 +249,8 @@ def packing_note(spec, plan) -> list[str]:
              f"80% of walltime {ex.walltime}, as `lmsweep run` runs them")
     try:
         sp = pack_spec(spec, plan, ex.system, "execution.system", Flags(), live=False)
-    except SpecError:     # e.g. no account yet: validate is not the place to insist; submit will
-        return [sized, f"`lmsweep submit --system {ex.system} --dry-run` packs them for its queue and says how "
-                       f"(the same elements where the queue's capacity is the same)"]
+    except SpecError as e:     # e.g. no account yet, or a unit beyond the walltime: validate says, submit refuses
+        return [sized, f"`lmsweep submit --system {ex.system}` would refuse them now: {e.message}"]
     if same_elements(plan, sp):
         return []
     p = sp.packing

@@ -141,6 +141,19 @@ def test_validate_and_submit_explain_their_element_counts(tmp_path, tiny_llama):
             f"re-packed for polaris queue debug: {n_submit} element(s) of 1 node(s) x 4 rank(s)") in lines
 
 
+def test_validate_says_why_submit_would_refuse_a_unit_beyond_the_walltime(tmp_path, tiny_llama):
+    """One unit of 64 new tokens at 1 token/s is 64 s, beyond 80% of a 10 s walltime: submit refuses (exit 2);
+    validate (which `lmsweep run` needs no walltime for) passes and says what submit would say, not just that
+    submit 'says how' (it said so and was silent on why, found by the one-packer test)."""
+    spec = spec_file(tmp_path, tiny_llama, seeds=1,
+                     extra='  system: local\n  walltime: "00:00:10"\n  tokens_per_second: 1')
+    refusal = "one unit is estimated at 64 s of work, more than 80% of walltime 00:00:10"
+    val = " ".join(cli("validate", str(spec), check=True).stdout.split())
+    assert f"`lmsweep submit --system local` would refuse them now: {refusal}" in val, val
+    sub = cli("submit", str(spec), "--dry-run")
+    assert sub.returncode == 2 and refusal in sub.stderr, sub.stderr
+
+
 @pytest.mark.parametrize("system, extra, figure", [
     ("polaris", "", "400 tokens/s per rank (system profile polaris's default; set execution.tokens_per_second"),
     ("aurora", "", "200 tokens/s per rank (system profile aurora's default;"),
