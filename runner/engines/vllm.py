@@ -182,7 +182,7 @@ def engine_call(llm, prompts: list, params) -> list:
     outputs are checked against the prompts they answer."""
     engine = llm.llm_engine
     if engine.has_unfinished_requests():
-        engine.abort_request(list(engine.output_processor.request_states))
+        engine.abort_request(list(engine.output_processor.request_states), internal=True)   # keyed by internal id
     outputs = llm.generate(prompts, params, use_tqdm=False)
     if len(outputs) != len(prompts) or any(o.prompt_token_ids != p["prompt_token_ids"]
                                            for o, p in zip(outputs, prompts)):
