@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -86,10 +87,12 @@ RUNNABLE = [(where, code) for where, code in snippets()
 
 
 @pytest.mark.parametrize("where,code", RUNNABLE, ids=[w for w, _ in RUNNABLE])
-def test_the_snippet_runs(where, code, runs, monkeypatch):
+def test_the_snippet_runs(where, code, runs, monkeypatch, tmp_path):
+    script = tmp_path / (re.sub(r"\W", "_", where) + ".py")
+    script.write_text(code)
     monkeypatch.chdir(runs)
     with contextlib.redirect_stdout(io.StringIO()) as out:
-        exec(compile(code, where, "exec"), {"__name__": "__docs__"})
+        runpy.run_path(str(script))
     if "print(" in code:
         assert out.getvalue().strip(), f"{where} printed nothing"
 
