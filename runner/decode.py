@@ -123,7 +123,7 @@ def decode(model, prompts: list[list[int]], processors: ProcessorFactory, eos_id
     width = max(len(p) for p in unique)
     logits, layer_states = [], []
     for chunk in _prefill_chunks([len(unique[u]) for u in prefill]):
-        ids, mask = _left_pad([list(unique[prefill[i]]) for i in chunk], pad_id, device)
+        ids, mask = left_pad([list(unique[prefill[i]]) for i in chunk], pad_id, device)
         kwargs = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}
         if "position_ids" in accepts:
             kwargs["position_ids"] = _positions(mask)
@@ -147,7 +147,7 @@ def decode(model, prompts: list[list[int]], processors: ProcessorFactory, eos_id
     scores = torch.cat(logits)[pick]
     rows = list(order)                                         # caller's row index of each batch row
     lengths = torch.tensor([len(prompts[i]) for i in rows], device=device)
-    ids, mask = _left_pad([prompts[i] for i in rows], pad_id, device)
+    ids, mask = left_pad([prompts[i] for i in rows], pad_id, device)
     input_ids = torch.full((len(rows), width + max_new_tokens), pad_id, dtype=torch.long, device=device)
     input_ids[:, :width] = ids
     attention = torch.zeros((len(rows), width + max_new_tokens), dtype=mask.dtype, device=device)
@@ -203,7 +203,9 @@ def _prefill_chunks(lengths: list[int]) -> list[list[int]]:
     return chunks + [current]
 
 
-def _left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(rows: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token rows as (input_ids, attention_mask) on `device`, padded on the left to the longest, so every row's
+    last token is in the last column (decoding, scoring a context's next token)."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lmsweep.runner.decode import left_pad
+
 ELEMENTS_BUDGET = 1 << 28        # logits plus copied cache values per forward pass (1 GiB in float32)
 
 
@@ -89,12 +91,8 @@ def _score_group(model, params, pad_id: int, contexts: list[list[int]], pairs: l
     """One forward pass over the contexts (left-padded, keeping the cache), then the longer continuations."""
     from transformers import DynamicCache
 
-    width = max(map(len, contexts))
-    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(contexts), width), dtype=torch.long)
-    for i, c in enumerate(contexts):
-        ids[i, width - len(c):] = torch.tensor(c)
-        mask[i, width - len(c):] = 1
+    ids, mask = left_pad(contexts, pad_id, "cpu")
+    width = ids.shape[1]
     kwargs = {"past_key_values": DynamicCache(), "use_cache": True}
     if "position_ids" in params:
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)

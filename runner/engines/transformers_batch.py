@@ -137,7 +137,7 @@ def score(model, tok, prompts: list[list[int]], sequences: list[list[int]], eos_
     out: list[list[float]] = []
     for start in range(0, len(kept), SCORE_ROWS):
         rows = range(start, min(start + SCORE_ROWS, len(kept)))
-        ids, mask = decode._left_pad([list(prompts[i]) + kept[i] for i in rows], tok.pad_token_id, device)
+        ids, mask = decode.left_pad([list(prompts[i]) + kept[i] for i in rows], tok.pad_token_id, device)
         width = max(len(kept[i]) for i in rows)
         kwargs = {"logits_to_keep": width + 1} if "logits_to_keep" in accepts else {}
         if "position_ids" in accepts:

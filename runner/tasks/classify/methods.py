@@ -11,6 +11,7 @@ import math
 import torch
 
 from lmsweep.runner import shared_context
+from lmsweep.runner.decode import left_pad
 from lmsweep.runner.tasks.classify import build_context, candidates, fewshot_indices, fill
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, render_prompt
 
@@ -97,12 +98,7 @@ def tail_logprobs(model, pad_id: int, sequences: list[list[int]], keep: int, dev
 
     Left-padded with explicit position ids, so each sequence is computed as if alone, and only the
     last positions' logits are materialised (batch × length × vocabulary would take gigabytes)."""
-    width = max(map(len, sequences))
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        ids[i, width - len(s):] = torch.tensor(s)
-        mask[i, width - len(s):] = 1
+    ids, mask = left_pad(sequences, pad_id, "cpu")
     # A DeepSpeed engine wraps the model (`.module`); its own forward takes *args, **kwargs.
     params = inspect.signature(getattr(model, "module", model).forward).parameters
     kwargs = {}
