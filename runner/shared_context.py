@@ -65,7 +65,7 @@ def score(model, pad_id: int, contexts: list[list[int]], pairs: list[tuple[int, 
     for j, (ci, _) in enumerate(pairs):
         of.setdefault(ci, []).append(j)
     results: list[Scored | None] = [None] * len(pairs)
-    for group in _chunks([len(c) for c in contexts], 0, per_token):
+    for group in padded_groups([len(c) for c in contexts], 0, per_token):
         at = {ci: k for k, ci in enumerate(group)}
         js = [j for ci in group for j in of.get(ci, [])]
         got = _score_group(model, params, pad_id, [contexts[ci] for ci in group],
@@ -118,13 +118,14 @@ def _score_group(model, params, pad_id: int, contexts: list[list[int]], pairs: l
             longer.append(j)
     per_token = sum(k.shape[1] * k.shape[3] + v.shape[1] * v.shape[3] for k, v in kv)
     vocab = first.shape[-1]
-    for chunk in _chunks([len(pairs[j][1]) - 1 for j in longer], width * per_token, vocab):
+    for chunk in padded_groups([len(pairs[j][1]) - 1 for j in longer], width * per_token, vocab):
         rows = [longer[i] for i in chunk]
         _continue(model, params, pad_id, kv, mask, first, pairs, rows, results, device)
     return results
 
 
-def _chunks(lengths: list[int], per_row: int, per_position: int, budget: int = ELEMENTS_BUDGET) -> list[list[int]]:
+def padded_groups(lengths: list[int], per_row: int, per_position: int,
+                  budget: int = ELEMENTS_BUDGET) -> list[list[int]]:
     """Consecutive rows per forward pass, at least one each, such that rows × (per_row + longest × per_position)
     stays under `budget`: a continuation pass copies its contexts' cache (per_row) and holds its logits (per
     position a vocabulary); a context pass holds its cache (per position)."""

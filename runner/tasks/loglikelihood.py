@@ -117,16 +117,9 @@ def logit_groups(lengths: list[int], vocab: int, budget: int = LOGITS_BUDGET) ->
     """Consecutive windows grouped into forward passes whose padded logits (rows × longest × vocab) stay
     under `budget` values, at least one window each: a batch of long windows would otherwise hold
     gigabytes of logits (8 windows of 8192 tokens × SmolLM2's 49152 tokens: 13 GB)."""
-    groups: list[list[int]] = []
-    longest = 0
-    for i, n in enumerate(lengths):
-        if groups and (len(groups[-1]) + 1) * max(longest, n) * vocab <= budget:
-            groups[-1].append(i)
-            longest = max(longest, n)
-        else:
-            groups.append([i])
-            longest = n
-    return groups
+    from lmsweep.runner.shared_context import padded_groups
+
+    return padded_groups(lengths, 0, vocab, budget)
 
 
 def continuation_of(meta: str | dict | None, column: str) -> str | None:
