@@ -32,7 +32,7 @@ from lmsweep.core.task import MAX_PROB_DELTA, PlannedUnits, Task, TaskParams
 from lmsweep.core.task_registry import register_task
 from lmsweep.runner.tasks.attention import Selection, _size, selected
 from lmsweep.runner.tasks.hidden_states import selected_layers
-from lmsweep.runner.tasks.next_token import MIN_TOPK_OVERLAP, topk_delta
+from lmsweep.runner.tasks.next_token import MIN_TOPK_OVERLAP, topk_deltas
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, forward_prompts, render_prompt
 
 if TYPE_CHECKING:
@@ -204,8 +204,7 @@ class LogitLens(Task):
         if both.empty:
             checks.append(Check("logit-lens max |Δp|", None, tol.max_prob_delta, "<=", "no matched rows"))
             return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
-        stats = [topk_delta(list(ia), list(qa), list(ib), list(qb)) for ia, qa, ib, qb in
-                 zip(both["topk_ids_b"], both["topk_probs_b"], both["topk_ids_c"], both["topk_probs_c"])]
+        stats = topk_deltas(both)
         target_dp = (both["target_prob_c"].astype(float) - both["target_prob_b"].astype(float)).abs().fillna(0.0)
         out = pd.DataFrame({
             "unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],

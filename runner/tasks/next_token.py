@@ -102,8 +102,7 @@ class NextToken(Task):
         if both.empty:
             checks.append(Check("next-token max |Δp|", None, tol.max_prob_delta, "<=", "no matched rows"))
             return pd.DataFrame(columns=cols), pd.DataFrame(columns=cols)
-        stats = [topk_delta(list(ia), list(qa), list(ib), list(qb)) for ia, qa, ib, qb in
-                 zip(both["topk_ids_b"], both["topk_probs_b"], both["topk_ids_c"], both["topk_probs_c"])]
+        stats = topk_deltas(both)
         out = pd.DataFrame({
             "unit_id": both["unit_id_c"], "model": both["model_c"], "prompt_id": both["prompt_id_c"],
             "max_abs_dp": [s[0] for s in stats], "topk_overlap": [s[1] for s in stats],
@@ -139,6 +138,12 @@ class NextToken(Task):
                     Sample(model, "entropy", "paired", list(g["entropy_b"]), list(g["entropy_c"])),
                     Sample(model, "top1_prob", "paired", top1[0], top1[1])]
         return out
+
+
+def topk_deltas(both) -> list[tuple[float, float, bool]]:
+    """`topk_delta` of every matched row of a compare join (baseline columns `_b`, current `_c`)."""
+    return [topk_delta(list(ia), list(qa), list(ib), list(qb)) for ia, qa, ib, qb in
+            zip(both["topk_ids_b"], both["topk_probs_b"], both["topk_ids_c"], both["topk_probs_c"])]
 
 
 def topk_delta(ids_a, probs_a, ids_b, probs_b) -> tuple[float, float, bool]:
