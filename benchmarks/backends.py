@@ -180,13 +180,7 @@ def vllm_comparison(args) -> int:
                             str(args.max_new_tokens)], cwd=REPO, env=env, stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
-    def raw_answer() -> dict:
-        for line in raw.stdout:
-            if line.startswith("{"):
-                return json.loads(line)
-        raise SystemExit(f"raw vLLM exited {raw.wait()}")
-
-    raw_start = raw_answer()["engine_start_s"]
+    raw_start = raw_answer(raw)["engine_start_s"]
     contestants = {
         "raw vLLM": None,
         "lmsweep vllm": (VLLM_PYTHON, "vllm"),
@@ -204,7 +198,7 @@ def vllm_comparison(args) -> int:
                     load_avg = os.getloadavg()[0]
                     raw.stdin.write("run\n")
                     raw.stdin.flush()
-                    a = raw_answer()
+                    a = raw_answer(raw)
                     got[name] = {"wall_s": a["seconds"], "after_load_s": a["seconds"], "new_tokens": a["new_tokens"],
                                  "tokens_per_s": a["new_tokens"] / a["seconds"], "load_avg": load_avg,
                                  "engine_start_s": raw_start, "token_ids": a["token_ids"]}
@@ -245,6 +239,14 @@ def report_vllm(rounds: list[dict[str, dict]], args) -> int:
                                                               for n, g in got.items()} for got in rounds],
                                                "median_ratios": med}, indent=1))
     return 0
+
+
+def raw_answer(raw: subprocess.Popen) -> dict:
+    """The next JSON line the raw vLLM process (benchmarks/raw_vllm.py) prints; its log lines are skipped."""
+    for line in raw.stdout:
+        if line.startswith("{"):
+            return json.loads(line)
+    raise SystemExit(f"raw vLLM exited {raw.wait()}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks.backends import REPO, VLLM_PYTHON, bench_spec, lmsweep_worker
+from benchmarks.backends import REPO, VLLM_PYTHON, bench_spec, lmsweep_worker, raw_answer
 from benchmarks.workload import bench_prompts
 
 POINTS = [{}, {"temperature": 0.7}, {"temperature": 1.0}, {"top_p": 0.9}, {"top_k": 10}]
@@ -129,13 +129,7 @@ def run(args) -> int:
                                 str(work / "requests.json"), *(["--eager"] if eager else [])], cwd=REPO, env=env,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
-        def raw_answer() -> dict:
-            for line in raw.stdout:
-                if line.startswith("{"):
-                    return json.loads(line)
-            raise SystemExit(f"raw vLLM exited {raw.wait()}")
-
-        raw_start = raw_answer()["engine_start_s"]
+        raw_start = raw_answer(raw)["engine_start_s"]
         rounds: list[dict[str, dict]] = []
         for r in range(args.rounds):
             names = [*RAW, "lmsweep vllm", "lmsweep hf", *(("small vllm", "small hf") if r < args.small_rounds else ())]
@@ -146,7 +140,7 @@ def run(args) -> int:
                 if name in RAW:
                     raw.stdin.write(("per_point" if name == RAW[0] else "all") + "\n")
                     raw.stdin.flush()
-                    a = raw_answer()
+                    a = raw_answer(raw)
                     got[name] = {"after_load_s": a["seconds"], "new_tokens": a["new_tokens"], "calls": a["calls"],
                                  "tokens_per_s": a["new_tokens"] / a["seconds"], "engine_start_s": raw_start,
                                  "ids": dict(zip(keys, a["token_ids"]))}
