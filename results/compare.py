@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 # Columns the comparison reads, when the task's schema has them (so big task columns stay on disk).
 BASE_COLUMNS = ["unit_id", "unit_key", "model", "prompt_set", "prompt_id", "decoding", "do_sample",
-                "batch_size", "batch_latency_s", "backend", "host", "model_fingerprint", "spec_hash"]
+                "batch_size", "batch_latency_s", "backend", "host", "model_fingerprint", "spec_hash", "reproducible"]
 TIMING = {"batch_latency_s", "tokens_per_s", "finished_at", "batch_size", "load_seconds"}
 
 
@@ -221,6 +221,15 @@ def compare_frames(base_df: pd.DataFrame, cur_df: pd.DataFrame, base: SideInfo, 
     checks: list[Check] = []
     own = get_task(task).compare(both, tol, checks)                 # the task's own rule, if it has one
     diffs, info = own if own is not None else compare_outputs(both, get_task(task), tol, checks)
+    expected = expectations(both, base, cur)
+    diffs, info = with_expectation(diffs, expected), with_expectation(info, expected)
+    broken = [frame["expected"].astype(str).str.startswith("no").sum() for frame in (diffs, info)
+              if "expected" in frame]
+    if broken:
+        n = int(sum(broken))
+        checks.append(Check("differences the engine promised not to make", n, None, "<=",
+                            "rows differing although both sides ran the same software and machine and the engine "
+                            "promises them bit-identical (column `expected`); reported only"))
     checks.append(Check("units on one side only", len(unmatched), tol.max_unmatched, "<=",
                         _unmatched_detail(unmatched)))
     perf = _perf(base_df, cur_df, pairs)
@@ -230,6 +239,58 @@ def compare_frames(base_df: pd.DataFrame, cur_df: pd.DataFrame, base: SideInfo, 
     return Comparison(baseline=base, current=cur, task=task, by=join, reason=reason, matched=len(both),
                       checks=checks, unmatched=unmatched, diffs=diffs, info_diffs=info, perf=perf, tolerances=tol,
                       statistics=table, gates=settings, samples=samples)
+
+
+def expectations(both: pd.DataFrame, base: SideInfo, cur: SideInfo) -> dict[str, tuple[str, str]]:
+    """Per current unit_id: (whether a difference of its tokens is expected, whether a difference of its float
+    values alone is), from the rows' `reproducible` promise (lmsweep.core.engine.PROMISES) and what else
+    differs between the sides. A promise holds for the same model on the same machine and software only, so
+    another model, host, accelerator or package version expects differences. "Same batch" is judged by the
+    batch size."""
+    if "reproducible_b" not in both or both.empty:
+        return {}
+    other = [what for what, b, c in (("models", base.models, cur.models), ("software", base.packages, cur.packages),
+                                     ("host", base.hosts, cur.hosts),
+                                     ("accelerator", base.accelerators, cur.accelerators)) if b != c]
+    out = {}
+    for uid, pb, pc, nb, nc in zip(both["unit_id_c"], both["reproducible_b"], both["reproducible_c"],
+                                   both["batch_size_b"], both["batch_size_c"]):
+        if other:
+            both_ways = f"yes: other {' and '.join(other)}"
+            out[uid] = (both_ways, both_ways)
+        elif not (isinstance(pb, str) and isinstance(pc, str)):
+            unknown = "unknown: a side written before rows recorded their promise (schema 1)"
+            out[uid] = (unknown, unknown)
+        elif "none" in (pb, pc):
+            no_promise = "yes: the engine promises no bit-for-bit rerun here"
+            out[uid] = (no_promise, no_promise)
+        elif nb == nc:
+            broken = f"no: promised bit-identical in the same batch (batch size {nb} both)"
+            out[uid] = (broken, broken)
+        elif pb == pc == "any_batch":
+            out[uid] = (f"no: the same tokens are promised at any batch size ({nb} → {nc})",
+                        f"yes: float rounding at batch size {nb} → {nc}")
+        else:
+            beyond = f"yes: batch size {nb} → {nc}, beyond the promise ({pb.replace('_', ' ')})"
+            out[uid] = (beyond, beyond)
+    return out
+
+
+def with_expectation(frame: pd.DataFrame, expected: dict[str, tuple[str, str]]) -> pd.DataFrame:
+    """`frame` with an `expected` column, where it has rows of units. A row differs in its tokens where it
+    names exact columns (`differs_in`, compare_outputs) or a first differing token (generate); a task's own
+    frame without either is read as a token difference, the stricter reading."""
+    if not expected or "unit_id" not in frame:
+        return frame
+    if "differs_in" in frame:
+        tokens = frame["differs_in"].astype(str) != ""
+    elif "first_diff_token" in frame:
+        tokens = frame["first_diff_token"].notna()
+    else:
+        tokens = pd.Series(True, index=frame.index)
+    column = [expected[u][0 if t else 1] if u in expected else "unknown"
+              for u, t in zip(frame["unit_id"], tokens)]
+    return frame.assign(expected=column)
 
 
 def _statistics(base_df: pd.DataFrame, cur_df: pd.DataFrame, both: pd.DataFrame, pairs: dict[str, str],

@@ -11,13 +11,14 @@ import pyarrow as pa
 from lmsweep.core.task_registry import all_tasks, get_task
 from lmsweep.jobs.decoding import columns as decoding_columns
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: `reproducible` (parts of version 1 read it as null)
 
 COMMON = [
     ("experiment", pa.string()), ("spec_hash", pa.string()), ("unit_id", pa.string()),
     ("unit_key", pa.string()), ("element", pa.int32()), ("rank", pa.int32()),
     ("model", pa.string()), ("model_source", pa.string()), ("model_fingerprint", pa.string()),
     ("backend", pa.string()), ("device", pa.string()),   # device: "cpu" or "cuda:<i>" the rank was bound to
+    ("reproducible", pa.string()),   # what a rerun of the row promises: a key of lmsweep.core.engine.PROMISES
     ("prompt_set", pa.string()), ("prompt_id", pa.string()), ("prompt_text", pa.string()),
     ("label", pa.string()),
     ("variant", pa.int32()), ("point", pa.int32()), ("decoding", pa.string()), ("seed", pa.int64()),

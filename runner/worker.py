@@ -464,11 +464,18 @@ class ResultSink:
                                  before_rename=kill_points.test_hook("write"))
         self.common = _common_columns(run, rank)
         self.labels = point_labels(run.plan.points)
+        settings = rank.settings
+        self.promise = {None: settings.engine.promise(settings, None)} | {
+            i: settings.engine.promise(settings, p) for i, p in enumerate(run.plan.points)}
+
+    def promise_of(self, unit: Unit) -> str:
+        return self.promise[unit.point_index if unit.point is not None else None]
 
     def write(self, batch: list[Unit], rows: list[dict], errors: dict[str, str]) -> None:
         by_id = {u.unit_id: u for u in batch}
         now = datetime.now(timezone.utc)
         self.writer.write([{**self.common, **_unit_columns(by_id[r["unit_id"]], self.labels), **r,
+                            "reproducible": self.promise_of(by_id[r["unit_id"]]),
                             "batch_size": len(batch), "finished_at": now} for r in rows])
         self.writer.write_errors([{"unit_id": uid, "element": self.element, "rank": self.rank, "model": self.alias,
                                    "error": msg, "host": self.common["host"], "failed_at": now}

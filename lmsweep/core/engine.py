@@ -82,6 +82,18 @@ class Settings:
                 "replace_with_kernel_inject": bool(inject)}
 
 
+# ---- what a rerun promises (docs/guarantees.md, "Reproducible rows") --------------------------------------
+
+# A row's `reproducible` column: what the engine that wrote it promises when the same unit runs again on the
+# same machine and software (new software promises nothing: that is what the regression gates judge).
+PROMISES = {
+    "any_batch": "the same tokens (and top-1) at any batch size or batch-mates; every value bit-identical in the "
+                 "same batch, float values within float32 rounding in another",
+    "same_batch": "bit-identical only when rerun in the same batch (same size and batch-mates)",
+    "none": "no bit-for-bit promise; measure the noise floor with `regress --recheck`",
+}
+
+
 # ---- the contract ----------------------------------------------------------------------------------------
 
 class Engine:
@@ -210,6 +222,12 @@ class Engine:
     def sidecar(self) -> dict:
         """What the rank sidecar records about the engine beyond its backend config."""
         return {"torch_extensions_dir": None}
+
+    def promise(self, settings: Settings, point: Any) -> str:
+        """What a rerun of one row gives, on the same machine and software: a key of PROMISES, recorded in the
+        row's `reproducible` column. `point` is the unit's decoding point (jobs.decoding.DecodingPoint; None for
+        a task without one). The default, for an engine that does not say: "none"."""
+        return "none"
 
     # ---- primitives: what tasks build their rows from ------------------------------------------------------
 

@@ -76,6 +76,13 @@ class DeepSpeed(HF):
         if settings.kernel_inject is False or settings.accelerator != "cuda":
             raise _autotp_error(settings, arch, NO_AUTOTP[arch], spec_file, where)
 
+    def promise(self, settings: Settings, point) -> str:
+        """At tensor_parallel 1 without injected kernels it runs the hf decode loop; across ranks the
+        all-reduce sums in another order, and injected kernels are CUDA's."""
+        if settings.tp > 1 or settings.kernel_inject:
+            return "none"
+        return super().promise(settings, point)
+
     # ---- the rank's set-up ------------------------------------------------------------------------------
 
     def prepare_environment(self, settings: Settings) -> None:

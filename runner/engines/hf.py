@@ -31,6 +31,14 @@ class HF(Engine):
         wrapped, recorded = self.wrap(loaded.model, settings, tp_group, device, spec_file=spec_file, where=where)
         return loading.LoadedModel(wrapped, loaded.tokenizer, loaded.load_seconds, loaded.path), recorded
 
+    def promise(self, settings: Settings, point) -> str:
+        """On the CPU, each row of the decode loop is its own computation and sampling draws from the sequence's
+        own stream (tests/runner/test_reproducibility.py); beam search goes through transformers' padded batch.
+        CUDA kernels pick algorithms by shape: nothing is promised there."""
+        if settings.accelerator != "cpu":
+            return "none"
+        return "same_batch" if point is not None and point.num_beams > 1 else "any_batch"
+
     def wrap(self, model, settings: Settings, tp_group: Any, device: str, *, spec_file: str | None = None,
              where: str = "model") -> tuple[Any, dict]:
         """The model tasks will call, and the backend config to record."""

@@ -16,7 +16,7 @@ import pytest
 
 import lmsweep
 from helpers.cli import cli
-from lmsweep.results.schema import schema_for, task_columns
+from lmsweep.results.schema import SCHEMA_VERSION, schema_for, task_columns
 from lmsweep.results.writer import PartWriter
 
 SPEC = """
@@ -102,7 +102,7 @@ def test_pyarrow_reads_the_documented_schema_without_lmsweep(exp):
     got = read_without_lmsweep("pyarrow", exp)
     df = lmsweep.load(exp)
     assert got["rows"] == len(df) == 6 and got["units"] == sorted(df["unit_id"])
-    assert got["task"] == ["generate"] and got["version"] == "1"
+    assert got["task"] == ["generate"] and got["version"] == str(SCHEMA_VERSION) == "2"
     def plain(t: str) -> str:     # a list's child field is "item" in Arrow and may read back as "element"
         return t.replace("item: ", "").replace("element: ", "")
     expected = {f.name: plain(str(f.type)) for f in schema_for("generate")}
