@@ -14,15 +14,31 @@ class OutOfMemory(Exception):
 
 
 def make_batches(task, units: list[Unit], batch_size: int) -> list[list[Unit]]:
-    """Group by task variant and the task's batch key, then by prompt length so padding stays small."""
+    """Group by task variant and the task's batch key, then by prompt length so padding stays small. Units
+    that share a context (`Task.context_key`: the answers to one question) are kept together, and a batch
+    ends early rather than split them; a run of them longer than a batch is split into full batches."""
     def key(u: Unit) -> tuple:
         return (u.variant, task.batch_key(u))
 
-    keyed = sorted(units, key=lambda u: (key(u), len(u.prompt["prompt_text"]), u.unit_id))
+    def shared(u: Unit) -> tuple:
+        context = task.context_key(u)
+        return (context is not None, repr(context) if context is not None else u.unit_id)
+
+    keyed = sorted(units, key=lambda u: (key(u), len(u.prompt["prompt_text"]), shared(u), u.unit_id))
     batches = []
     for _, group in groupby(keyed, key=key):
-        group = list(group)
-        batches += [group[i:i + batch_size] for i in range(0, len(group), batch_size)]
+        batch: list[Unit] = []
+        for _, run in groupby(group, key=shared):
+            run = list(run)
+            if len(batch) + len(run) > batch_size and batch:
+                batches.append(batch)
+                batch = []
+            while len(run) > batch_size:
+                batches.append(run[:batch_size])
+                run = run[batch_size:]
+            batch += run
+        if batch:
+            batches.append(batch)
     return batches
 
 

@@ -262,6 +262,11 @@ class Task:
         """Units with equal keys (and the same variant) may share a batch."""
         return ()
 
+    def context_key(self, unit: Unit) -> tuple | None:
+        """Units with an equal key (not None) share their context, computed once per batch: the worker keeps
+        them in one batch where the batch size allows (runner.batches.make_batches). None: no such sharing."""
+        return None
+
     def run(self, ctx: TaskContext, units: list[Unit]) -> tuple[Rows, Errors]:
         """One batch: rows (columns of `columns` and the common ones it fills) and per-unit errors.
         Raise runner.units.UnitFailure for a problem with the input: the worker retries units alone."""

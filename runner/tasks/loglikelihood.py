@@ -195,6 +195,12 @@ class Loglikelihood(Task):
         ("is_greedy", pa.bool_()), ("num_windows", pa.int32()),
     )
 
+    def context_key(self, unit: Unit) -> tuple:
+        """Pairs of one context (a question's answers) share a batch, so its context runs once
+        (score_pairs_shared); whole texts of the same text are rare, and grouping them is harmless."""
+        p = unit.prompt
+        return (p["prompt_text"], p.get("system_prompt"), p.get("chat_template"))
+
     def prompt_identity(self, params: LoglikelihoodParams, prompt: Prompt) -> dict:
         value = continuation_of(prompt.meta, params.continuation_column)
         return {} if value is None else {"continuation": value}
