@@ -239,7 +239,8 @@ def check_attention(spec, facts: dict[str, ModelFacts], prompts: list[Prompt],
         what = {"full": "attention weights", "summary": "attention summaries",
                 "both": "attention weights and summaries"}[task.store]
         raise spec.source.error(
-            f"{what} would take ≈{_size(total)} ({task.dtype + ', ' if task.store != 'summary' else ''}longest prompt "
+            f"{what} would take ≈{decimal_size(total)} "
+            f"({task.dtype + ', ' if task.store != 'summary' else ''}longest prompt "
             f"≈{min(worst or 0, task.max_tokens)} tokens), above task.max_storage_mb="
             f"{task.max_storage_mb:g}; select fewer layers or heads, set head_mean: true, lower "
             f"max_tokens{', use dtype: float16' if task.dtype == 'float32' else ''}"
@@ -306,7 +307,8 @@ def token_counts(f: ModelFacts, prompts: list[Prompt]) -> list[int]:
     return [math.ceil(len(t.encode()) / 3) + 2 + x for t, x in zip(texts, extra)]
 
 
-def _size(n: float) -> str:
+def decimal_size(n: float) -> str:
+    """Bytes in decimal units (kB, MB, GB), as plan-time storage estimates are worded."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.3g} {unit}"

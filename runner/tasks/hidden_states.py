@@ -26,7 +26,7 @@ from pydantic import Field
 
 from lmsweep.core.task import PlannedUnits, Task, TaskParams
 from lmsweep.core.task_registry import register_task
-from lmsweep.runner.tasks.attention import DTYPE_BYTES, Selection, _size, check_selection, selected, token_counts
+from lmsweep.runner.tasks.attention import DTYPE_BYTES, Selection, check_selection, decimal_size, selected, token_counts
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, forward_prompts
 
 
@@ -276,7 +276,7 @@ def check_hidden_states(spec, facts, prompts, units_per_model: dict[str, Counter
         total += tokens * n_layers * f.hidden_size * DTYPE_BYTES[task.dtype]
     if total > task.max_storage_mb * 1e6:
         raise spec.source.error(
-            f"hidden states would take ≈{_size(total)} ({task.dtype}, pooling {task.pooling}), above "
+            f"hidden states would take ≈{decimal_size(total)} ({task.dtype}, pooling {task.pooling}), above "
             f"task.max_storage_mb={task.max_storage_mb:g}; select fewer layers, pool (last or mean), lower "
             f"max_tokens{', use dtype: float16' if task.dtype == 'float32' else ''} or raise max_storage_mb",
             "task.max_storage_mb")

@@ -30,7 +30,7 @@ from pydantic import Field
 
 from lmsweep.core.task import MAX_PROB_DELTA, PlannedUnits, Task, TaskParams
 from lmsweep.core.task_registry import register_task
-from lmsweep.runner.tasks.attention import Selection, _size, selected
+from lmsweep.runner.tasks.attention import Selection, decimal_size, selected
 from lmsweep.runner.tasks.hidden_states import selected_layers
 from lmsweep.runner.tasks.next_token import MIN_TOPK_OVERLAP, topk_deltas
 from lmsweep.runner.units import TaskContext, Unit, UnitFailure, context_limit, forward_prompts, render_prompt
@@ -306,7 +306,7 @@ def check_logit_lens(spec, facts, units_per_model: dict[str, Counter]) -> int:
         total += n_rows * (ROW_BYTES + TOPK_BYTES * task.top_k)
     if total > task.max_storage_mb * 1e6:
         raise spec.source.error(
-            f"the logit lens would store ≈{_size(total)} (top_k {task.top_k}), above task.max_storage_mb="
+            f"the logit lens would store ≈{decimal_size(total)} (top_k {task.top_k}), above task.max_storage_mb="
             f"{task.max_storage_mb:g}; select fewer layers, lower top_k or raise max_storage_mb",
             "task.max_storage_mb")
     return total

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from lmsweep.core.task import MAX_PROB_DELTA, MIN_EXACT_MATCH, PlannedUnits, Task, TaskParams
 from lmsweep.core.task_registry import register_task
-from lmsweep.runner.tasks.attention import Selection, _size, check_selection, selected
+from lmsweep.runner.tasks.attention import Selection, check_selection, decimal_size, selected
 from lmsweep.runner.tasks.logit_lens import target_of
 from lmsweep.runner.tasks.loglikelihood import continuation_of
 from lmsweep.runner.units import TaskContext, Unit
@@ -204,7 +204,7 @@ def check_ablate(spec, facts: dict, prompts: list[Prompt], n_units: int) -> int:
                                     f"prompt {lacking.id!r} has none", "task.clean_column")
     total = n_units * ROW_BYTES
     if total > task.max_storage_mb * 1e6:
-        raise spec.source.error(f"the ablation sweep would store ≈{_size(total)} ({n_units:,} rows), above "
+        raise spec.source.error(f"the ablation sweep would store ≈{decimal_size(total)} ({n_units:,} rows), above "
                                 f"task.max_storage_mb={task.max_storage_mb:g}; select fewer layers or heads, or "
                                 "raise max_storage_mb", "task.max_storage_mb")
     return total
