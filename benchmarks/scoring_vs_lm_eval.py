@@ -20,8 +20,8 @@ Each round runs every workload on both sides as the user would (a fresh process:
 each side's wall seconds and lmsweep ÷ lm-eval; for the rolling workload also lmsweep's worker seconds in the task
 and the forward floor: the forward passes alone over the same windows in a fresh process (`forward_floor`), the
 least any tool on the HF model spends whatever its start-up. Then the medians, the largest |Δ log-likelihood|
-between the two and whether the predicted choices agree, and the load average. Both sides run with OMP_WAIT_POLICY=PASSIVE
-(/work/shared/design.md: spinning OpenMP threads collapse under other load on a 2-core machine).
+between the two and whether the predicted choices agree, and the load average. Both sides run with
+OMP_WAIT_POLICY=PASSIVE (/work/shared/design.md: spinning OpenMP threads collapse under other load on a 2-core machine).
 
 `--autobatch` instead runs the rolling texts at the model's full context (one window each) with lmsweep's
 `batch_size: auto` and fixed 8, 16, 32, 64, interleaved, and prints the worker's task seconds (its sidecar's
