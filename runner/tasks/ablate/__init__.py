@@ -182,8 +182,8 @@ def _mean(values) -> float | None:
 # ---- plan-time checks ------------------------------------------------------------------------------------
 
 def check_ablate(spec, facts: dict, prompts: list[Prompt], n_units: int) -> int:
-    """Refuse a model of an architecture sites.FAMILIES lacks (a directory's config.json says; a GGUF file's is
-    checked when it loads), layers or heads a model lacks (at task.layers / task.heads), a patching prompt
+    """Refuse a model of an architecture sites.FAMILIES lacks (a directory's config.json or a packaged GGUF
+    file's header says), layers or heads a model lacks (at task.layers / task.heads), a patching prompt
     without its clean prompt (task.clean_column) and a sweep estimated above task.max_storage_mb; return the
     estimated bytes."""
     from lmsweep.runner.tasks.ablate.sites import FAMILIES
