@@ -50,6 +50,17 @@ def smollm2_dir() -> Path:
     return materialize(ref.path, ref.fingerprint)
 
 
+@pytest.fixture
+def perturbed():
+    """The engines of helpers/perturbed_engines.py (hf-hot, hf-penalty), registered while a test runs: reading a
+    run's plan needs its backend known."""
+    from helpers import perturbed_engines
+
+    perturbed_engines.register()
+    yield
+    perturbed_engines.unregister()
+
+
 
 @pytest.fixture(autouse=True)
 def one_slurm_test_at_a_time(request):

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import yaml
 
 import lmsweep
-from helpers import perturbed_engines
 from helpers.cli import REPO, cli
 from helpers.task_runs import run_spec
 from lmsweep.core.task_registry import get_task
@@ -55,12 +53,6 @@ regression:
 """
 
 
-@pytest.fixture
-def perturbed():
-    """The perturbed engines, registered while a test runs (reading a run's plan needs its backend known)."""
-    perturbed_engines.register()
-    yield
-    perturbed_engines.unregister()
 
 
 def test_regress_against_a_perturbed_engine_fails_and_a_rerun_passes(tmp_path, tiny_llama, perturbed):

@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 
 import lmsweep
-from helpers import perturbed_engines
 from helpers.task_runs import run_spec
 from lmsweep.results.compare import SideInfo, compare, expectations, with_expectation
 from lmsweep.results.schema import SCHEMA_VERSION
@@ -25,11 +24,6 @@ execution: {{batch_size: {batch}, backend: {backend}}}
 """
 
 
-@pytest.fixture
-def perturbed():
-    perturbed_engines.register()
-    yield
-    perturbed_engines.unregister()
 
 
 def test_rows_record_the_promise_and_compare_marks_a_broken_one_unexpected(tmp_path, tiny_llama, perturbed):
