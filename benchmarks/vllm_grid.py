@@ -209,12 +209,13 @@ def report(rounds: list[dict[str, dict]], args, eager: bool, greedy: set) -> int
     med = {k: statistics.median(r) for k, r in ratios.items()}
     print("median ratios: " + "; ".join(f"{k} {m:.2f}" + (f" (target ≥ {TARGETS[k]})" if k in TARGETS else "")
                                         for k, m in med.items()))
-    print("median small element end to end: " + "; ".join(f"{k.split()[1]} {statistics.median(w):.1f} s"
-                                                          for k, w in small.items()))
+    if any(small.values()):                     # --small-rounds 0 runs none
+        print("median small element end to end: " + "; ".join(f"{k.split()[1]} {statistics.median(w):.1f} s"
+                                                              for k, w in small.items()))
     if args.json:
         Path(args.json).write_text(json.dumps(
             {"rounds": [{n: {k: v for k, v in g.items() if k != "ids"} for n, g in got.items()} for got in rounds],
-             "median_ratios": med, "median_small_wall_s": {k: statistics.median(w) for k, w in small.items()}},
+             "median_ratios": med, "median_small_wall_s": {k: statistics.median(w) for k, w in small.items() if w}},
             indent=1))
     return 0
 
