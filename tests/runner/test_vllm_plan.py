@@ -112,17 +112,35 @@ def test_a_small_element_starts_vllm_eager_on_cpu_and_a_large_one_compiles(monke
     from lmsweep.jobs.decoding import DecodingPoint
 
     monkeypatch.delenv("LMSWEEP_VLLM_COMPILE", raising=False)
-    limit = vllm.COMPILE_FROM_TOKENS["cpu"]
     two = DecodingPoint(do_sample=True, temperature=1.0, max_new_tokens=100, num_return_sequences=2)
-    units = [SimpleNamespace(point=two)] * (limit // 200 - 1) + [SimpleNamespace(point=None)] * 199
-    assert vllm.planned_new_tokens(units) == limit - 1
-    eager, why = vllm.compile_choice(units, "cpu")
-    assert eager and f"{limit - 1} new tokens" in why
-    eager, why = vllm.compile_choice(units + [SimpleNamespace(point=None)], "cpu")
-    assert not eager and f"{limit} new tokens" in why
+    for cache, limit in vllm.COMPILE_FROM_TOKENS["cpu"].items():
+        units = [SimpleNamespace(point=two)] * (limit // 200 - 1) + [SimpleNamespace(point=None)] * 199
+        assert vllm.planned_new_tokens(units) == limit - 1
+        eager, why = vllm.compile_choice(units, "cpu", cache)
+        assert eager and f"{limit - 1} new tokens" in why and f"({cache} compile cache)" in why
+        eager, why = vllm.compile_choice(units + [SimpleNamespace(point=None)], "cpu", cache)
+        assert not eager and f"{limit} new tokens" in why
+    warm, cold = (vllm.COMPILE_FROM_TOKENS["cpu"][c] for c in ("warm", "cold"))
+    assert vllm.compile_choice([SimpleNamespace(point=None)] * warm, "cpu", "warm")[0] is False
+    assert vllm.compile_choice([SimpleNamespace(point=None)] * warm, "cpu", "cold")[0] is True
+    assert warm < cold
     assert vllm.compile_choice(units, "cuda") == (False, "vLLM's default on cuda (compile)")
     monkeypatch.setenv("LMSWEEP_VLLM_COMPILE", "0")
-    assert vllm.compile_choice(units * 10, "cpu") == (True, "LMSWEEP_VLLM_COMPILE=0")
+    assert vllm.compile_choice(units * 10, "cpu") == (True, "LMSWEEP_VLLM_COMPILE=0 (cold compile cache)")
+
+
+def test_the_compile_cache_reads_warm_once_a_compiled_start_left_its_function(tmp_path, monkeypatch):
+    """`compile_cache` guesses from lmsweep's marker, which a compiled start that saved or loaded the compiled
+    function leaves (`remember_compiled`): per model path, dtype and tensor parallel size, under $VLLM_CACHE_ROOT."""
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm"))
+    model = tmp_path / "model"
+    assert vllm.compile_cache(model, "float32", 1) == "cold"
+    vllm.remember_compiled(model, "float32", 1, {"aot_saved": 1})
+    assert vllm.compile_cache(model, "float32", 1) == "warm"
+    assert vllm.compile_cache(model, "bfloat16", 1) == "cold"
+    assert vllm.compile_cache(model, "float32", 2) == "cold"
+    assert vllm.compile_cache(tmp_path / "other", "float32", 1) == "cold"
+    assert not list((tmp_path / "vllm").rglob("*.tmp"))
 
 
 def test_a_chunk_is_grouped_by_the_sampler_paths_its_points_switch_on():
