@@ -37,18 +37,19 @@ def make_tokenizer(path: Path, vocab_size: int = 400):
 
 
 def make_tiny_llama(path: Path, seed: int = 0, init_range: float = 0.5, **config) -> Path:
-    """A 2-layer Llama with grouped-query attention (4 query heads, 2 KV heads); ~0.2 MB."""
+    """A 2-layer Llama with grouped-query attention (4 query heads, 2 KV heads); ~0.2 MB. `config` overrides
+    any LlamaConfig field (sizes included)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     tok = make_tokenizer(path)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                      initializer_range=init_range, eos_token_id=tok.eos_token_id,
-                      bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
-                      **config)
+    cfg = LlamaConfig(**{"vocab_size": len(tok), "hidden_size": 64, "intermediate_size": 128,
+                         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+                         "max_position_embeddings": 256, "initializer_range": init_range,
+                         "eos_token_id": tok.eos_token_id, "bos_token_id": tok.bos_token_id,
+                         "pad_token_id": tok.pad_token_id, "tie_word_embeddings": False, **config})
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id = tok.eos_token_id

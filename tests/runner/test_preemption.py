@@ -29,6 +29,7 @@ from test_kill_resume import (
 
 import lmsweep
 from helpers.slurm import slurm_conf
+from helpers.tiny_models import make_tiny_llama
 from lmsweep.runner import locks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,23 +50,9 @@ def slow_llama(tmp_path_factory) -> Path:
     """A 50M-parameter random Llama, slow enough for a signal to land inside a batch: on one thread of this
     2-core machine a batch of 4 × 200 new tokens takes ~4 s and 3 × 96 ~2 s (runner/decode.py made the
     10M model of before finish such a batch inside the 1 s grace)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from helpers.tiny_models import make_tokenizer
-
-    path = tmp_path_factory.mktemp("models") / "slow-llama"
-    tok = make_tokenizer(path)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=2048, num_hidden_layers=8,
-                      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=512,
-                      initializer_range=0.5, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(path)
-    return path
+    return make_tiny_llama(tmp_path_factory.mktemp("models") / "slow-llama", hidden_size=768, intermediate_size=2048,
+                           num_hidden_layers=8, num_attention_heads=6, num_key_value_heads=2,
+                           max_position_embeddings=512)
 
 
 def test_sigterm_lets_the_current_batch_finish_then_exits_3_and_a_rerun_completes(template, zygote, tmp_path):

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import pytest
 from test_vllm import DRIVER, vllm_env, vllm_venv  # noqa: F401  (vllm_venv is a fixture)
 
 import lmsweep
+from helpers.tiny_models import make_tiny_llama
 
 pytestmark = pytest.mark.slow
 
@@ -35,26 +35,10 @@ execution: {{backend: vllm, batch_size: 64}}
 """
 
 
-def tiny_llama_for_vllm(path: Path) -> Path:
-    """Two layers, head size 64 (vLLM's CPU attention takes 32, 64, 80, 96, 112, 128, 256), ~0.3 MB."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from helpers.tiny_models import make_tokenizer
-
-    path.mkdir(parents=True)
-    tok = make_tokenizer(path)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
-                      initializer_range=0.5, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
-
-
 def test_a_second_compiled_start_loads_what_the_first_saved(vllm_venv, tmp_path):  # noqa: F811
-    model = tiny_llama_for_vllm(tmp_path / "tiny")
+    # head size 64: vLLM's CPU attention takes 32, 64, 80, 96, 112, 128 or 256 (the default tiny Llama's is 16)
+    model = make_tiny_llama(tmp_path / "tiny", hidden_size=128, intermediate_size=256, num_attention_heads=2,
+                            num_key_value_heads=1)
     env = {**vllm_env(), "LMSWEEP_VLLM_COMPILE": "1", "VLLM_CACHE_ROOT": str(tmp_path / "vllm-cache"),
            "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor-cache")}
     runs = []
