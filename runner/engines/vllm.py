@@ -391,14 +391,11 @@ def start(model, path: Path, tokenizer, tp: int, choice: tuple[bool, str] = (Fal
         # prompts only (up to max_model_len tokens).
         options["enable_chunked_prefill"] = False
     mend_aot_loading()
-    from vllm.compilation.counter import compilation_counter
-
-    aot_before = (compilation_counter.num_aot_artifacts_loaded, compilation_counter.num_aot_artifacts_saved)
+    aot_before = aot_counts()
     start = time.perf_counter()
     llm = vllm.LLM(**options)
     engine_s = time.perf_counter() - start
-    aot = {"aot_loaded": compilation_counter.num_aot_artifacts_loaded - aot_before[0],
-           "aot_saved": compilation_counter.num_aot_artifacts_saved - aot_before[1]}
+    aot = {k: n - aot_before[k] for k, n in aot_counts().items()}
     max_len = int(llm.llm_engine.model_config.max_model_len)
     recorded = {"backend": "vllm", "vllm_version": vllm.__version__, "engine_start_s": round(engine_s, 2),
                 "engine": {**options, "model": str(path), "tokenizer": str(path), "max_model_len": max_len},
@@ -431,6 +428,17 @@ def mend_aot_loading() -> None:
 
 def _loaded_already(self, vllm_config) -> None:
     """`finalize_loading` for a function torch deserialised whole (`mend_aot_loading`)."""
+
+
+def aot_counts() -> dict[str, int]:
+    """Compiled functions this process loaded from vLLM's cache and saved to it so far (vLLM's own counters;
+    0 where a vLLM has none)."""
+    try:
+        from vllm.compilation.counter import compilation_counter
+    except ImportError:
+        compilation_counter = None
+    return {"aot_loaded": getattr(compilation_counter, "num_aot_artifacts_loaded", 0),
+            "aot_saved": getattr(compilation_counter, "num_aot_artifacts_saved", 0)}
 
 
 def eos_ids(path: Path, tokenizer) -> list[int]:
