@@ -50,6 +50,10 @@ while (($#)); do
         *) break ;;
     esac
 done
+# Hydra's mpiexec writes to its proxies without ignoring SIGPIPE, and when the ranks exit within milliseconds
+# (the canary does) it dies of SIGPIPE in ~10% of launches on a busy machine (exit 141). PALS is not Hydra, and
+# a real rank lives for seconds: ignore SIGPIPE here, and Hydra reads the closed socket as the proxy gone.
+trap '' PIPE
 exec {mpiexec} "${{args[@]}}" /bin/bash -c \\
     'export PMI_LOCAL_RANK=$MPI_LOCALRANKID PALS_LOCAL_RANKID=$MPI_LOCALRANKID; exec "$@"' pals "$@"
 """,
