@@ -78,15 +78,16 @@ def one_slurm_test_at_a_time(request):
         yield
 
 
-# Files whose fixtures or tests take minutes (a vLLM engine, the homework sweep, Gemma, tensor parallelism,
-# Slurm requeues): collected first, so that under `make test`'s two xdist workers the many short files fill in
-# beside them instead of one worker finishing alone with a long tail (a fresh-clone run spent its last ~8
-# minutes on test_vllm.py by itself).
+# Files whose fixtures or tests take minutes (a vLLM engine, two compiled starts, the homework sweep, Gemma,
+# tensor parallelism, Slurm requeues): collected first, so that under `make test`'s two xdist workers the many
+# short files fill in beside them instead of one worker finishing alone with a long tail (a fresh-clone run
+# spent its last ~8 minutes on test_vllm.py by itself).
 # test_gemma.py converts Gemma into the model cache (minutes, once, under a lock) before test_homework.py needs
 # it: started on two workers at once, one would wait for the other's conversion.
 LONG_FIRST = ("tests/runner/test_vllm.py", "tests/runner/test_gemma.py", "tests/runner/test_deepspeed_mpi.py",
               "tests/e2e/test_homework.py", "tests/runner/test_preemption.py", "tests/e2e/test_slurm_e2e.py",
-              "tests/runner/test_run_signals.py", "tests/results/test_compare.py")
+              "tests/runner/test_run_signals.py", "tests/results/test_compare.py",
+              "tests/runner/test_vllm_compile_cache.py")
 
 
 def pytest_collection_modifyitems(config, items):
