@@ -98,7 +98,9 @@ class Vllm(Engine):
     halves_on_oom = False             # vLLM sizes its own cache
     torchrun = False                  # each engine sets up torch.distributed itself
     context_name = "the engine's context"
-    start_seconds = 60.0              # engine start with compilation: 24-144 s on the project's CPU machine
+    # the estimate's engine start before any element measured one: compiled, as on a GPU node (not measured
+    # here). On the project's 2-core CPU: ~6 s eager, ~20 s compiled with a warm compile cache, ~92 s cold.
+    start_seconds = 60.0
 
     def __init__(self) -> None:
         self.calls = engine_calls()       # this element's engine calls, for the rank sidecar (reset by `load`)
