@@ -24,8 +24,6 @@ execution: {{batch_size: {batch}, backend: {backend}}}
 """
 
 
-
-
 def test_rows_record_the_promise_and_compare_marks_a_broken_one_unexpected(tmp_path, tiny_llama, perturbed):
     hf = run_spec(tmp_path / "hf", SPEC.format(model=tiny_llama, batch=8, backend="hf"))
     df = lmsweep.load(hf)
